@@ -1,0 +1,163 @@
+"""Configuration: frozen, keyword-only dataclasses holding the real defaults.
+
+``StoreConfig.tiny()`` is the preset the tests use (small pages, short ladder).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import InvalidInput
+
+#: DeepEncoder (DeepSeek-OCR) turns a side x side page into (side/16)^2 patches and then compresses them
+#: 16x with two stride-2 convolutions: 1024 -> 256 vision tokens, 640 -> 100, 512 -> 64.
+PATCH = 16
+CONV_COMPRESSION = 16
+
+
+def vision_tokens(side: int) -> int:
+    """DeepEncoder's vision-token cost of a square page of ``side`` pixels (1024 -> 256, 640 -> 100)."""
+    if side <= 0:
+        raise InvalidInput(f"page side must be positive, got {side!r}")
+    return math.ceil((side / PATCH) ** 2 / CONV_COMPRESSION)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderConfig:
+    """How text becomes a page image. Sizes are in pixels of the full-resolution page."""
+
+    page_side: int = 1024
+    # Hinted 15 px DejaVu Sans Mono is 9 px wide: 108 columns x 51 lines on a 1024 px page, which holds
+    # ~1,000 cl100k tokens of English chat: Base-tier compression ~4x, Small ~10x, Tiny ~15x.
+    # (The glyphs are 18 px tall: a line height under 19 would clip descenders.)
+    font_size: int = 15
+    line_height: int = 19
+    margin: int = 24
+    font_path: str | None = None  # None: DejaVu Sans Mono from matplotlib's bundled fonts
+    fallback_font_paths: tuple[str, ...] = ()  # tried in order, before the auto-detected Noto CJK
+    tab_size: int = 4
+    speaker_labels: bool = True  # prefix each turn's first line with "role: "
+
+    def __post_init__(self) -> None:
+        for name in ("page_side", "font_size", "line_height", "tab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise InvalidInput(f"RenderConfig.{name} must be a positive int, got {value!r}")
+        if self.margin < 0 or 2 * self.margin + self.line_height > self.page_side:
+            raise InvalidInput(
+                f"RenderConfig.margin {self.margin!r} leaves no room on a {self.page_side}px page"
+            )
+
+    @property
+    def lines_per_page(self) -> int:
+        return (self.page_side - 2 * self.margin) // self.line_height
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tier:
+    """One rung of the forgetting ladder: pages are kept at ``side`` pixels while they are within
+    ``max_turns`` turns of the newest turn of their scope and ``max_age_s`` seconds old (None: no limit).
+    """
+
+    side: int
+    max_turns: int | None = None
+    max_age_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.side, int) or self.side < 32:
+            raise InvalidInput(f"Tier.side must be an int >= 32, got {self.side!r}")
+        if self.max_turns is not None and self.max_turns < 0:
+            raise InvalidInput(f"Tier.max_turns must be >= 0 or None, got {self.max_turns!r}")
+        if self.max_age_s is not None and self.max_age_s < 0:
+            raise InvalidInput(f"Tier.max_age_s must be >= 0 or None, got {self.max_age_s!r}")
+
+    @property
+    def name(self) -> str:
+        return str(self.side)
+
+    @property
+    def vision_tokens(self) -> int:
+        return vision_tokens(self.side)
+
+    def holds(self, *, turns: int, age_s: float) -> bool:
+        return (self.max_turns is None or turns <= self.max_turns) and (
+            self.max_age_s is None or age_s <= self.max_age_s
+        )
+
+
+def _default_ladder() -> tuple[Tier, ...]:
+    # Turn distances chosen so a few-thousand-turn conversation spans the whole ladder; with the default
+    # reader (RapidOCR) 1024/640/512 read back near-perfectly, 384 with a few errors, 256 barely.
+    return (
+        Tier(side=1024, max_turns=64),
+        Tier(side=640, max_turns=192),
+        Tier(side=512, max_turns=512),
+        Tier(side=384, max_turns=1024),
+        Tier(side=256, max_turns=2048),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgingPolicy:
+    """The forgetting curve: text (the newest ``text_turns`` turns) -> each tier in order -> forgotten.
+
+    A page only ever moves down the ladder; ``forget=False`` keeps pages at the last tier forever.
+    """
+
+    text_turns: int = 16
+    tiers: tuple[Tier, ...] = field(default_factory=_default_ladder)
+    forget: bool = True
+
+    def __post_init__(self) -> None:
+        if self.text_turns < 0:
+            raise InvalidInput(f"AgingPolicy.text_turns must be >= 0, got {self.text_turns!r}")
+        if not self.tiers:
+            raise InvalidInput("AgingPolicy.tiers must name at least one tier")
+        sides = [t.side for t in self.tiers]
+        if sides != sorted(sides, reverse=True) or len(set(sides)) != len(sides):
+            raise InvalidInput(f"AgingPolicy.tiers must have strictly falling sides, got {sides!r}")
+
+    def tier_index(self, *, turns: int, age_s: float) -> int | None:
+        """Index of the tier a page of this turn distance and age belongs to; None means forgotten."""
+        for i, tier in enumerate(self.tiers):
+            if tier.holds(turns=turns, age_s=age_s):
+                return i
+        return None if self.forget else len(self.tiers) - 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreConfig:
+    """Everything ``optical_memory.open(path, **options)`` accepts besides backend objects."""
+
+    render: RenderConfig = field(default_factory=RenderConfig)
+    aging: AgingPolicy = field(default_factory=AgingPolicy)
+    # False is true optical memory: once a turn is rendered only its hash, gist vector and page survive.
+    retain_text: bool = False
+    database_url: str | None = None  # None: SQLite file inside the store folder
+    embedder: str = "minilm"
+    reader: str = "rapidocr"
+    # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
+    chunk_words: int = 160
+
+    def __post_init__(self) -> None:
+        if self.render.page_side != self.aging.tiers[0].side:
+            raise InvalidInput(
+                f"the first aging tier ({self.aging.tiers[0].side}px) must equal the page side "
+                f"({self.render.page_side}px): pages are rendered at the top tier"
+            )
+        if self.chunk_words < 8:
+            raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
+
+    @classmethod
+    def tiny(cls, **overrides: object) -> StoreConfig:
+        """Small pages and a short ladder, for tests: 256px pages, text -> 256 -> 128 -> 64 -> forgotten."""
+        options: dict[str, object] = {
+            "render": RenderConfig(page_side=256, font_size=12, line_height=15, margin=8),
+            "aging": AgingPolicy(
+                text_turns=2,
+                tiers=(Tier(side=256, max_turns=4), Tier(side=128, max_turns=8), Tier(side=64, max_turns=16)),
+            ),
+        }
+        options.update(overrides)
+        return cls(**options)  # type: ignore[arg-type]

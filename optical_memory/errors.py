@@ -1,0 +1,63 @@
+"""One exception root, ``OpticalMemoryError``; each leaf also subclasses the builtin it refines.
+
+Messages always carry the offending value, so a log line alone says what went wrong.
+"""
+
+from __future__ import annotations
+
+
+class OpticalMemoryError(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class InvalidInput(OpticalMemoryError, ValueError):
+    """Text, a scope, an option or a file that cannot be stored as given."""
+
+
+class UnrenderableText(InvalidInput):
+    """Text holding characters that no available font can draw.
+
+    ``characters`` lists the offending characters, each once, in order of first appearance.
+    """
+
+    def __init__(self, characters: list[str]) -> None:
+        self.characters = characters
+        shown = ", ".join(f"U+{ord(c):04X} {c!r}" for c in characters[:20])
+        more = f" (and {len(characters) - 20} more)" if len(characters) > 20 else ""
+        super().__init__(
+            f"no available font can draw {len(characters)} character(s): {shown}{more}; "
+            "install a font that covers them (e.g. Debian's fonts-noto-cjk for CJK) or remove them"
+        )
+
+
+class MemoryNotFound(OpticalMemoryError, KeyError):
+    """No memory with this id (it never existed, or it was deleted)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "memory not found"
+
+
+class ScopeNotFound(OpticalMemoryError, KeyError):
+    """No memory was ever stored under this scope (or the scope was deleted)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "scope not found"
+
+
+class BlobError(OpticalMemoryError, OSError):
+    """A page image is missing from the blob folder or does not match its recorded hash.
+
+    ``store.verify(repair=True)`` heals what can be healed.
+    """
+
+
+class StoreLocked(OpticalMemoryError, RuntimeError):
+    """Another process has this store open."""
+
+
+class SchemaVersionError(OpticalMemoryError, RuntimeError):
+    """The store was written by a newer (or unknown) schema version than this library knows."""
+
+
+class MissingDependency(OpticalMemoryError, ImportError):
+    """An optional part was asked for but its extra is not installed; the message names the pip command."""

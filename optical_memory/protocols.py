@@ -1,0 +1,51 @@
+"""The four small interfaces the store is written against. Backends live in ``optical_memory.backends``.
+
+Contracts:
+
+* ``Embedder.embed(texts)`` returns a float32 array of shape ``(len(texts), dim)`` whose rows have unit
+  L2 norm, so inner product is cosine similarity. The same text always gives the same vector.
+* ``Reader.read(images)`` returns, per image, its text lines in reading order (top to bottom, then left to
+  right). ``TextLine.box`` is in the pixel coordinates of the image as given, or None for readers that do
+  not locate text.
+* ``Encoder.encode(images)`` returns, per image, its vision tokens as a float array ``(tokens, dim)``.
+* ``TokenCounter.count(text)`` returns the number of LLM tokens ``text`` costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from PIL import Image
+
+from .types import TextLine
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Reader(Protocol):
+    name: str
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]: ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    name: str
+
+    def encode(self, images: Sequence[Image.Image]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    name: str
+
+    def count(self, text: str) -> int: ...

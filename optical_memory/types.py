@@ -1,0 +1,122 @@
+"""Plain value types returned by the public API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: A memory's tier: "text" (recent turn, kept verbatim), a page side in pixels ("1024", "640", ...),
+#: or "forgotten" (image dropped; the row, gist vector and metadata remain).
+TierName = str
+Kind = Literal["turn", "document"]
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line a reader found. ``box`` is (x0, y0, x1, y1) in pixels of the image it was given."""
+
+    text: str
+    box: tuple[float, float, float, float] | None = None
+    score: float = 1.0
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result: the memory ``id``, its best chunk's cosine ``score``, the page holding that chunk
+    (None while the memory is still in the text tier) and the memory's current tier."""
+
+    id: int
+    score: float
+    tier: TierName
+    page_id: int | None
+    scope: str
+    kind: Kind
+    role: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recall:
+    """A memory read back as text. ``source`` is "retained" (verbatim text from the store) or the name of
+    the reader that read the page images at their current tier."""
+
+    id: int
+    text: str
+    tier: TierName
+    source: str
+    role: str | None = None
+
+
+@dataclass(frozen=True)
+class ContextItem:
+    """One memory placed in a context: its recalled text or image part and what it cost."""
+
+    id: int
+    origin: Literal["recent", "retrieved"]
+    tier: TierName
+    tokens: int  # what it costs in the context (text tokens, or vision tokens for an image)
+    text_tokens: int  # what its source text would have cost as text
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What ``build_context`` returns.
+
+    ``parts`` are chat content parts in the OpenAI/LangChain shape: ``{"type": "text", "text": ...}`` and,
+    in image mode, ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``.
+    ``text`` joins the text parts. ``used_tokens`` is what the parts cost (vision tokens counted by
+    DeepEncoder's arithmetic for images); ``saved_tokens`` is what the same memories would have cost as
+    text, minus ``used_tokens``.
+    """
+
+    mode: str
+    parts: list[dict[str, Any]]
+    items: list[ContextItem]
+    budget_tokens: int
+    used_tokens: int
+    saved_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p["text"] for p in self.parts if p.get("type") == "text")
+
+
+@dataclass(frozen=True)
+class TierStats:
+    tier: TierName
+    memories: int
+    pages: int
+    text_tokens: int
+    vision_tokens: int  # DeepEncoder cost of the pages at this tier (0 for text and forgotten)
+    compression: float | None  # text_tokens / vision_tokens
+    bytes: int  # blob bytes on disk (text bytes for the text tier)
+
+
+@dataclass(frozen=True)
+class Stats:
+    memories: int
+    pages: int
+    scopes: int
+    text_tokens: int
+    vision_tokens: int
+    bytes_on_disk: int
+    tiers: list[TierStats]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found (and, with ``repair=True``, what it did)."""
+
+    pages_checked: int
+    missing_blobs: list[int] = field(default_factory=list)  # page ids
+    corrupt_blobs: list[int] = field(default_factory=list)  # page ids
+    orphan_blobs: list[str] = field(default_factory=list)  # blob file names with no row
+    rerendered: list[int] = field(default_factory=list)  # page ids healed from retained text
+    marked_lost: list[int] = field(default_factory=list)  # page ids that could not be healed
+    index_rebuilt: bool = False
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing_blobs or self.corrupt_blobs or self.orphan_blobs)
