@@ -1,0 +1,83 @@
+"""Content-addressed blob folder for page images: written to a temp file, fsynced, then renamed.
+
+A blob's name is the sha256 of its bytes plus a suffix, fanned out into 256 sub-folders. A row in SQL
+refers to a blob only after the blob is durable; blobs no row refers to are swept by ``verify``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import BlobError
+
+
+class BlobStore:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.root / name[:2] / name
+
+    def put(self, data: bytes, *, suffix: str = ".png") -> str:
+        """Store ``data`` durably and return its name; storing the same bytes twice is a no-op."""
+        name = hashlib.sha256(data).hexdigest() + suffix
+        target = self.path(name)
+        if target.exists() and self.check(name) is None:
+            return name  # already stored (a damaged copy is overwritten below)
+        target.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return name
+
+    def get(self, name: str) -> bytes:
+        """The blob's bytes, checked against its name; BlobError if missing or corrupt."""
+        path = self.path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise BlobError(f"blob {name} is missing (expected at {path})") from None
+        if hashlib.sha256(data).hexdigest() != name.split(".", 1)[0]:
+            raise BlobError(f"blob {name} is corrupt: its bytes no longer match their hash ({path})")
+        return data
+
+    def check(self, name: str) -> str | None:
+        """None if the blob is intact, else "missing" or "corrupt"."""
+        try:
+            self.get(name)
+        except BlobError as e:
+            return "missing" if "missing" in str(e) else "corrupt"
+        return None
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def names(self) -> Iterator[str]:
+        for sub in sorted(self.root.iterdir()):
+            if sub.is_dir() and len(sub.name) == 2:
+                for f in sorted(sub.iterdir()):
+                    if not f.name.startswith(".tmp-"):
+                        yield f.name
+
+    def size(self, name: str) -> int:
+        try:
+            return self.path(name).stat().st_size
+        except FileNotFoundError:
+            return 0

@@ -1,0 +1,254 @@
+"""``optical-memory``: a thin command line over the public API. Only this module prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import demo as demo_module
+from .errors import OpticalMemoryError
+from .store import OpticalMemory, open_store
+from .types import Stats
+
+DEFAULT_STORE = os.environ.get("OPTICAL_MEMORY_STORE", "optical-memory-store")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _stats_table(stats: Stats) -> str:
+    rows = []
+    for t in stats.tiers:
+        rows.append(
+            [
+                t.tier,
+                t.memories,
+                t.pages,
+                f"{t.text_tokens:,}",
+                f"{t.vision_tokens:,}",
+                f"{t.compression:.1f}x" if t.compression else "-",
+                f"{t.bytes:,}",
+            ]
+        )
+    return _table(["tier", "memories", "pages", "text tokens", "vision tokens", "compression", "bytes"], rows)
+
+
+def _open(args: argparse.Namespace) -> OpticalMemory:
+    return open_store(args.store)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    with tqdm(desc="ingesting turns", unit="turn", disable=args.quiet) as bar:
+        report = demo_module.run(args.out, seed=args.seed, min_tokens=args.tokens, progress=bar.update)
+    print(
+        f"\nStored {report.turns:,} turns from {report.sessions} sessions "
+        f"({report.text_tokens:,} text tokens)"
+        f" in {report.store_path}\n"
+    )
+    print(_stats_table(report.stats))
+    print("\nQuestions about facts planted early in the conversation (search + recall):\n")
+    rows = []
+    for a in report.answers:
+        rows.append(
+            [
+                a.fact.question,
+                f"session {a.fact.session}",
+                a.tier,
+                f"{a.score:.2f}",
+                "yes" if a.found else "no",
+                a.fact.answer,
+            ]
+        )
+    print(_table(["question", "planted", "tier", "score", "recalled", "answer"], rows))
+    found = sum(a.found for a in report.answers)
+    print(f"\n{found}/{len(report.answers)} answers read back from their page images.")
+    print(
+        f"Context for {demo_module.FACTS[0].question!r} with a 2,000-token budget: "
+        f"{report.context_items} items, {report.context_used:,} tokens used, {report.context_saved:,} saved."
+    )
+    print("\nPage images at each tier (open them to see the forgetting):")
+    for tier, path in report.page_images.items():
+        print(f"  {tier:>9}px  {path}")
+    print(f"\nDone in {time.perf_counter() - started:.1f} s.")
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        ids: list[int] = []
+        if args.files:
+            for f in tqdm(
+                args.files, desc="adding files", unit="file", disable=args.quiet or len(args.files) < 2
+            ):
+                ids.extend(store.add_file(f, scope=args.scope))
+        else:
+            text = args.text if args.text is not None else sys.stdin.read()
+            ids.append(store.add(text, scope=args.scope, role=args.role, kind=args.kind))
+        print(json.dumps({"ids": ids}))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        hits = store.search(args.query, k=args.k, scope=args.scope)
+        print(
+            _table(
+                ["id", "score", "tier", "page", "scope", "role"],
+                [[h.id, f"{h.score:.3f}", h.tier, h.page_id or "-", h.scope, h.role or "-"] for h in hits],
+            )
+        )
+
+
+def cmd_recall(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        r = store.recall(args.id, read=args.read)
+        print(f"# memory {r.id}, tier {r.tier}, source {r.source}")
+        print(r.text)
+
+
+def cmd_age(args: argparse.Namespace) -> None:
+    with _open(args) as store, tqdm(desc="aging pages", unit="page", disable=args.quiet) as bar:
+        report = store.age(progress=bar.update)
+    print(json.dumps(report))
+
+
+def cmd_context(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        ctx = store.build_context(args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope)
+    if args.mode == "text":
+        print(ctx.text)
+    else:
+        print(
+            json.dumps(
+                [
+                    p if p["type"] == "text" else {"type": p["type"], "bytes": len(p["image_url"]["url"])}
+                    for p in ctx.parts
+                ],
+                indent=1,
+            )
+        )
+    print(
+        f"\n# {len(ctx.items)} items, {ctx.used_tokens} tokens used of {ctx.budget_tokens}, "
+        f"{ctx.saved_tokens} saved"
+    )
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        stats = store.stats()
+    print(
+        f"{stats.memories:,} memories in {stats.scopes} scope(s), {stats.pages:,} pages, "
+        f"{stats.bytes_on_disk:,} bytes\n"
+    )
+    print(_stats_table(stats))
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        images = store.page_image(args.id)
+    if not images:
+        print(f"memory {args.id} has no page image (it is in the text tier or forgotten)")
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        path = out / f"memory-{args.id}-page-{i + 1}-{image.width}px.png"
+        image.save(path)
+        print(path)
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        report = store.verify(repair=args.repair)
+    print(json.dumps(report.__dict__, indent=1))
+    if not report.ok and not args.repair:
+        sys.exit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="optical-memory", description=__doc__)
+    p.add_argument(
+        "--store", default=DEFAULT_STORE, help="store folder (default: %(default)s, or $OPTICAL_MEMORY_STORE)"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="build a store from a long generated conversation, age it, question it")
+    d.add_argument("--out", default="demo-output", help="folder for the demo store and page images")
+    d.add_argument("--tokens", type=int, default=100_000, help="text tokens of conversation to generate")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    a = sub.add_parser("add", help="add text (argument or stdin) or files")
+    a.add_argument("text", nargs="?", help="text to add; read from stdin when omitted")
+    a.add_argument("--scope", required=True)
+    a.add_argument("--role")
+    a.add_argument("--kind", choices=["turn", "document"], default="turn")
+    a.add_argument("--file", dest="files", action="append", help="a .txt/.md/.pdf/image file (repeatable)")
+    a.set_defaults(func=cmd_add)
+
+    s = sub.add_parser("search", help="memories closest in meaning to a query")
+    s.add_argument("query")
+    s.add_argument("-k", type=int, default=5)
+    s.add_argument("--scope")
+    s.set_defaults(func=cmd_search)
+
+    r = sub.add_parser("recall", help="read a memory back as text")
+    r.add_argument("id", type=int)
+    r.add_argument("--read", action="store_true", help="read the page image even if the text is retained")
+    r.set_defaults(func=cmd_recall)
+
+    g = sub.add_parser("age", help="apply the forgetting policy now")
+    g.set_defaults(func=cmd_age)
+
+    c = sub.add_parser("context", help="build an LLM context for a query under a token budget")
+    c.add_argument("query")
+    c.add_argument("--budget", type=int, default=4000)
+    c.add_argument("--mode", choices=["text", "image"], default="text")
+    c.add_argument("--scope")
+    c.set_defaults(func=cmd_context)
+
+    st = sub.add_parser("stats", help="memories, pages, tokens and bytes per tier")
+    st.set_defaults(func=cmd_stats)
+
+    sh = sub.add_parser("show", help="export a memory's page images at their current tier")
+    sh.add_argument("id", type=int)
+    sh.add_argument("--out", default=".")
+    sh.set_defaults(func=cmd_show)
+
+    v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")
+    v.add_argument("--repair", action="store_true")
+    v.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except OpticalMemoryError as e:
+        print(f"optical-memory: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""FAISS inner-product index of gist vectors, one sub-index per scope, keyed by SQL embedding ids.
+
+The index is a cache: SQL holds every vector, so the index can always be rebuilt. On disk it is one
+file: a magic line, a JSON header (store generation, dimension, per-scope sizes, payload sha256) and the
+scopes' ``faiss.serialize_index`` bytes. A file whose generation, checksum or sizes disagree with SQL is
+discarded and rebuilt, never trusted. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"OPTICAL-MEMORY-INDEX 1\n"
+
+
+class VectorIndex:
+    """Exact cosine search (vectors are unit norm) over per-scope ``IndexIDMap2(IndexFlatIP)``.
+
+    Per-scope sub-indexes make tenant isolation structural: a search in one scope never sees another's
+    vectors, and deleting a scope drops its sub-index whole.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._scopes: dict[str, faiss.IndexIDMap2] = {}
+
+    def _sub(self, scope: str) -> faiss.IndexIDMap2:
+        sub = self._scopes.get(scope)
+        if sub is None:
+            sub = self._scopes[scope] = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        return sub
+
+    def __len__(self) -> int:
+        return sum(sub.ntotal for sub in self._scopes.values())
+
+    def add(self, scope: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        if len(ids) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        self._sub(scope).add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+
+    def remove(self, scope: str, ids: Sequence[int]) -> None:
+        sub = self._scopes.get(scope)
+        if sub is not None and len(ids):
+            sub.remove_ids(np.asarray(ids, dtype=np.int64))  # type: ignore[arg-type]
+
+    def drop_scope(self, scope: str) -> None:
+        self._scopes.pop(scope, None)
+
+    def search(
+        self, query: np.ndarray, k: int, scopes: Iterable[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """The ``k`` best (id, score) pairs over ``scopes`` (all scopes if None), best first."""
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
+        names = list(self._scopes) if scopes is None else [s for s in scopes if s in self._scopes]
+        found: list[tuple[int, float]] = []
+        for name in names:
+            sub = self._scopes[name]
+            if sub.ntotal == 0:
+                continue
+            scores, ids = sub.search(q, min(k, sub.ntotal))
+            found.extend((int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1)
+        found.sort(key=lambda pair: (-pair[1], pair[0]))
+        return found[:k]
+
+    # -- persistence ---------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str], *, generation: int) -> None:
+        """Write atomically (temp file, fsync, rename)."""
+        path = Path(path)
+        blobs = [
+            (name, faiss.serialize_index(sub).tobytes(), sub.ntotal) for name, sub in self._scopes.items()
+        ]
+        payload = b"".join(b for _, b, _ in blobs)
+        header = {
+            "generation": generation,
+            "dim": self.dim,
+            "scopes": [[name, len(b), n] for name, b, n in blobs],
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-index-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, dim: int, generation: int, count: int
+    ) -> VectorIndex | None:
+        """The saved index if intact and current (same generation and vector count as SQL), else None."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            if not data.startswith(MAGIC):
+                raise ValueError("bad magic")
+            end = data.index(b"\n", len(MAGIC))
+            header = json.loads(data[len(MAGIC) : end])
+            payload = data[end + 1 :]
+            if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+                raise ValueError("checksum mismatch")
+            if header["dim"] != dim:
+                raise ValueError(f"dimension {header['dim']} != {dim}")
+            if header["generation"] != generation:
+                log.info(
+                    "index file %s is stale (generation %s, store %s)", path, header["generation"], generation
+                )
+                return None
+            index = cls(dim)
+            offset = 0
+            for name, nbytes, ntotal in header["scopes"]:
+                raw = np.frombuffer(payload[offset : offset + nbytes], dtype=np.uint8)
+                offset += nbytes
+                sub = faiss.deserialize_index(raw)
+                if sub.ntotal != ntotal or sub.d != dim:
+                    raise ValueError(f"scope {name!r} holds {sub.ntotal} vectors, header says {ntotal}")
+                index._scopes[name] = (
+                    faiss.IndexIDMap2(sub) if not isinstance(sub, faiss.IndexIDMap2) else sub
+                )
+            if len(index) != count:
+                log.info("index file %s holds %d vectors, the store %d", path, len(index), count)
+                return None
+        except (ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+            log.warning("index file %s is corrupt (%s); it will be rebuilt from SQL", path, e)
+            return None
+        return index

@@ -1,0 +1,1290 @@
+"""The store: the one orchestrator. Everything the public API does goes through ``OpticalMemory``.
+
+Data flows one way (see DESIGN.md):
+
+    add      -> validate, normalise -> gist embeddings -> SQL rows (+ page blobs for documents) -> index
+    age      -> pack turns that left the text tier into pages -> render -> blobs + rows
+             -> each page's tier from the policy -> downsample the stored image (information is lost)
+    search   -> embed the query -> per-scope FAISS search -> filters -> hits
+    recall   -> retained text, or the reader over the page images at their current tier (cached per tier)
+    build_context -> recent raw turns + recalled hits, as text or image parts, with a token account
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from . import db
+from .blobs import BlobStore
+from .config import StoreConfig, vision_tokens
+from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow
+from .errors import BlobError, InvalidInput, MemoryNotFound, ScopeNotFound, StoreLocked
+from .index import VectorIndex
+from .protocols import Embedder, Reader, TokenCounter
+from .render import Line, Renderer, Span, load_page_file
+from .types import Context, ContextItem, Hit, Kind, Recall, Stats, TierStats, VerifyReport
+
+log = logging.getLogger(__name__)
+
+PNG_COMPRESS_LEVEL = 3  # zlib level: 6 (Pillow's default) is ~1.5x slower to write a text page
+TEXT_FILE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
+IMAGE_FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+FORGOTTEN = "forgotten"
+JOIN_CODES = {" ": "s", "": "h", "\n": "n"}
+JOIN_CHARS = {v: k for k, v in JOIN_CODES.items()}
+
+Progress = Callable[[int], None]
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+def _check_name(value: object, what: str, *, max_len: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a str, got {type(value).__name__} {value!r}")
+    if not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > max_len:
+        raise InvalidInput(
+            f"{what} is {len(value)} characters long, at most {max_len} allowed: {value[:40]!r}..."
+        )
+    bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cs")]
+    if bad:
+        raise InvalidInput(f"{what} {value!r} contains control or surrogate characters {bad!r}")
+    return value
+
+
+def _check_metadata(metadata: object) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__} {metadata!r}")
+    for key in metadata:
+        if not isinstance(key, str):
+            raise InvalidInput(f"metadata keys must be str, got {key!r} in {metadata!r}")
+    try:
+        return dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(f"metadata must be JSON-serialisable, got {metadata!r} ({e})") from None
+
+
+def _check_timestamp(timestamp: object) -> float:
+    if timestamp is None:
+        return _now()
+    if isinstance(timestamp, datetime):
+        return timestamp.timestamp()
+    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool) and math.isfinite(timestamp):
+        return float(timestamp)
+    raise InvalidInput(f"timestamp must be epoch seconds or a datetime, got {timestamp!r}")
+
+
+def _chunks(text: str, words: int) -> list[tuple[int, str]]:
+    """Split ``text`` into chunks of at most ``words`` words: (char offset, chunk text)."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    out = []
+    for i in range(0, len(spans), words):
+        group = spans[i : i + words]
+        out.append((group[0][0], text[group[0][0] : group[-1][1]]))
+    return out or [(0, text)]
+
+
+def _tier_name(side: int | None) -> str:
+    return FORGOTTEN if side is None else str(side)
+
+
+@dataclass
+class _Pending:
+    """A memory validated and embedded, not yet written."""
+
+    text: str
+    scope: str
+    kind: Kind
+    role: str | None
+    metadata: dict[str, Any]
+    timestamp: float
+    tokens: int
+    chunks: list[tuple[int, str]]
+    vectors: np.ndarray | None = None
+
+
+class OpticalMemory:
+    """An optical memory store in a folder. Open one with ``optical_memory.open(path)``.
+
+    Thread-safe within a process (one lock around every public method); a second process opening the
+    same folder gets ``StoreLocked``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        config: StoreConfig | None = None,
+        embedder: Embedder | None = None,
+        reader: Reader | None = None,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        from .backends import make_counter, make_embedder, make_reader
+
+        self.path = Path(path)
+        self.config = config or StoreConfig()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._lockfile = open(self.path / "LOCK", "a+")  # noqa: SIM115  (held for the store's lifetime)
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockfile.close()
+            raise StoreLocked(f"store {str(self.path)!r} is open in another process") from None
+        try:
+            self.embedder = embedder or make_embedder(self.config.embedder)
+            self._reader = reader
+            self._make_reader = lambda: make_reader(self.config.reader)
+            self.counter = counter or make_counter()
+            self.renderer = Renderer(self.config.render)
+            self.blobs = BlobStore(self.path / "blobs")
+            url = self.config.database_url or f"sqlite:///{self.path / 'memory.db'}"
+            self._engine = db.make_engine(url)
+            self._sessions = db.prepare(self._engine)
+            self._check_render_config()
+            self._index_path = self.path / "index.faiss"
+            self.index = self._load_or_rebuild_index()
+        except BaseException:
+            self._release()
+            raise
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    @property
+    def reader(self) -> Reader:
+        if self._reader is None:
+            self._reader = self._make_reader()
+        return self._reader
+
+    def close(self) -> None:
+        """Save the index and release the store. Safe to call twice."""
+        with self._lock:
+            if getattr(self, "_closed", True):
+                return
+            self.flush()
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if hasattr(self, "_engine"):
+            self._engine.dispose()
+        fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+        self._lockfile.close()
+
+    def flush(self) -> None:
+        """Persist the index now (it is also saved by ``close``)."""
+        with self._lock, self._sessions() as s:
+            self.index.save(self._index_path, generation=db.generation(s))
+
+    def __enter__(self) -> OpticalMemory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OpticalMemory({str(self.path)!r})"
+
+    def _session(self) -> Session:
+        if getattr(self, "_closed", False):
+            raise InvalidInput(f"store {str(self.path)!r} is closed")
+        return self._sessions()
+
+    def _check_render_config(self) -> None:
+        """Pages' line geometry depends on the render config: refuse to mix two in one store."""
+        wanted = json.dumps(self.config.render.__dict__, sort_keys=True, default=list)
+        with self._sessions.begin() as s:
+            row = s.get(db.Meta, "render_config")
+            if row is None:
+                s.add(db.Meta(key="render_config", value=wanted))
+            elif row.value != wanted:
+                raise InvalidInput(
+                    f"store {str(self.path)!r} was rendered with RenderConfig {row.value}, "
+                    f"but it was opened with {wanted}: open it with the same render settings"
+                )
+
+    def _load_or_rebuild_index(self) -> VectorIndex:
+        with self._sessions() as s:
+            gen = db.generation(s)
+            count = s.scalar(select(func.count(EmbeddingRow.id))) or 0
+        loaded = VectorIndex.load(self._index_path, dim=self.embedder.dim, generation=gen, count=count)
+        if loaded is not None:
+            return loaded
+        return self.rebuild_index()
+
+    def rebuild_index(self) -> VectorIndex:
+        """Rebuild the FAISS index from the vectors in SQL and save it."""
+        with self._lock, self._sessions() as s:
+            index = VectorIndex(self.embedder.dim)
+            rows = s.execute(select(EmbeddingRow.scope, EmbeddingRow.id, EmbeddingRow.vector)).all()
+            by_scope: dict[str, list[tuple[int, bytes]]] = {}
+            for scope, eid, vec in rows:
+                by_scope.setdefault(scope, []).append((eid, vec))
+            for scope, pairs in by_scope.items():
+                ids = [eid for eid, _ in pairs]
+                vectors = np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(len(ids), -1)
+                index.add(scope, ids, vectors)
+            index.save(self._index_path, generation=db.generation(s))
+            log.info("rebuilt index: %d vectors in %d scopes", len(index), len(by_scope))
+            self.index = index
+            return index
+
+    # -- add -----------------------------------------------------------------------------------------------
+
+    def add(
+        self,
+        text: str,
+        *,
+        scope: str,
+        role: str | None = None,
+        kind: Kind = "turn",
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: float | datetime | None = None,
+    ) -> int:
+        """Store one conversation turn or document; returns its id.
+
+        A turn stays in the text tier until ``age`` packs it into a page; a document is paginated and
+        rendered at once. Bad input raises ``InvalidInput`` naming the value and stores nothing.
+        """
+        return self.add_many(
+            [{"text": text, "role": role, "metadata": metadata, "timestamp": timestamp}],
+            scope=scope,
+            kind=kind,
+        )[0]
+
+    def add_many(
+        self,
+        items: Iterable[str | Mapping[str, Any]],
+        *,
+        scope: str,
+        kind: Kind = "turn",
+        progress: Progress | None = None,
+    ) -> list[int]:
+        """Store many turns (or documents) in one transaction; much faster than ``add`` in a loop.
+
+        Each item is a string or a mapping with ``text`` (or ``content``) and optional ``role``,
+        ``metadata``, ``timestamp``. All items are validated before anything is written.
+        """
+        _check_name(scope, "scope", max_len=255)
+        if kind not in ("turn", "document"):
+            raise InvalidInput(f"kind must be 'turn' or 'document', got {kind!r}")
+        if isinstance(items, (str, bytes)):
+            raise InvalidInput("add_many takes a list of items; use add() for a single text")
+        pending = [self._prepare(item, scope=scope, kind=kind) for item in items]
+        if not pending:
+            return []
+        texts = [chunk for p in pending for _, chunk in p.chunks]
+        vectors = self.embedder.embed(texts)
+        at = 0
+        for p in pending:
+            p.vectors = vectors[at : at + len(p.chunks)]
+            at += len(p.chunks)
+        with self._lock:
+            if kind == "document":
+                ids = [self._write_document(p) for p in pending]
+            else:
+                ids = self._write_turns(pending)
+            if progress:
+                progress(len(ids))
+            return ids
+
+    def _prepare(self, item: object, *, scope: str, kind: Kind) -> _Pending:
+        if isinstance(item, Mapping):
+            text = item.get("text", item.get("content"))
+            role, metadata, timestamp = item.get("role"), item.get("metadata"), item.get("timestamp")
+        else:
+            text, role, metadata, timestamp = item, None, None, None
+        if role is not None:
+            _check_name(role, "role", max_len=64)
+            self.renderer.normalise(role)  # a label the fonts cannot draw fails now, not in age()
+        normalised = self.renderer.normalise(text)
+        meta = _check_metadata(metadata)
+        ts = _check_timestamp(timestamp)
+        return _Pending(
+            text=normalised,
+            scope=scope,
+            kind=kind,
+            role=role,
+            metadata=meta,
+            timestamp=ts,
+            tokens=self.counter.count(normalised),
+            chunks=_chunks(normalised, self.config.chunk_words),
+        )
+
+    def _ensure_scope(self, s: Session, scope: str, when: float) -> ScopeRow:
+        row = s.get(ScopeRow, scope)
+        if row is None:
+            row = ScopeRow(name=scope, created_at=when, turns=0)
+            s.add(row)
+            s.flush()
+        return row
+
+    def _new_memory(self, s: Session, p: _Pending, *, turn_index: int, paged: bool) -> MemoryRow:
+        row = MemoryRow(
+            scope=p.scope,
+            kind=p.kind,
+            role=p.role,
+            created_at=p.timestamp,
+            turn_index=turn_index,
+            paged=paged,
+            pinned=False,
+            text=p.text,
+            text_hash=hashlib.sha256(p.text.encode()).hexdigest(),
+            n_chars=len(p.text),
+            text_tokens=p.tokens,
+            meta=p.metadata,
+        )
+        s.add(row)
+        s.flush()
+        return row
+
+    def _add_embeddings(self, s: Session, memory: MemoryRow, p: _Pending) -> list[tuple[int, np.ndarray]]:
+        assert p.vectors is not None
+        rows = [
+            EmbeddingRow(
+                memory_id=memory.id, scope=p.scope, char_start=start, vector=vec.astype("<f4").tobytes()
+            )
+            for (start, _), vec in zip(p.chunks, p.vectors, strict=True)
+        ]
+        s.add_all(rows)
+        s.flush()
+        return [(r.id, vec) for r, vec in zip(rows, p.vectors, strict=True)]
+
+    def _index_add(self, scope: str, added: list[tuple[int, np.ndarray]]) -> None:
+        if added:
+            self.index.add(scope, [i for i, _ in added], np.stack([v for _, v in added]))
+
+    def _write_turns(self, pending: list[_Pending]) -> list[int]:
+        scope = pending[0].scope
+        ids, added = [], []
+        with self._session() as s, s.begin():
+            srow = self._ensure_scope(s, scope, pending[0].timestamp)
+            for p in pending:
+                srow.turns += 1
+                memory = self._new_memory(s, p, turn_index=srow.turns, paged=False)
+                added.extend(self._add_embeddings(s, memory, p))
+                ids.append(memory.id)
+            db.bump_generation(s)
+        self._index_add(scope, added)
+        return ids
+
+    def _write_document(self, p: _Pending) -> int:
+        pages, spans = self.renderer.layout([(None, p.text)])
+        with self._session() as s, s.begin():
+            srow = self._ensure_scope(s, p.scope, p.timestamp)
+            memory = self._new_memory(s, p, turn_index=srow.turns, paged=True)
+            self._write_pages(s, p.scope, pages, spans, [memory], leave_last_open=False)
+            if not self.config.retain_text:
+                memory.text = None
+            added = self._add_embeddings(s, memory, p)
+            db.bump_generation(s)
+        self._index_add(p.scope, added)
+        return memory.id
+
+    def _write_pages(
+        self,
+        s: Session,
+        scope: str,
+        pages: list[list[Line]],
+        spans: list[Span],
+        memories: list[MemoryRow],
+        *,
+        leave_last_open: bool,
+        offsets: Sequence[int] | None = None,
+    ) -> list[PageRow]:
+        """Render laid-out pages, store their blobs, and write page and span rows (caller's transaction).
+
+        ``memories[i]`` is the memory of layout item i; ``offsets[i]`` is added to its char ranges (an item
+        can be the tail of a memory whose head is already on an earlier page).
+        """
+        side = self.config.render.page_side
+        rows = []
+        for number, lines in enumerate(pages):
+            on_page = [sp for sp in spans if sp.page == number]
+            members = [memories[sp.item] for sp in on_page]
+            blob = self.blobs.put(_png(self.renderer.draw(lines)))
+            is_last = number == len(pages) - 1
+            page = PageRow(
+                scope=scope,
+                render_side=side,
+                side=side,
+                blob=blob,
+                blob_bytes=self.blobs.size(blob),
+                is_open=leave_last_open and is_last and len(lines) < self.renderer.lines_per_page,
+                lost=False,
+                created_at=max(m.created_at for m in members),
+                last_turn_index=max(m.turn_index for m in members),
+                text_tokens=0,
+            )
+            s.add(page)
+            s.flush()
+            tokens = 0
+            for sp in on_page:
+                memory = memories[sp.item]
+                shift = offsets[sp.item] if offsets else 0
+                text = memory.text or ""
+                tokens += self.counter.count(text[sp.char_start + shift : sp.char_end + shift])
+                s.add(
+                    SpanRow(
+                        memory_id=memory.id,
+                        page_id=page.id,
+                        line_start=sp.line_start,
+                        line_end=sp.line_end,
+                        char_start=sp.char_start + shift,
+                        char_end=sp.char_end + shift,
+                        joins="".join(JOIN_CODES[ln.join] for ln in lines[sp.line_start : sp.line_end]),
+                        label_len=lines[sp.line_start].label_len,
+                    )
+                )
+            page.text_tokens = tokens
+            rows.append(page)
+        s.flush()
+        return rows
+
+    def add_file(
+        self, path: str | os.PathLike[str], *, scope: str, metadata: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """Store a file: text/Markdown as one document, each PDF page or an image as a page of its own.
+
+        PDF and image pages keep their own pixels (fitted and padded to the top tier); their gist vector
+        comes from the PDF's text layer or, failing that, from the reader.
+        """
+        file = Path(path)
+        _check_name(scope, "scope", max_len=255)
+        meta = _check_metadata(metadata)
+        if not file.is_file():
+            raise InvalidInput(f"no such file: {str(file)!r}")
+        suffix = file.suffix.lower()
+        meta = {"source": file.name, **meta}
+        if suffix in TEXT_FILE_SUFFIXES:
+            try:
+                text = file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidInput(f"{str(file)!r} is not UTF-8 text ({e})") from None
+            return [self.add(text, scope=scope, kind="document", metadata=meta)]
+        if suffix != ".pdf" and suffix not in IMAGE_FILE_SUFFIXES:
+            known = sorted(TEXT_FILE_SUFFIXES | IMAGE_FILE_SUFFIXES | {".pdf"})
+            raise InvalidInput(f"unsupported file type {suffix!r} for {str(file)!r}; supported: {known}")
+        images = load_page_file(file, self.config.render.page_side)
+        texts = _pdf_texts(file) if suffix == ".pdf" else [""] * len(images)
+        ids = []
+        for number, (image, text) in enumerate(zip(images, texts, strict=True)):
+            if not text.strip():
+                text = "\n".join(line.text for line in self.reader.read([image])[0])
+            ids.append(self._write_image_page(image, text, scope, {**meta, "page": number + 1}))
+        return ids
+
+    def _write_image_page(self, image: Image.Image, text: str, scope: str, meta: dict[str, Any]) -> int:
+        text = " ".join(text.split()) or "(no text found)"
+        ts = _now()
+        p = _Pending(
+            text=text,
+            scope=scope,
+            kind="document",
+            role=None,
+            metadata=meta,
+            timestamp=ts,
+            tokens=self.counter.count(text),
+            chunks=_chunks(text, self.config.chunk_words),
+        )
+        p.vectors = self.embedder.embed([c for _, c in p.chunks])
+        side = self.config.render.page_side
+        with self._lock, self._session() as s, s.begin():
+            srow = self._ensure_scope(s, scope, ts)
+            memory = self._new_memory(s, p, turn_index=srow.turns, paged=True)
+            blob = self.blobs.put(_png(image))
+            page = PageRow(
+                scope=scope,
+                render_side=0,
+                side=side,
+                blob=blob,
+                blob_bytes=self.blobs.size(blob),
+                is_open=False,
+                lost=False,
+                created_at=ts,
+                last_turn_index=srow.turns,
+                text_tokens=p.tokens,
+            )
+            s.add(page)
+            s.flush()
+            # render_side 0 marks a free-form page: no line grid, the span covers the whole page.
+            s.add(
+                SpanRow(
+                    memory_id=memory.id,
+                    page_id=page.id,
+                    line_start=0,
+                    line_end=0,
+                    char_start=0,
+                    char_end=len(text),
+                    joins="",
+                    label_len=0,
+                )
+            )
+            if not self.config.retain_text:
+                memory.text = None
+            added = self._add_embeddings(s, memory, p)
+            db.bump_generation(s)
+        self._index_add(scope, added)
+        return memory.id
+
+    # -- aging ---------------------------------------------------------------------------------------------
+
+    def age(self, *, now: float | datetime | None = None, progress: Progress | None = None) -> dict[str, int]:
+        """Apply the forgetting policy once: pack turns that left the text tier into pages, then move every
+        page to the tier its turn distance and age call for, downsampling the stored image. Idempotent.
+
+        Returns counts: ``packed`` turns, ``pages_written``, ``downsampled`` pages, ``forgotten`` pages.
+        """
+        when = _check_timestamp(now)
+        report = {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
+        with self._lock:
+            with self._session() as s:
+                scopes = list(s.scalars(select(ScopeRow.name)))
+            for scope in scopes:
+                self._pack(scope, report)
+                self._tier_pages(scope, when, report, progress)
+        log.info("age: %s", report)
+        return report
+
+    def _pack(self, scope: str, report: dict[str, int]) -> None:
+        keep = self.config.aging.text_turns
+        stale_blobs: list[str] = []
+        with self._session() as s, s.begin():
+            srow = s.get(ScopeRow, scope)
+            assert srow is not None
+            candidates = list(
+                s.scalars(
+                    select(MemoryRow)
+                    .where(
+                        MemoryRow.scope == scope,
+                        MemoryRow.kind == "turn",
+                        MemoryRow.paged.is_(False),
+                        MemoryRow.pinned.is_(False),
+                        MemoryRow.turn_index <= srow.turns - keep,
+                    )
+                    .order_by(MemoryRow.turn_index, MemoryRow.id)
+                )
+            )
+            if not candidates:
+                return
+            open_page = s.scalars(
+                select(PageRow).where(PageRow.scope == scope, PageRow.is_open.is_(True))
+            ).first()
+            items: list[tuple[str | None, str]] = []
+            members: list[MemoryRow] = []
+            offsets: list[int] = []
+            if open_page is not None:
+                open_spans = list(
+                    s.scalars(
+                        select(SpanRow).where(SpanRow.page_id == open_page.id).order_by(SpanRow.line_start)
+                    )
+                )
+                for span in open_spans:
+                    memory = s.get(MemoryRow, span.memory_id)
+                    assert memory is not None and memory.text is not None, "open pages keep their text"
+                    label = memory.role if span.char_start == 0 else None
+                    items.append((label, memory.text[span.char_start :]))
+                    members.append(memory)
+                    offsets.append(span.char_start)
+                stale_blobs.append(open_page.blob or "")
+                for span in open_spans:
+                    s.delete(span)
+                s.execute(delete(RecallRow).where(RecallRow.page_id == open_page.id))
+                s.delete(open_page)
+                s.flush()
+            for memory in candidates:
+                assert memory.text is not None
+                items.append((memory.role, memory.text))
+                members.append(memory)
+                offsets.append(0)
+                memory.paged = True
+            pages, spans = self.renderer.layout(items)
+            rows = self._write_pages(s, scope, pages, spans, members, leave_last_open=True, offsets=offsets)
+            self._drop_closed_text(s, {m.id for m in members})
+            report["packed"] += len(candidates)
+            report["pages_written"] += len(rows)
+        self._sweep(stale_blobs)
+
+    def _drop_closed_text(self, s: Session, memory_ids: Iterable[int]) -> None:
+        """Forget the verbatim text of memories whose every page is closed (true optical memory)."""
+        if self.config.retain_text:
+            return
+        for mid in memory_ids:
+            still_open = s.scalar(
+                select(func.count(PageRow.id))
+                .join(SpanRow, SpanRow.page_id == PageRow.id)
+                .where(SpanRow.memory_id == mid, PageRow.is_open.is_(True))
+            )
+            memory = s.get(MemoryRow, mid)
+            if not still_open and memory is not None and not memory.pinned:
+                memory.text = None
+
+    def _tier_pages(self, scope: str, when: float, report: dict[str, int], progress: Progress | None) -> None:
+        policy = self.config.aging
+        sides = [t.side for t in policy.tiers]
+        with self._session() as s:
+            srow = s.get(ScopeRow, scope)
+            assert srow is not None
+            pinned_pages = set(
+                s.scalars(
+                    select(SpanRow.page_id)
+                    .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
+                    .where(MemoryRow.scope == scope, MemoryRow.pinned.is_(True))
+                )
+            )
+            pages = list(s.scalars(select(PageRow).where(PageRow.scope == scope, PageRow.side.is_not(None))))
+            moves = []
+            for page in pages:
+                if page.id in pinned_pages or page.lost:
+                    continue
+                target = policy.tier_index(
+                    turns=srow.turns - page.last_turn_index, age_s=when - page.created_at
+                )
+                current = sides.index(page.side) if page.side in sides else -1
+                if target is None or target > current:
+                    moves.append((page.id, None if target is None else sides[target]))
+        for page_id, side in moves:
+            self._move_page(page_id, side, report)
+            if progress:
+                progress(1)
+
+    def _move_page(self, page_id: int, side: int | None, report: dict[str, int]) -> None:
+        stale: list[str] = []
+        with self._session() as s, s.begin():
+            page = s.get(PageRow, page_id)
+            assert page is not None and page.blob is not None
+            stale.append(page.blob)
+            if page.is_open:
+                page.is_open = False
+            if side is None:
+                page.side, page.blob, page.blob_bytes = None, None, 0
+                report["forgotten"] += 1
+            else:
+                image = Image.open(io.BytesIO(self.blobs.get(page.blob)))
+                small = image.resize(
+                    (side, side), Image.Resampling.LANCZOS
+                )  # the forgetting: pixels are lost
+                page.blob = self.blobs.put(_png(small))
+                page.blob_bytes = self.blobs.size(page.blob)
+                page.side = side
+                report["downsampled"] += 1
+            s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))  # cached text of the old tier
+            members = list(s.scalars(select(SpanRow.memory_id).where(SpanRow.page_id == page_id)))
+            self._drop_closed_text(s, members)
+        self._sweep(stale)
+
+    def _sweep(self, names: Iterable[str]) -> None:
+        """Delete blobs no page refers to any more (after the transaction that released them committed)."""
+        with self._session() as s:
+            for name in set(names):
+                if name and not s.scalar(select(func.count(PageRow.id)).where(PageRow.blob == name)):
+                    self.blobs.delete(name)
+
+    # -- pin / delete --------------------------------------------------------------------------------------
+
+    def _memory(self, s: Session, memory_id: object) -> MemoryRow:
+        if not isinstance(memory_id, int) or isinstance(memory_id, bool):
+            raise InvalidInput(f"memory id must be an int, got {type(memory_id).__name__} {memory_id!r}")
+        row = s.get(MemoryRow, memory_id)
+        if row is None:
+            raise MemoryNotFound(f"no memory with id {memory_id!r} in {str(self.path)!r}")
+        return row
+
+    def _scope(self, s: Session, scope: object) -> ScopeRow:
+        _check_name(scope, "scope", max_len=255)
+        row = s.get(ScopeRow, scope)
+        if row is None:
+            raise ScopeNotFound(f"no memories were ever stored in scope {scope!r}")
+        return row
+
+    def pin(self, memory_id: int, *, pinned: bool = True) -> None:
+        """Pinned memories never age: a text-tier turn stays text, a paged memory's pages keep their tier."""
+        with self._lock, self._session() as s, s.begin():
+            self._memory(s, memory_id).pinned = pinned
+
+    def delete(self, memory_id: int) -> None:
+        """Delete a memory: its row, vectors and spans; its lines are blanked on pages it shares with other
+        memories, and pages holding nothing else are deleted with their blobs."""
+        with self._lock:
+            stale: list[str] = []
+            with self._session() as s, s.begin():
+                memory = self._memory(s, memory_id)
+                scope = memory.scope
+                eids = list(s.scalars(select(EmbeddingRow.id).where(EmbeddingRow.memory_id == memory_id)))
+                for span in list(s.scalars(select(SpanRow).where(SpanRow.memory_id == memory_id))):
+                    page = s.get(PageRow, span.page_id)
+                    assert page is not None
+                    others = s.scalar(
+                        select(func.count(SpanRow.id)).where(
+                            SpanRow.page_id == page.id, SpanRow.memory_id != memory_id
+                        )
+                    )
+                    if page.blob:
+                        stale.append(page.blob)
+                    if not others:
+                        s.delete(page)
+                    elif page.blob:
+                        image = Image.open(io.BytesIO(self.blobs.get(page.blob)))
+                        page.blob = self.blobs.put(
+                            _png(self.renderer.redact(image, span.line_start, span.line_end))
+                        )
+                        page.blob_bytes = self.blobs.size(page.blob)
+                        s.execute(delete(RecallRow).where(RecallRow.page_id == page.id))
+                s.execute(delete(SpanRow).where(SpanRow.memory_id == memory_id))
+                s.execute(delete(EmbeddingRow).where(EmbeddingRow.memory_id == memory_id))
+                s.delete(memory)
+                db.bump_generation(s)
+            self.index.remove(scope, eids)
+            self._sweep(stale)
+
+    def delete_scope(self, scope: str) -> int:
+        """Delete every memory, page, vector and blob of ``scope``; returns how many memories went."""
+        with self._lock:
+            with self._session() as s, s.begin():
+                self._scope(s, scope)
+                blobs = [b for b in s.scalars(select(PageRow.blob).where(PageRow.scope == scope)) if b]
+                count = s.scalar(select(func.count(MemoryRow.id)).where(MemoryRow.scope == scope)) or 0
+                mids = select(MemoryRow.id).where(MemoryRow.scope == scope)
+                pids = select(PageRow.id).where(PageRow.scope == scope)
+                s.execute(delete(RecallRow).where(RecallRow.page_id.in_(pids)))
+                s.execute(delete(SpanRow).where(SpanRow.memory_id.in_(mids)))
+                s.execute(delete(EmbeddingRow).where(EmbeddingRow.scope == scope))
+                s.execute(delete(PageRow).where(PageRow.scope == scope))
+                s.execute(delete(MemoryRow).where(MemoryRow.scope == scope))
+                s.execute(delete(ScopeRow).where(ScopeRow.name == scope))
+                db.bump_generation(s)
+            self.index.drop_scope(scope)
+            self._sweep(blobs)
+            return count
+
+    # -- search --------------------------------------------------------------------------------------------
+
+    def scopes(self) -> list[str]:
+        with self._lock, self._session() as s:
+            return list(s.scalars(select(ScopeRow.name).order_by(ScopeRow.name)))
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 5,
+        scope: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """The ``k`` memories closest in meaning to ``query``, best first, one hit per memory.
+
+        ``scope`` restricts the search to one tenant (None searches all). ``filters`` keeps memories whose
+        ``kind``, ``role``, ``tier`` or metadata keys equal the given values.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput(f"query must be a non-empty string, got {query!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidInput(f"k must be a positive int, got {k!r}")
+        wanted = _check_metadata(filters)
+        with self._lock:
+            with self._session() as s:
+                scopes = None if scope is None else [self._scope(s, scope).name]
+            vector = self.embedder.embed([query])[0]
+            fetch = k * (8 if wanted else 3)
+            while True:
+                raw = self.index.search(vector, fetch, scopes)
+                hits = self._hits(raw, wanted, k)
+                if len(hits) >= k or len(raw) < fetch:
+                    return hits
+                fetch *= 4
+
+    def _hits(self, raw: list[tuple[int, float]], wanted: dict[str, Any], k: int) -> list[Hit]:
+        if not raw:
+            return []
+        score = dict(raw)
+        with self._session() as s:
+            emb = {e.id: e for e in s.scalars(select(EmbeddingRow).where(EmbeddingRow.id.in_(list(score))))}
+            best: dict[int, tuple[float, int]] = {}
+            for eid, sc in raw:
+                e = emb.get(eid)
+                if e is not None and (e.memory_id not in best or sc > best[e.memory_id][0]):
+                    best[e.memory_id] = (sc, e.char_start)
+            memories = {m.id: m for m in s.scalars(select(MemoryRow).where(MemoryRow.id.in_(list(best))))}
+            spans: dict[int, list[SpanRow]] = {}
+            for sp in s.scalars(select(SpanRow).where(SpanRow.memory_id.in_(list(best)))):
+                spans.setdefault(sp.memory_id, []).append(sp)
+            page_sides = dict(
+                s.execute(
+                    select(PageRow.id, PageRow.side).where(
+                        PageRow.id.in_([sp.page_id for v in spans.values() for sp in v])
+                    )
+                ).all()
+            )
+        hits = []
+        for mid, (sc, char_start) in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])):
+            m = memories[mid]
+            page_id = None
+            tier = "text"
+            if m.paged:
+                mine = sorted(spans.get(mid, []), key=lambda sp: sp.char_start)
+                hit_span = next(
+                    (sp for sp in mine if sp.char_start <= char_start < max(sp.char_end, sp.char_start + 1)),
+                    mine[0] if mine else None,
+                )
+                if hit_span is not None:
+                    page_id = hit_span.page_id
+                    tier = _tier_name(page_sides.get(page_id))
+            hit = Hit(
+                id=mid,
+                score=sc,
+                tier=tier,
+                page_id=page_id,
+                scope=m.scope,
+                kind=m.kind,  # type: ignore[arg-type]
+                role=m.role,
+                metadata=dict(m.meta or {}),
+            )
+            if _matches(hit, wanted):
+                hits.append(hit)
+            if len(hits) == k:
+                break
+        return hits
+
+    # -- recall --------------------------------------------------------------------------------------------
+
+    def recall(self, memory_id: int, *, read: bool = False) -> Recall:
+        """A memory as text. Retained text is returned as is (``source="retained"``) unless ``read=True``;
+        otherwise the reader reads its page images at their current tier (cached per tier).
+
+        Raises ``MemoryNotFound`` for an unknown id and ``BlobError`` naming the page when a page image is
+        missing or corrupt (``verify(repair=True)`` heals what can be healed).
+        """
+        with self._lock, self._session() as s:
+            memory = self._memory(s, memory_id)
+            spans = list(
+                s.scalars(select(SpanRow).where(SpanRow.memory_id == memory_id).order_by(SpanRow.char_start))
+            )
+            pages = {
+                p.id: p
+                for p in s.scalars(select(PageRow).where(PageRow.id.in_([sp.page_id for sp in spans])))
+            }
+            tier = self._memory_tier(memory, pages)
+            if memory.text is not None and (not read or not memory.paged):
+                return Recall(id=memory.id, text=memory.text, tier=tier, source="retained", role=memory.role)
+            parts = []
+            for sp in spans:
+                page = pages[sp.page_id]
+                if page.side is None or page.blob is None:
+                    continue  # forgotten (or lost): nothing left to read
+                lines = self._page_lines(s, page, memory_id)
+                parts.append(_assemble(sp, lines, memory.role))
+            if not parts:
+                return Recall(id=memory.id, text="", tier=tier, source=FORGOTTEN, role=memory.role)
+            text = "".join(parts).strip()
+            return Recall(id=memory.id, text=text, tier=tier, source=self.reader.name, role=memory.role)
+
+    def _memory_tier(self, memory: MemoryRow, pages: Mapping[int, PageRow]) -> str:
+        if not memory.paged:
+            return "text"
+        sides = [p.side for p in pages.values()]
+        if not sides or any(side is None for side in sides):
+            return FORGOTTEN
+        return str(min(side for side in sides if side is not None))
+
+    def _page_lines(self, s: Session, page: PageRow, memory_id: int) -> dict[int, str]:
+        """Reader output for a page at its current tier, by line index; cached in SQL per tier."""
+        assert page.side is not None and page.blob is not None
+        cached = s.get(RecallRow, (page.id, page.side, self.reader.name))
+        if cached is not None:
+            return {int(k): v for k, v in cached.lines.items()}
+        try:
+            image = Image.open(io.BytesIO(self.blobs.get(page.blob)))
+        except BlobError as e:
+            raise BlobError(
+                f"cannot recall memory {memory_id}: page {page.id}: {e}; "
+                "run verify(repair=True) to heal what can be healed"
+            ) from None
+        found = self.reader.read([image])[0]
+        lines: dict[int, str] = {}
+        if page.render_side == 0:  # a free-form page (PDF, image): all its text, in reading order
+            lines = {0: "\n".join(t.text for t in found)}
+        else:
+            placed: dict[int, list[tuple[float, str]]] = {}
+            for number, t in enumerate(found):
+                if t.box is None:
+                    index, x = number, 0.0
+                else:
+                    index, x = self.renderer.line_at((t.box[1] + t.box[3]) / 2, image.height), t.box[0]
+                placed.setdefault(index, []).append((x, t.text))
+            lines = {i: " ".join(text for _, text in sorted(v)) for i, v in placed.items()}
+        s.merge(
+            RecallRow(
+                page_id=page.id,
+                side=page.side,
+                reader=self.reader.name,
+                lines={str(k): v for k, v in lines.items()},
+            )
+        )
+        s.commit()
+        return lines
+
+    # -- context -------------------------------------------------------------------------------------------
+
+    def build_context(
+        self,
+        query: str,
+        *,
+        budget_tokens: int,
+        mode: str = "text",
+        scope: str | None = None,
+        k: int = 8,
+        recent_share: float = 0.5,
+    ) -> Context:
+        """Recent raw turns plus memories retrieved for ``query``, packed into ``budget_tokens``.
+
+        ``mode="text"``: retrieved memories are recalled as text. ``mode="image"``: their pages are attached
+        as image parts at their current tier and cost DeepEncoder's vision tokens. Recent turns (the text
+        tier, newest first) take up to ``recent_share`` of the budget; retrieved memories fill the rest.
+        """
+        if mode not in ("text", "image"):
+            raise InvalidInput(f"mode must be 'text' or 'image', got {mode!r}")
+        if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
+            raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
+        if not 0.0 <= recent_share <= 1.0:
+            raise InvalidInput(f"recent_share must be within [0, 1], got {recent_share!r}")
+        with self._lock:
+            items: list[ContextItem] = []
+            used = 0
+            with self._session() as s:
+                if scope is not None:
+                    self._scope(s, scope)
+                stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False))
+                if scope is not None:
+                    stmt = stmt.where(MemoryRow.scope == scope)
+                recent_rows = list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
+            recent: list[tuple[MemoryRow, str, int]] = []
+            for m in recent_rows:
+                line = f"{m.role}: {m.text}" if m.role else (m.text or "")
+                cost = self.counter.count(line)
+                if used + cost > budget_tokens * recent_share:
+                    break
+                recent.append((m, line, cost))
+                used += cost
+                items.append(
+                    ContextItem(id=m.id, origin="recent", tier="text", tokens=cost, text_tokens=cost)
+                )
+            recent_ids = {m.id for m, _, _ in recent}
+            retrieved_parts: list[dict[str, Any]] = []
+            seen_pages: set[int] = set()
+            for hit in self.search(query, k=k, scope=scope):
+                if hit.id in recent_ids:
+                    continue
+                with self._session() as s:
+                    m = self._memory(s, hit.id)
+                    text_tokens = m.text_tokens
+                if mode == "image" and hit.page_id is not None:
+                    if hit.page_id in seen_pages:
+                        continue
+                    part, side = self._image_part(hit.page_id)
+                    if part is None or side is None:
+                        continue
+                    cost = vision_tokens(side)
+                    if used + cost > budget_tokens:
+                        continue
+                    seen_pages.add(hit.page_id)
+                    retrieved_parts.append(part)
+                else:
+                    r = self.recall(hit.id)
+                    if not r.text:
+                        continue
+                    block = f"[memory {hit.id}, {r.tier}] {r.role + ': ' if r.role else ''}{r.text}"
+                    cost = self.counter.count(block)
+                    if used + cost > budget_tokens:
+                        continue
+                    retrieved_parts.append({"type": "text", "text": block})
+                used += cost
+                items.append(
+                    ContextItem(
+                        id=hit.id,
+                        origin="retrieved",
+                        tier=hit.tier,
+                        tokens=cost,
+                        text_tokens=text_tokens,
+                        score=hit.score,
+                    )
+                )
+            parts: list[dict[str, Any]] = []
+            if retrieved_parts:
+                parts.append({"type": "text", "text": "Recalled memories:"})
+                parts.extend(retrieved_parts)
+            if recent:
+                parts.append(
+                    {
+                        "type": "text",
+                        "text": "Recent conversation:\n" + "\n".join(line for _, line, _ in reversed(recent)),
+                    }
+                )
+            saved = max(0, sum(i.text_tokens for i in items) - used)
+            return Context(
+                mode=mode,
+                parts=parts,
+                items=items,
+                budget_tokens=budget_tokens,
+                used_tokens=used,
+                saved_tokens=saved,
+            )
+
+    def _image_part(self, page_id: int) -> tuple[dict[str, Any] | None, int | None]:
+        with self._session() as s:
+            page = s.get(PageRow, page_id)
+            if page is None or page.blob is None or page.side is None:
+                return None, None
+            data = self.blobs.get(page.blob)
+        url = "data:image/png;base64," + base64.b64encode(data).decode()
+        return {"type": "image_url", "image_url": {"url": url}}, page.side
+
+    def page_image(self, memory_id: int) -> list[Image.Image]:
+        """The page images a memory is on, at their current tier (empty if in the text tier or forgotten)."""
+        with self._lock, self._session() as s:
+            self._memory(s, memory_id)
+            page_ids = list(
+                s.scalars(
+                    select(SpanRow.page_id).where(SpanRow.memory_id == memory_id).order_by(SpanRow.char_start)
+                )
+            )
+            blobs = [p.blob for p in s.scalars(select(PageRow).where(PageRow.id.in_(page_ids))) if p.blob]
+        return [Image.open(io.BytesIO(self.blobs.get(b))) for b in blobs]
+
+    # -- stats / verify ------------------------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """Counts, tokens and bytes per tier: the forgetting curve's cost side."""
+        with self._lock, self._session() as s:
+            n_memories = s.scalar(select(func.count(MemoryRow.id))) or 0
+            n_scopes = s.scalar(select(func.count(ScopeRow.name))) or 0
+            text_rows = s.execute(
+                select(
+                    func.count(MemoryRow.id),
+                    func.coalesce(func.sum(MemoryRow.text_tokens), 0),
+                    func.coalesce(func.sum(MemoryRow.n_chars), 0),
+                ).where(MemoryRow.paged.is_(False))
+            ).one()
+            page_rows = s.execute(
+                select(
+                    PageRow.side,
+                    func.count(PageRow.id),
+                    func.coalesce(func.sum(PageRow.text_tokens), 0),
+                    func.coalesce(func.sum(PageRow.blob_bytes), 0),
+                ).group_by(PageRow.side)
+            ).all()
+            mem_tiers = s.execute(
+                select(PageRow.side, func.count(func.distinct(SpanRow.memory_id)))
+                .join(SpanRow, SpanRow.page_id == PageRow.id)
+                .group_by(PageRow.side)
+            ).all()
+        per_side_memories = {side: n for side, n in mem_tiers}
+        tiers = [
+            TierStats(
+                tier="text",
+                memories=text_rows[0],
+                pages=0,
+                text_tokens=int(text_rows[1]),
+                vision_tokens=0,
+                compression=None,
+                bytes=int(text_rows[2]),
+            )
+        ]
+        for side, n_pages, tokens, nbytes in sorted(page_rows, key=lambda r: -(r[0] or 0)):
+            vt = vision_tokens(side) * n_pages if side else 0
+            tiers.append(
+                TierStats(
+                    tier=_tier_name(side),
+                    memories=per_side_memories.get(side, 0),
+                    pages=n_pages,
+                    text_tokens=int(tokens),
+                    vision_tokens=vt,
+                    compression=(tokens / vt) if vt else None,
+                    bytes=int(nbytes),
+                )
+            )
+        return Stats(
+            memories=n_memories,
+            pages=sum(t.pages for t in tiers),
+            scopes=n_scopes,
+            text_tokens=sum(t.text_tokens for t in tiers),
+            vision_tokens=sum(t.vision_tokens for t in tiers),
+            bytes_on_disk=sum(t.bytes for t in tiers),
+            tiers=tiers,
+        )
+
+    def verify(self, *, repair: bool = False) -> VerifyReport:
+        """Check every page blob against its hash, look for orphan blobs, and check the index against SQL.
+
+        With ``repair=True``: a damaged page whose memories all retain their text is re-rendered (and
+        downsampled to its tier); one that cannot be healed is marked lost; orphan blobs are deleted; the
+        index is rebuilt if it disagrees with SQL.
+        """
+        with self._lock:
+            missing: list[int] = []
+            corrupt: list[int] = []
+            rerendered: list[int] = []
+            lost: list[int] = []
+            with self._session() as s:
+                pages = list(
+                    s.execute(select(PageRow.id, PageRow.blob).where(PageRow.blob.is_not(None))).all()
+                )
+                count = s.scalar(select(func.count(EmbeddingRow.id))) or 0
+            for page_id, blob in pages:
+                assert blob is not None
+                problem = self.blobs.check(blob)
+                if problem == "missing":
+                    missing.append(page_id)
+                elif problem == "corrupt":
+                    corrupt.append(page_id)
+            referenced: set[str | None] = {blob for _, blob in pages}
+            orphans = [n for n in self.blobs.names() if n not in referenced]
+            index_ok = len(self.index) == count
+            if repair:
+                for page_id in missing + corrupt:
+                    (rerendered if self._heal_page(page_id) else lost).append(page_id)
+                for name in orphans:
+                    self.blobs.delete(name)
+                if not index_ok:
+                    self.rebuild_index()
+            elif not index_ok:
+                log.warning("index holds %d vectors, SQL %d", len(self.index), count)
+            return VerifyReport(
+                pages_checked=len(pages),
+                missing_blobs=missing,
+                corrupt_blobs=corrupt,
+                orphan_blobs=orphans,
+                rerendered=rerendered,
+                marked_lost=lost,
+                index_rebuilt=repair and not index_ok,
+                repaired=repair,
+            )
+
+    def _heal_page(self, page_id: int) -> bool:
+        with self._session() as s, s.begin():
+            page = s.get(PageRow, page_id)
+            assert page is not None
+            spans = list(
+                s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
+            )
+            memories = [s.get(MemoryRow, sp.memory_id) for sp in spans]
+            if page.render_side == 0 or not spans or any(m is None or m.text is None for m in memories):
+                page.lost, page.side, page.blob, page.blob_bytes = True, None, None, 0
+                return False
+            items = [
+                (m.role if sp.char_start == 0 else None, m.text[sp.char_start : sp.char_end])  # type: ignore[union-attr,index]
+                for sp, m in zip(spans, memories, strict=True)
+            ]
+            pages, _ = self.renderer.layout(items)
+            image = self.renderer.draw(pages[0])
+            if page.side is not None and page.side != image.width:
+                image = image.resize((page.side, page.side), Image.Resampling.LANCZOS)
+            page.blob = self.blobs.put(_png(image))
+            page.blob_bytes = self.blobs.size(page.blob)
+            s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))
+            return True
+
+
+def _matches(hit: Hit, wanted: Mapping[str, Any]) -> bool:
+    for key, value in wanted.items():
+        if key in ("kind", "role", "tier"):
+            if getattr(hit, key) != value:
+                return False
+        elif hit.metadata.get(key) != value:
+            return False
+    return True
+
+
+def _assemble(span: SpanRow, lines: Mapping[int, str], role: str | None) -> str:
+    """Rebuild a span's text from the reader's lines and the renderer's join record."""
+    if span.line_end <= span.line_start:  # free-form page
+        return lines.get(0, "")
+    out = []
+    for offset, index in enumerate(range(span.line_start, span.line_end)):
+        text = lines.get(index, "")
+        if offset == 0 and span.label_len:
+            text = _strip_label(text, role)
+        out.append(text.strip())
+        join = JOIN_CHARS[span.joins[offset]] if offset < len(span.joins) else "\n"
+        out.append(join)
+    return "".join(out)
+
+
+def _strip_label(text: str, role: str | None) -> str:
+    """Drop the "role: " label a turn's first line starts with (as the reader saw it)."""
+    if role and text.lower().startswith(role.lower()):
+        return text[len(role) :].lstrip(" :;.")
+    head, sep, tail = text.partition(":")
+    return tail.lstrip() if sep and len(head) <= 64 and " " not in head.strip() else text
+
+
+def _pdf_texts(path: Path) -> list[str]:
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        return [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
+    finally:
+        pdf.close()
+
+
+def open_store(path: str | os.PathLike[str], **options: Any) -> OpticalMemory:
+    """``optical_memory.open``: open (creating if needed) the store in folder ``path``.
+
+    Options are ``StoreConfig`` fields (``retain_text=True``, ``database_url=...``,
+    ``render=RenderConfig(...)``,
+    ``aging=AgingPolicy(...)``), ``config=StoreConfig(...)`` whole, or backend objects ``embedder=``,
+    ``reader=``, ``counter=`` implementing the protocols in ``optical_memory.protocols``.
+    """
+    backends = {key: options.pop(key) for key in ("embedder", "reader", "counter") if key in options}
+    config = options.pop("config", None)
+    if config is not None and options:
+        raise InvalidInput(f"pass either config= or individual options, not both: {sorted(options)}")
+    if config is None:
+        known = set(StoreConfig.__dataclass_fields__)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidInput(
+                f"unknown option(s) {unknown}; known: {sorted(known | set(backends) | {'config'})}"
+            )
+        config = StoreConfig(**options)
+    elif not isinstance(config, StoreConfig):
+        raise InvalidInput(f"config must be a StoreConfig, got {type(config).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInput(f"path must be a folder path, got {type(path).__name__} {path!r}")
+    return OpticalMemory(path, config=config, **backends)
+
+
+__all__ = ["OpticalMemory", "open_store"]

@@ -1,0 +1,580 @@
+"""The store end to end on tiny pages: real SQLite file, real FAISS, real MiniLM embedder, real RapidOCR."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import optical_memory as om
+from optical_memory.config import AgingPolicy, StoreConfig, Tier
+
+SCOPE = "user-1"
+
+
+def tiny(tmp_path: Path, embedder, **options) -> om.OpticalMemory:
+    return om.open(tmp_path / "store", config=StoreConfig.tiny(**options), embedder=embedder)
+
+
+def _all_page_blobs(store: om.OpticalMemory) -> set[str]:
+    from sqlalchemy import select
+
+    from optical_memory.db import PageRow
+
+    with store._session() as s:
+        return {b for b in s.scalars(select(PageRow.blob)) if b}
+
+
+def turn(i: int) -> str:
+    return f"Turn number {i} talks about topic {i % 7} and item {i * 13 % 101} in a few plain words."
+
+
+@pytest.fixture
+def store(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as s:
+        yield s
+
+
+def blob_files(store: om.OpticalMemory) -> set[str]:
+    return set(store.blobs.names())
+
+
+def page_blobs(store: om.OpticalMemory, memory_id: int) -> set[str]:
+    """Blob names of the pages a memory is on (read from SQL, as the store sees them)."""
+    from sqlalchemy import select
+
+    from optical_memory.db import PageRow, SpanRow
+
+    with store._session() as s:
+        stmt = (
+            select(PageRow.blob)
+            .join(SpanRow, SpanRow.page_id == PageRow.id)
+            .where(SpanRow.memory_id == memory_id)
+        )
+        return {b for b in s.scalars(stmt) if b}
+
+
+# -- add / recall in the text tier
+
+
+def test_add_and_recall_text_tier(store):
+    mid = store.add("My sister Ingrid lives in Tromsø.", scope=SCOPE, role="user")
+    r = store.recall(mid)
+    assert (r.text, r.tier, r.source, r.role) == (
+        "My sister Ingrid lives in Tromsø.",
+        "text",
+        "retained",
+        "user",
+    )
+    [hit] = store.search("Where does Ingrid live?", scope=SCOPE, k=1)
+    assert (hit.id, hit.tier, hit.page_id, hit.scope) == (mid, "text", None, SCOPE)
+
+
+def test_add_many_returns_ids_in_order(store):
+    ids = store.add_many(["first thing", {"text": "second thing", "role": "assistant"}], scope=SCOPE)
+    assert [store.recall(i).text for i in ids] == ["first thing", "second thing"]
+    assert store.recall(ids[1]).role == "assistant"
+
+
+# -- aging
+
+
+def test_age_packs_old_turns_into_pages_and_is_idempotent(store):
+    ids = store.add_many([{"text": turn(i), "role": "user"} for i in range(6)], scope=SCOPE)
+    first = store.age()
+    assert first["packed"] == 4  # text_turns=2 keeps the newest two as text
+    assert first["pages_written"] >= 1
+    before = (blob_files(store), store.stats())
+    second = store.age()
+    assert second == {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
+    assert (blob_files(store), store.stats()) == before
+    tiers = [store.recall(i).tier for i in ids]
+    assert tiers[-2:] == ["text", "text"]
+    assert all(t == "256" for t in tiers[:4])
+
+
+def test_ladder_downsamples_and_forgets(tmp_path, embedder):
+    policy = AgingPolicy(text_turns=0, tiers=StoreConfig.tiny().aging.tiers)
+    with tiny(tmp_path, embedder, retain_text=True, aging=policy) as store:
+        old = store.add(turn(0), scope=SCOPE, role="user")
+        store.age()
+        [page] = store.page_image(old)
+        assert page.size == (256, 256)
+        seen = []
+        for i in range(1, 40):
+            store.add(turn(i), scope=SCOPE, role="user")
+            store.age()
+            seen.append(store.recall(old).tier)
+        # distance <= 4 -> 256, <= 8 -> 128, <= 16 -> 64, beyond -> forgotten; never back up the ladder
+        assert seen[0] == "256" and "128" in seen and "64" in seen and seen[-1] == "forgotten"
+        order = ["256", "128", "64", "forgotten"]
+        assert [order.index(t) for t in seen] == sorted(order.index(t) for t in seen)
+        assert store.page_image(old) == []
+        r = store.recall(old, read=True)
+        assert (r.text, r.source, r.tier) == ("", "forgotten", "forgotten")
+        # the gist vector survives forgetting: the memory is still found
+        assert old in [h.id for h in store.search(turn(0), scope=SCOPE, k=3)]
+
+
+def test_downsampled_page_really_loses_pixels(tmp_path, embedder):
+    policy = AgingPolicy(text_turns=0, tiers=StoreConfig.tiny().aging.tiers)
+    with tiny(tmp_path, embedder, aging=policy) as store:
+        mid = store.add(turn(0), scope=SCOPE, role="user")
+        store.age()
+        [full] = page_blobs(store, mid)
+        for i in range(1, 30):
+            store.add(turn(i), scope=SCOPE)
+            store.age()
+            if store.recall(mid).tier == "128":
+                break
+        [small] = store.page_image(mid)
+        assert small.size == (128, 128)
+        assert full not in blob_files(store)  # the 256px pixels are gone from disk, not just unreferenced
+        assert blob_files(store) == _all_page_blobs(store)  # one blob per page, no stale tiers
+
+
+def test_wall_clock_aging(tmp_path, embedder):
+    policy = AgingPolicy(text_turns=0, tiers=(Tier(side=256, max_age_s=100), Tier(side=128, max_age_s=1000)))
+    with tiny(tmp_path, embedder, aging=policy) as store:
+        mid = store.add(turn(0), scope=SCOPE, timestamp=1_000.0)
+        store.age(now=1_050.0)
+        assert store.recall(mid).tier == "256"
+        store.age(now=1_500.0)
+        assert store.recall(mid).tier == "128"
+        store.age(now=5_000.0)
+        assert store.recall(mid).tier == "forgotten"
+
+
+def test_pinned_memory_never_ages(store):
+    keep = store.add(turn(0), scope=SCOPE, role="user")
+    store.pin(keep)
+    for i in range(1, 30):
+        store.add(turn(i), scope=SCOPE)
+    store.age()
+    r = store.recall(keep)
+    assert (r.tier, r.source, r.text) == ("text", "retained", turn(0))
+
+
+def test_text_is_dropped_once_rendered_unless_retained(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        ids = store.add_many([turn(i) for i in range(12)], scope=SCOPE)
+        store.age()
+        db_file = tmp_path / "store" / "memory.db"
+    with sqlite3.connect(db_file) as con:
+        texts = dict(con.execute("select id, text from memories").fetchall())
+    assert texts[ids[0]] is None  # on a closed page: only hash, gist vector and pixels remain
+    assert texts[ids[-1]] == turn(11)  # still in the text tier
+
+
+# -- reading pages back
+
+
+@pytest.mark.slow
+def test_recall_reads_page_at_full_tier(tmp_path, embedder):
+    """Default 1024px pages read back by RapidOCR with CER <= 1% (one page of ~1,000 tokens)."""
+    from optical_memory.metrics import cer
+
+    texts = [
+        "Before I forget: the wifi password at the lake cabin is heron-4417, all lowercase. "
+        "Can you also remind me to water the tomatoes every second morning?",
+        "Sure. I noted the cabin password. For the tomatoes, water them at the base before the heat of "
+        "midday and check the soil an inch down; if it is still damp, skip a day. Mulch keeps it moist.",
+        "Thanks! Next week we fly to Reykjavik on FI 615, leaving Copenhagen at 07:40 on a Tuesday.",
+    ]
+    policy = AgingPolicy(text_turns=0)
+    with om.open(tmp_path / "s", embedder=embedder, aging=policy) as store:
+        ids = [
+            store.add(t, scope=SCOPE, role=r)
+            for t, r in zip(texts, ["user", "assistant", "user"], strict=True)
+        ]
+        store.age()
+        for mid, text in zip(ids, texts, strict=True):
+            r = store.recall(mid, read=True)  # the last page is still open, so its text is still retained
+            assert r.tier == "1024" and r.source == "rapidocr"
+            assert cer(text, r.text) <= 0.01, (text, r.text)
+        # cached per tier: a second recall does not run the reader
+        before = store.reader
+        store._reader = None
+        store._make_reader = lambda: (_ for _ in ()).throw(AssertionError("reader should not run"))
+        assert store.recall(ids[0], read=True).text
+        store._reader = before
+
+
+# -- search
+
+
+@pytest.mark.slow
+def test_search_finds_planted_fact_among_thousands(tmp_path, embedder):
+    from optical_memory.demo import TOPICS
+
+    rng = np.random.default_rng(0)
+    topics = sorted(TOPICS)
+    filler = []
+    for i in range(2000):
+        bank = TOPICS[topics[i % len(topics)]]
+        words = [str(rng.choice(bank[k])) for k in ("verb", "thing", "detail")]
+        filler.append(f"Let us {words[0]} {words[1]} {words[2]}.")
+    fact = "The combination for my locker at the climbing gym is 31-07-22."
+    with tiny(tmp_path, embedder) as store:
+        store.add_many(filler[:1000], scope=SCOPE)
+        planted = store.add(fact, scope=SCOPE, role="user")
+        store.add_many(filler[1000:], scope=SCOPE)
+        hits = store.search("What is the code of my gym locker?", scope=SCOPE, k=3)
+        assert hits[0].id == planted
+
+
+def test_search_filters_and_kinds(store):
+    a = store.add("apples are red", scope=SCOPE, role="user", metadata={"session": 1})
+    b = store.add("apples are green", scope=SCOPE, role="assistant", metadata={"session": 2})
+    d = store.add("a field guide to apples", scope=SCOPE, kind="document")
+    assert {h.id for h in store.search("apples", scope=SCOPE, k=5)} == {a, b, d}
+    assert [h.id for h in store.search("apples", scope=SCOPE, filters={"session": 2})] == [b]
+    assert [h.id for h in store.search("apples", scope=SCOPE, filters={"role": "user"})] == [a]
+    assert [h.id for h in store.search("apples", scope=SCOPE, filters={"kind": "document"})] == [d]
+    [hit] = store.search("field guide", scope=SCOPE, filters={"kind": "document"})
+    assert hit.tier == "256" and hit.page_id is not None
+
+
+# -- delete
+
+
+def test_delete_removes_rows_vectors_and_blobs(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        doc = store.add("A document that sits alone on its page.", scope=SCOPE, kind="document")
+        assert len(blob_files(store)) == 1 and len(store.index) == 1
+        store.delete(doc)
+        assert blob_files(store) == set() and len(store.index) == 0
+        with pytest.raises(om.MemoryNotFound, match=str(doc)):
+            store.recall(doc)
+        assert store.search("document alone", scope=SCOPE) == []
+
+
+def test_delete_blanks_lines_on_a_shared_page(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        ids = store.add_many([turn(i) for i in range(6)], scope=SCOPE)
+        store.age()
+        [page_before] = store.page_image(ids[0])
+        assert (np.asarray(page_before)[:25] != 255).any()
+        store.delete(ids[0])
+        [page_after] = store.page_image(ids[1])
+        a, b = np.asarray(page_before), np.asarray(page_after)
+        assert a.shape == b.shape and (a != b).any()
+        assert (b[:25] == 255).all()  # the top lines (the deleted turn) are blank now
+        assert ids[0] not in {h.id for h in store.search(turn(0), scope=SCOPE, k=6)}
+
+
+def test_delete_scope_removes_everything_of_that_scope_only(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        store.add_many([turn(i) for i in range(10)], scope="a")
+        keep = store.add_many([turn(i + 100) for i in range(10)], scope="b")
+        store.age()
+        before = blob_files(store)
+        assert store.delete_scope("a") == 10
+        assert store.scopes() == ["b"]
+        with pytest.raises(om.ScopeNotFound, match="'a'"):
+            store.search("topic", scope="a")
+        assert all(store.recall(i).id == i for i in keep)
+        pages_of_b = {name for i in keep for name in page_blobs(store, i)}
+        assert blob_files(store) == pages_of_b and len(pages_of_b) < len(before)
+        assert len(store.index) == 10
+
+
+# -- scope isolation (property)
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.lists(
+        st.tuples(
+            st.sampled_from(["alice", "bob", "carol"]), st.sampled_from(["cats", "tax", "trains", "soup"])
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    query=st.sampled_from(["cats", "money", "railway", "dinner"]),
+)
+def test_scope_isolation(tmp_path_factory, embedder, data, query):
+    with tiny(tmp_path_factory.mktemp("iso"), embedder) as store:
+        owner = {}
+        for scope, topic in data:
+            owner[store.add(f"{scope} says something about {topic}", scope=scope)] = scope
+        store.age()
+        for scope in set(owner.values()):
+            hits = store.search(query, scope=scope, k=20)
+            assert hits and all(owner[h.id] == scope and h.scope == scope for h in hits)
+            assert {h.id for h in hits} == {i for i, s in owner.items() if s == scope}
+
+
+# -- index
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt", "stale"])
+def test_index_is_rebuilt_when_missing_corrupt_or_stale(tmp_path, embedder, damage):
+    path = tmp_path / "store"
+    with tiny(tmp_path, embedder) as store:
+        ids = store.add_many([turn(i) for i in range(20)], scope=SCOPE)
+    index_file = path / "index.faiss"
+    if damage == "delete":
+        index_file.unlink()
+    elif damage == "corrupt":
+        data = bytearray(index_file.read_bytes())
+        data[-100:] = b"\x00" * 100
+        index_file.write_bytes(bytes(data))
+    else:  # an older index file beside a newer database
+        old = index_file.read_bytes()
+        with tiny(tmp_path, embedder) as store:
+            ids.append(store.add("a late addition about violins", scope=SCOPE))
+        index_file.write_bytes(old)
+    with tiny(tmp_path, embedder) as store:
+        assert len(store.index) == len(ids)
+        assert store.search(turn(7), scope=SCOPE, k=1)[0].id == ids[7]
+        if damage == "stale":
+            assert store.search("violins", scope=SCOPE, k=1)[0].id == ids[-1]
+
+
+# -- bad input
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "empty"),
+        ("   \n\t", "whitespace|empty"),
+        (42, "int"),
+        (None, "NoneType"),
+        ("bell\x07", "0007"),
+        ("bad \ud800 surrogate", "D800"),
+    ],
+)
+def test_bad_text_is_rejected_and_nothing_is_lost(store, text, match):
+    keep = store.add("something worth keeping", scope=SCOPE)
+    with pytest.raises(om.InvalidInput, match=match):
+        store.add(text, scope=SCOPE)
+    with pytest.raises(om.InvalidInput):
+        store.add_many(["fine", text], scope=SCOPE)  # one bad item: nothing of the batch is stored
+    assert store.stats().memories == 1 and store.recall(keep).text == "something worth keeping"
+
+
+def test_undrawable_characters_are_named(store):
+    with pytest.raises(om.UnrenderableText, match=r"U\+10FFFD"):
+        store.add("private use \U0010fffd here", scope=SCOPE)
+
+
+def test_any_size_of_text_is_split_across_pages(store):
+    big = " ".join(f"word{i}" for i in range(3000))
+    mid = store.add(big, scope=SCOPE, kind="document")
+    assert len(store.page_image(mid)) > 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"scope": ""},
+        {"scope": 3},
+        {"role": ""},
+        {"kind": "note"},
+        {"metadata": {"x": object()}},
+        {"metadata": [1]},
+        {"timestamp": "yesterday"},
+    ],
+)
+def test_bad_arguments_name_the_value(store, bad):
+    args = {"scope": SCOPE, **bad}
+    with pytest.raises(om.InvalidInput):
+        store.add("text", **args)
+
+
+def test_unknown_ids_and_scopes(store):
+    store.add("hello", scope=SCOPE)
+    with pytest.raises(om.MemoryNotFound, match="12345"):
+        store.recall(12345)
+    with pytest.raises(om.MemoryNotFound):
+        store.delete(12345)
+    with pytest.raises(om.InvalidInput, match="str"):
+        store.recall("7")  # type: ignore[arg-type]
+    with pytest.raises(om.ScopeNotFound, match="nobody"):
+        store.search("hello", scope="nobody")
+    with pytest.raises(om.ScopeNotFound, match="nobody"):
+        store.delete_scope("nobody")
+    assert isinstance(om.MemoryNotFound("x"), KeyError)
+
+
+def test_newer_schema_is_refused(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        store.add("hello", scope=SCOPE)
+    with sqlite3.connect(tmp_path / "store" / "memory.db") as con:
+        con.execute("update meta set value='999' where key='schema_version'")
+    with pytest.raises(om.SchemaVersionError, match="999"):
+        tiny(tmp_path, embedder)
+
+
+def test_second_process_gets_a_clear_lock_error(tmp_path, embedder):
+    with tiny(tmp_path, embedder):
+        code = (
+            "import optical_memory as om, sys\n"
+            "try:\n"
+            f"    om.open({str(tmp_path / 'store')!r}, embedder=None)\n"
+            "except om.StoreLocked as e:\n"
+            "    print('LOCKED', e); sys.exit(0)\n"
+            "sys.exit(1)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "LOCKED" in out.stdout, out.stderr
+    with tiny(tmp_path, embedder):  # released on close
+        pass
+
+
+def test_corrupt_blob_is_named_by_recall_and_healed_by_verify(tmp_path, embedder):
+    with tiny(tmp_path, embedder, retain_text=True) as store:
+        mid = store.add("a page whose pixels will be damaged", scope=SCOPE, kind="document")
+        [name] = blob_files(store)
+        store.blobs.path(name).write_bytes(b"not a png")
+        with pytest.raises(om.BlobError, match="corrupt"):
+            store.recall(mid, read=True)
+        report = store.verify()
+        assert not report.ok and report.corrupt_blobs
+        healed = store.verify(repair=True)
+        assert healed.rerendered == report.corrupt_blobs
+        assert store.verify().ok
+        assert store.recall(mid).text == "a page whose pixels will be damaged"
+
+
+def test_missing_blob_without_text_is_marked_lost(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        mid = store.add("a page that will vanish", scope=SCOPE, kind="document")
+        [name] = blob_files(store)
+        store.blobs.path(name).unlink()
+        with pytest.raises(om.BlobError, match="missing"):
+            store.recall(mid)
+        orphan = store.blobs.put(b"orphan bytes")
+        report = store.verify(repair=True)
+        assert report.marked_lost and report.orphan_blobs == [orphan]
+        assert store.verify().ok and store.recall(mid).tier == "forgotten"
+
+
+# -- context
+
+
+def test_build_context_text_and_image(tmp_path, embedder):
+    with tiny(tmp_path, embedder, retain_text=True) as store:
+        store.add_many([{"text": turn(i), "role": "user"} for i in range(10)], scope=SCOPE)
+        store.age()
+        ctx = store.build_context(turn(1), budget_tokens=300, scope=SCOPE)
+        assert ctx.used_tokens <= 300 and ctx.mode == "text"
+        origins = {i.origin for i in ctx.items}
+        assert origins == {"recent", "retrieved"}
+        assert turn(9) in ctx.text  # newest turn verbatim
+        assert sum(i.tokens for i in ctx.items) == ctx.used_tokens
+        img = store.build_context(turn(1), budget_tokens=300, mode="image", scope=SCOPE)
+        images = [p for p in img.parts if p["type"] == "image_url"]
+        assert images and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
+        retrieved = [i for i in img.items if i.origin == "retrieved"]
+        assert all(i.tokens == om.vision_tokens(int(i.tier)) for i in retrieved)
+        with pytest.raises(om.InvalidInput, match="mode"):
+            store.build_context("x", budget_tokens=10, mode="video")
+
+
+# -- files
+
+
+def test_add_file_text_pdf_and_image(tmp_path, embedder):
+    note = tmp_path / "note.md"
+    note.write_text("# Shopping\n\nOat milk, lentils and a new kettle.\n")
+    image = Image.new("L", (300, 200), 255)
+    png = tmp_path / "blank.png"
+    image.save(png)
+    pdf = tmp_path / "two.pdf"
+    image.convert("RGB").save(pdf, save_all=True, append_images=[image.convert("RGB")])
+    with tiny(tmp_path, embedder) as store:
+        [doc] = store.add_file(note, scope=SCOPE)
+        assert store.search("kettle", scope=SCOPE, k=1)[0].id == doc
+        assert len(store.add_file(pdf, scope=SCOPE)) == 2
+        [img] = store.add_file(png, scope=SCOPE)
+        assert store.page_image(img)[0].size == (256, 256)
+        with pytest.raises(om.InvalidInput, match=r"missing\.pdf"):
+            store.add_file(tmp_path / "missing.pdf", scope=SCOPE)
+        (tmp_path / "data.xyz").write_text("x")
+        with pytest.raises(om.InvalidInput, match=r"\.xyz"):
+            store.add_file(tmp_path / "data.xyz", scope=SCOPE)
+
+
+# -- stats / options / public surface
+
+
+def test_stats_account_tokens_and_bytes(store):
+    store.add_many([turn(i) for i in range(8)], scope=SCOPE)
+    store.age()
+    stats = store.stats()
+    by = {t.tier: t for t in stats.tiers}
+    assert by["text"].memories == 2 and by["256"].pages >= 1
+    assert by["256"].vision_tokens == by["256"].pages * om.vision_tokens(256)
+    assert by["256"].bytes == sum(store.blobs.size(n) for n in blob_files(store))
+    assert json.dumps(stats.__class__.__name__)
+
+
+def test_unknown_option_is_named(tmp_path):
+    with pytest.raises(om.InvalidInput, match="retain_txt"):
+        om.open(tmp_path / "s", retain_txt=True)
+
+
+def test_public_api_is_pinned():
+    assert sorted(om.__all__) == sorted(
+        [
+            "AgingPolicy",
+            "BlobError",
+            "Context",
+            "ContextItem",
+            "Hit",
+            "InvalidInput",
+            "MemoryNotFound",
+            "MissingDependency",
+            "OpticalMemory",
+            "OpticalMemoryError",
+            "Recall",
+            "RenderConfig",
+            "SchemaVersionError",
+            "ScopeNotFound",
+            "Stats",
+            "StoreConfig",
+            "StoreLocked",
+            "TextLine",
+            "Tier",
+            "TierStats",
+            "UnrenderableText",
+            "VerifyReport",
+            "__version__",
+            "open",
+            "vision_tokens",
+        ]
+    )
+    methods = {
+        "add",
+        "add_many",
+        "add_file",
+        "search",
+        "recall",
+        "age",
+        "pin",
+        "delete",
+        "delete_scope",
+        "build_context",
+        "stats",
+        "verify",
+        "close",
+        "page_image",
+        "scopes",
+        "flush",
+        "rebuild_index",
+    }
+    public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader"}
+    assert public == methods
