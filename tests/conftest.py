@@ -1,0 +1,29 @@
+"""Shared fixtures: the real backends, each built once per test session (the models take seconds to load)."""
+
+from __future__ import annotations
+
+import pytest
+
+from optical_memory.backends.minilm import MiniLMEmbedder
+from optical_memory.backends.rapidocr_reader import RapidOCRReader
+from optical_memory.backends.tiktoken_counter import TiktokenCounter
+
+
+@pytest.fixture(scope="session")
+def embedder() -> MiniLMEmbedder:
+    """The real all-MiniLM-L6-v2 embedder, loaded here (about 4 s, once) so no test is charged for it."""
+    model = MiniLMEmbedder()
+    model.embed(["warm up"])
+    return model
+
+
+@pytest.fixture(scope="session")
+def reader() -> RapidOCRReader:
+    """The real RapidOCR reader (the ONNX models load on its first read)."""
+    return RapidOCRReader()
+
+
+@pytest.fixture(scope="session")
+def counter() -> TiktokenCounter:
+    """The offline cl100k_base token counter."""
+    return TiktokenCounter()
