@@ -39,7 +39,7 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 def bench_ingest_and_search(folder: Path, tokens: int, queries: int) -> dict[str, object]:
     store = om.open(folder / "big")
-    turns = list(conversation(seed=1, min_tokens=tokens, count=store.counter.count))
+    turns = list(conversation(seed=1, min_tokens=tokens, count=store.counter.count, facts=()))
     text_tokens = sum(store.counter.count(t.text) for t in turns)
     store.embedder.embed(["warm up"])  # model load is start-up cost, not throughput
     sessions: dict[int, list] = {}
@@ -96,7 +96,7 @@ def bench_forgetting(folder: Path, n_pages: int) -> list[dict[str, object]]:
         tiers=tuple(Tier(side=s, max_age_s=(i + 1) * DAY) for i, s in enumerate(sides)),
     )
     store = om.open(folder / "curve", retain_text=True, aging=policy)
-    turns = list(conversation(seed=2, min_tokens=1_100 * n_pages, count=store.counter.count))
+    turns = list(conversation(seed=2, min_tokens=950 * n_pages, count=store.counter.count, facts=()))
     t0 = turns[0].timestamp
     ids = store.add_many([{"text": t.text, "role": t.role, "timestamp": t0} for t in turns], scope="curve")
     truth = {i: t.text for i, t in zip(ids, turns, strict=True)}

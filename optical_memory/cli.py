@@ -79,10 +79,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(_table(["question", "planted", "tier", "score", "recalled", "answer"], rows))
     found = sum(a.found for a in report.answers)
     print(f"\n{found}/{len(report.answers)} answers read back from their page images.")
-    print(
-        f"Context for {demo_module.FACTS[0].question!r} with a 2,000-token budget: "
-        f"{report.context_items} items, {report.context_used:,} tokens used, {report.context_saved:,} saved."
-    )
+    print(f"\nContext for {demo_module.FACTS[0].question!r} within {demo_module.CONTEXT_BUDGET:,} tokens:")
+    for mode, (items, used, saved) in report.contexts.items():
+        print(f"  {mode:>5} mode: {items} memories, {used:,} tokens used, {saved:,} saved against plain text")
     print("\nPage images at each tier (open them to see the forgetting):")
     for tier, path in report.page_images.items():
         print(f"  {tier:>9}px  {path}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from .types import Stats
 log = logging.getLogger(__name__)
 
 DAY = 86_400.0
+CONTEXT_BUDGET = 2_000
 START = 1_767_225_600.0  # 2026-01-01 00:00 UTC: fixed so the demo is reproducible
 
 
@@ -40,31 +41,31 @@ FACTS = (
         "heron-4417",
     ),
     Fact(
-        2,
+        3,
         "My sister Ingrid is allergic to cashews, so please keep cashews out of every party recipe.",
         "Which nut is my sister Ingrid allergic to?",
         "cashews",
     ),
     Fact(
-        4,
+        6,
         "Note for the migration: the staging database listens on port 6543, not the default 5432.",
         "Which port does the staging database listen on?",
         "6543",
     ),
     Fact(
-        7,
+        12,
         "We booked the anniversary dinner at Maison Verte on the fourteenth of March, table for two.",
         "Where is the anniversary dinner booked?",
         "Maison Verte",
     ),
     Fact(
-        12,
+        30,
         "The combination for my locker at the climbing gym is 31-07-22.",
         "What is the combination of my climbing gym locker?",
         "31-07-22",
     ),
     Fact(
-        20,
+        68,
         "My flight to Reykjavik is FI 615, leaving Copenhagen at 07:40 on a Tuesday.",
         "What is my flight number to Reykjavik?",
         "FI 615",
@@ -238,26 +239,34 @@ class Turn:
     fact: Fact | None = None
 
 
-def conversation(*, seed: int = 0, min_tokens: int = 100_000, count: Callable[[str], int]) -> Iterator[Turn]:
-    """Yield turns of a multi-session conversation until it holds ``min_tokens`` text tokens.
+def conversation(
+    *,
+    seed: int = 0,
+    min_tokens: int = 100_000,
+    count: Callable[[str], int],
+    facts: Sequence[Fact] = FACTS,
+) -> Iterator[Turn]:
+    """Yield turns of a multi-session conversation until it holds ``min_tokens`` text tokens and every
+    fact has been planted.
 
-    Session ``s`` happens on day ``s`` (one session a day); the facts in ``FACTS`` are stated by the user in
-    their sessions. Deterministic for a given seed.
+    Session ``s`` happens on day ``s`` (one session a day); each fact is stated by the user in its session.
+    Deterministic for a given seed.
     """
     rng = random.Random(seed)
-    facts = {f.session: f for f in FACTS}
+    planted = {f.session: f for f in facts}
+    last = max(planted, default=0)
     total, session = 0, 0
-    while total < min_tokens or session <= max(facts):
+    while total < min_tokens or session < last:
         session += 1
         topic = rng.choice(sorted(TOPICS))
         bank = TOPICS[topic]
         n_turns = rng.randint(12, 28)
-        fact_at = rng.randrange(1, n_turns - 1) if session in facts else -1
+        fact_at = rng.randrange(1, n_turns - 1) if session in planted else -1
         for i in range(n_turns):
             when = START + session * DAY + i * 90.0
             fill = {key: rng.choice(values) for key, values in bank.items()}
             if i == fact_at:
-                fact = facts[session]
+                fact = planted[session]
                 text = f"{fact.statement} {rng.choice(USER_TEMPLATES).format(**fill)}"
                 turn = Turn(session, "user", text, when, fact)
             elif i % 2 == 0:
@@ -291,9 +300,8 @@ class DemoReport:
     stats: Stats
     answers: list[Answer] = field(default_factory=list)
     page_images: dict[str, Path] = field(default_factory=dict)
-    context_used: int = 0
-    context_saved: int = 0
-    context_items: int = 0
+    # mode -> (items, tokens used, tokens saved) of build_context for the first question
+    contexts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def run(
@@ -358,9 +366,11 @@ def run(
                 )
             )
         report.page_images = _export_tier_pages(store, out / "pages")
-        context = store.build_context(FACTS[0].question, budget_tokens=2_000, scope=scope)
-        report.context_used, report.context_saved = context.used_tokens, context.saved_tokens
-        report.context_items = len(context.items)
+        for mode in ("text", "image"):
+            context = store.build_context(
+                FACTS[0].question, budget_tokens=CONTEXT_BUDGET, mode=mode, scope=scope
+            )
+            report.contexts[mode] = (len(context.items), context.used_tokens, context.saved_tokens)
     return report
 
 

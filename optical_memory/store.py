@@ -1013,10 +1013,11 @@ class OpticalMemory:
                 if mode == "image" and hit.page_id is not None:
                     if hit.page_id in seen_pages:
                         continue
-                    part, side = self._image_part(hit.page_id)
+                    part, side, page_tokens = self._image_part(hit.page_id)
                     if part is None or side is None:
                         continue
                     cost = vision_tokens(side)
+                    text_tokens = page_tokens  # the image carries its whole page, not just this memory
                     if used + cost > budget_tokens:
                         continue
                     seen_pages.add(hit.page_id)
@@ -1062,14 +1063,15 @@ class OpticalMemory:
                 saved_tokens=saved,
             )
 
-    def _image_part(self, page_id: int) -> tuple[dict[str, Any] | None, int | None]:
+    def _image_part(self, page_id: int) -> tuple[dict[str, Any] | None, int | None, int]:
+        """A page as a chat image part, its side, and the text tokens it carries."""
         with self._session() as s:
             page = s.get(PageRow, page_id)
             if page is None or page.blob is None or page.side is None:
-                return None, None
+                return None, None, 0
             data = self.blobs.get(page.blob)
         url = "data:image/png;base64," + base64.b64encode(data).decode()
-        return {"type": "image_url", "image_url": {"url": url}}, page.side
+        return {"type": "image_url", "image_url": {"url": url}}, page.side, page.text_tokens
 
     def page_image(self, memory_id: int) -> list[Image.Image]:
         """The page images a memory is on, at their current tier (empty if in the text tier or forgotten)."""

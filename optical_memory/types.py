@@ -55,7 +55,7 @@ class ContextItem:
     origin: Literal["recent", "retrieved"]
     tier: TierName
     tokens: int  # what it costs in the context (text tokens, or vision tokens for an image)
-    text_tokens: int  # what its source text would have cost as text
+    text_tokens: int  # what the same content costs as text (a whole page's text for an image part)
     score: float | None = None
 
 
@@ -66,8 +66,8 @@ class Context:
     ``parts`` are chat content parts in the OpenAI/LangChain shape: ``{"type": "text", "text": ...}`` and,
     in image mode, ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``.
     ``text`` joins the text parts. ``used_tokens`` is what the parts cost (vision tokens counted by
-    DeepEncoder's arithmetic for images); ``saved_tokens`` is what the same memories would have cost as
-    text, minus ``used_tokens``.
+    DeepEncoder's arithmetic for images); ``saved_tokens`` is what the same content would have cost as
+    text (for an image, the text of its whole page), minus ``used_tokens``.
     """
 
     mode: str

@@ -480,6 +480,7 @@ def test_build_context_text_and_image(tmp_path, embedder):
         assert images and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
         retrieved = [i for i in img.items if i.origin == "retrieved"]
         assert all(i.tokens == om.vision_tokens(int(i.tier)) for i in retrieved)
+        assert img.saved_tokens > 0 and img.used_tokens <= 300  # a page image costs less than its text
         with pytest.raises(om.InvalidInput, match="mode"):
             store.build_context("x", budget_tokens=10, mode="video")
 

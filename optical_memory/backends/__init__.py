@@ -15,6 +15,8 @@ name           class                                needs
 
 from __future__ import annotations
 
+import functools
+
 from ..errors import InvalidInput
 from ..protocols import Embedder, Reader, TokenCounter
 
@@ -29,8 +31,9 @@ def _unknown(kind: str, name: object, known: tuple[str, ...]) -> InvalidInput:
     return InvalidInput(f"unknown {kind} {name!r}; known: {', '.join(repr(k) for k in known)}")
 
 
+@functools.cache
 def make_embedder(name: str) -> Embedder:
-    """The embedder called ``name`` ("minilm")."""
+    """The embedder called ``name`` ("minilm"); one shared instance per process (the weights are read-only)."""
     if name == "minilm":
         from .minilm import MiniLMEmbedder
 
@@ -38,8 +41,9 @@ def make_embedder(name: str) -> Embedder:
     raise _unknown("embedder", name, EMBEDDERS)
 
 
+@functools.cache
 def make_reader(name: str) -> Reader:
-    """The reader called ``name`` ("rapidocr" or "tesseract")."""
+    """The reader called ``name`` ("rapidocr" or "tesseract"); one shared instance per process."""
     if name == "rapidocr":
         from .rapidocr_reader import RapidOCRReader
 
