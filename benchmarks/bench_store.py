@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from optical_memory.metrics import cer
 
 import optical_memory as om
 from optical_memory.config import AgingPolicy, Tier
 from optical_memory.demo import DAY, FACTS, conversation
+from optical_memory.metrics import cer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -829,25 +829,41 @@ class OpticalMemory:
     def _hits(self, raw: list[tuple[int, float]], wanted: dict[str, Any], k: int) -> list[Hit]:
         if not raw:
             return []
-        score = dict(raw)
+        # Plain column queries, not ORM objects: this is the search hot path.
         with self._session() as s:
-            emb = {e.id: e for e in s.scalars(select(EmbeddingRow).where(EmbeddingRow.id.in_(list(score))))}
+            chunk = {
+                eid: (mid, start)
+                for eid, mid, start in s.execute(
+                    select(EmbeddingRow.id, EmbeddingRow.memory_id, EmbeddingRow.char_start).where(
+                        EmbeddingRow.id.in_([eid for eid, _ in raw])
+                    )
+                )
+            }
             best: dict[int, tuple[float, int]] = {}
             for eid, sc in raw:
-                e = emb.get(eid)
-                if e is not None and (e.memory_id not in best or sc > best[e.memory_id][0]):
-                    best[e.memory_id] = (sc, e.char_start)
-            memories = {m.id: m for m in s.scalars(select(MemoryRow).where(MemoryRow.id.in_(list(best))))}
-            spans: dict[int, list[SpanRow]] = {}
-            for sp in s.scalars(select(SpanRow).where(SpanRow.memory_id.in_(list(best)))):
+                if eid in chunk and chunk[eid][0] not in best:  # raw is best first
+                    best[chunk[eid][0]] = (sc, chunk[eid][1])
+            memories = {
+                row.id: row
+                for row in s.execute(
+                    select(
+                        MemoryRow.id,
+                        MemoryRow.scope,
+                        MemoryRow.kind,
+                        MemoryRow.role,
+                        MemoryRow.paged,
+                        MemoryRow.meta,
+                    ).where(MemoryRow.id.in_(list(best)))
+                )
+            }
+            spans: dict[int, list[Any]] = {}
+            for sp in s.execute(
+                select(SpanRow.memory_id, SpanRow.page_id, SpanRow.char_start, SpanRow.char_end, PageRow.side)
+                .join(PageRow, PageRow.id == SpanRow.page_id)
+                .where(SpanRow.memory_id.in_(list(best)))
+            ):
                 spans.setdefault(sp.memory_id, []).append(sp)
-            page_sides = dict(
-                s.execute(
-                    select(PageRow.id, PageRow.side).where(
-                        PageRow.id.in_([sp.page_id for v in spans.values() for sp in v])
-                    )
-                ).all()
-            )
+            page_sides = {sp.page_id: sp.side for v in spans.values() for sp in v}
         hits = []
         for mid, (sc, char_start) in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])):
             m = memories[mid]
@@ -868,7 +884,7 @@ class OpticalMemory:
                 tier=tier,
                 page_id=page_id,
                 scope=m.scope,
-                kind=m.kind,  # type: ignore[arg-type]
+                kind=m.kind,
                 role=m.role,
                 metadata=dict(m.meta or {}),
             )

@@ -33,7 +33,7 @@ def _unknown(kind: str, name: object, known: tuple[str, ...]) -> InvalidInput:
 
 @functools.cache
 def make_embedder(name: str) -> Embedder:
-    """The embedder called ``name`` ("minilm"); one shared instance per process (the weights are read-only)."""
+    """The embedder called ``name`` ("minilm"); one shared instance per process (read-only weights)."""
     if name == "minilm":
         from .minilm import MiniLMEmbedder
 

@@ -98,6 +98,26 @@ class MiniLMEmbedder:
             self._model = model
             log.debug("loaded %s from %s (max_seq_length %d)", self.name, self._path, self._max_length)
 
+    def _batches(self, texts: list[str]) -> list[list[int]]:
+        """Indices of ``texts`` in batches of similar length, longest first.
+
+        A batch is padded to its longest text, so a chat's mix of one-line questions and long answers in
+        one batch would mostly compute padding: a batch is closed when it reaches ``batch_size`` or when the
+        next text is under half as long as its first (lengths in characters, a proxy for word pieces).
+        """
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        batches: list[list[int]] = []
+        for i in order:
+            if (
+                batches
+                and len(batches[-1]) < self.batch_size
+                and 2 * len(texts[i]) >= len(texts[batches[-1][0]])
+            ):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts``: float32 array of shape ``(len(texts), 384)``, each row of unit L2 norm."""
         if isinstance(texts, str):
@@ -109,11 +129,8 @@ class MiniLMEmbedder:
         self._load()
         import torch
 
-        # Longest first, so each batch holds texts of similar length (little padding); restored below.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
+            for idx in self._batches(texts):
                 batch = self._tokenizer(
                     [texts[i] for i in idx],
                     padding=True,
