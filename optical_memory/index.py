@@ -12,12 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from .blobs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,7 @@ class VectorIndex:
             "scopes": [[name, len(b), n] for name, b, n in blobs],
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-index-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + json.dumps(header).encode() + b"\n" + payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, MAGIC + json.dumps(header).encode() + b"\n" + payload)
 
     @classmethod
     def load(
@@ -133,9 +125,9 @@ class VectorIndex:
                 sub = faiss.deserialize_index(raw)
                 if sub.ntotal != ntotal or sub.d != dim:
                     raise ValueError(f"scope {name!r} holds {sub.ntotal} vectors, header says {ntotal}")
-                index._scopes[name] = (
-                    faiss.IndexIDMap2(sub) if not isinstance(sub, faiss.IndexIDMap2) else sub
-                )
+                if not isinstance(sub, faiss.IndexIDMap2):
+                    raise ValueError(f"scope {name!r} is a {type(sub).__name__}, not an IndexIDMap2")
+                index._scopes[name] = sub
             if len(index) != count:
                 log.info("index file %s holds %d vectors, the store %d", path, len(index), count)
                 return None
