@@ -55,8 +55,7 @@ def _open(args: argparse.Namespace) -> OpticalMemory:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     started = time.perf_counter()
-    with tqdm(desc="ingesting turns", unit="turn", disable=args.quiet) as bar:
-        report = demo_module.run(args.out, seed=args.seed, min_tokens=args.tokens, progress=bar.update)
+    report = demo_module.run(args.out, seed=args.seed, min_tokens=args.tokens, progress=not args.quiet)
     print(
         f"\nStored {report.turns:,} turns from {report.sessions} sessions "
         f"({report.text_tokens:,} text tokens)"

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .store import OpticalMemory, open_store
 from .types import Stats
 
@@ -309,10 +311,14 @@ def run(
     *,
     seed: int = 0,
     min_tokens: int = 100_000,
-    progress: Callable[[int], None] | None = None,
+    progress: bool = False,
     store: OpticalMemory | None = None,
 ) -> DemoReport:
-    """Build the demo store in ``out_dir/store`` (replacing an old one), age it, and question it."""
+    """Build the demo store in ``out_dir/store`` (replacing an old one), age it, and question it.
+
+    ``progress=True`` shows a progress bar (on stderr) for each slow stage: ingestion, aging, and reading
+    the answers back from their page images.
+    """
     out = Path(out_dir)
     store_path = out / "store"
     if store is None:
@@ -325,6 +331,7 @@ def run(
         by_session: dict[int, list[Turn]] = {}
         for t in turns:
             by_session.setdefault(t.session, []).append(t)
+        bar = tqdm(total=len(turns), desc="ingesting turns", unit="turn", disable=not progress)
         for session_turns in by_session.values():
             store.add_many(
                 [
@@ -338,9 +345,10 @@ def run(
                 ],
                 scope=scope,
             )
-            if progress:
-                progress(len(session_turns))
-        store.age(now=turns[-1].timestamp + 60)
+            bar.update(len(session_turns))
+        bar.close()
+        with tqdm(desc="aging pages", unit="page", disable=not progress) as bar:
+            store.age(now=turns[-1].timestamp + 60, progress=bar.update)
         stats = store.stats()
         report = DemoReport(
             store_path=store_path,
@@ -349,7 +357,7 @@ def run(
             text_tokens=sum(store.counter.count(t.text) for t in turns),
             stats=stats,
         )
-        for fact in FACTS:
+        for fact in tqdm(FACTS, desc="reading answers", unit="question", disable=not progress):
             hits = store.search(fact.question, k=1, scope=scope)
             if not hits:
                 report.answers.append(Answer(fact, None, "-", 0.0, False, ""))
