@@ -171,10 +171,12 @@ class MoE(nn.Module):
         order = torch.argsort(flat_experts, stable=True)  # assignment indices, grouped by expert
         counts = torch.bincount(flat_experts, minlength=len(self.experts)).tolist()
         token_of = order // k  # (N * k,) the token each sorted assignment belongs to
-        routed_inputs = tokens[token_of].split(counts)  # per expert: (count_j, H)
-        outputs = [
-            expert(inp) for expert, inp in zip(self.experts, routed_inputs, strict=True) if inp.shape[0]
-        ]
+        routed_inputs = tokens[token_of]  # (N * k, H), grouped by expert
+        outputs, start = [], 0
+        for j, count in enumerate(counts):  # only the experts that got tokens run (6 of 64 when decoding)
+            if count:
+                outputs.append(self.experts[j](routed_inputs[start : start + count]))  # (count_j, H)
+                start += count
         routed = torch.cat(outputs) if outputs else tokens.new_zeros(0, H)  # (N * k, H), sorted order
 
         # Weight each assignment in float32 (like the router) and sum back onto its token.

@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -117,7 +118,8 @@ def write_tiny_checkpoint(folder: Path) -> None:
 
 
 def page(width: int, height: int, seed: int) -> Image.Image:
-    image = Image.effect_noise((width, height), 60).convert("RGB")
+    noise = np.random.default_rng(seed).normal(128, 60, size=(height, width)).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(noise).convert("RGB")  # seeded: PIL's effect_noise is not
     draw = ImageDraw.Draw(image)
     draw.text((4, 4), f"page {seed}", fill="black")
     draw.rectangle((seed * 7 % width, 10, seed * 7 % width + 20, 30), fill="white")
