@@ -50,7 +50,10 @@ def _stats_table(stats: Stats) -> str:
 
 
 def _open(args: argparse.Namespace) -> OpticalMemory:
-    return open_store(args.store)
+    options: dict[str, object] = {}
+    if args.model_dir or args.model:
+        options.update(model=args.model or "deepseek-ocr", model_dir=args.model_dir, model_device=args.device)
+    return open_store(args.store, **options)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -183,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store", default=DEFAULT_STORE, help="store folder (default: %(default)s, or $OPTICAL_MEMORY_STORE)"
     )
+    p.add_argument(
+        "--model", choices=["deepseek-ocr"], help="read pages with DeepSeek-OCR (needs a checkpoint)"
+    )
+    p.add_argument(
+        "--model-dir",
+        help="DeepSeek-OCR checkpoint folder (implies --model; default $OPTICAL_MEMORY_MODEL_DIR)",
+    )
+    p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     sub = p.add_subparsers(dest="command", required=True)

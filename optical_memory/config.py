@@ -138,7 +138,13 @@ class StoreConfig:
     retain_text: bool = False
     database_url: str | None = None  # None: SQLite file inside the store folder
     embedder: str = "minilm"
-    reader: str = "rapidocr"
+    reader: str | None = None  # None: "deepseek-ocr" when a model is configured, else "rapidocr"
+    # DeepSeek-OCR: model="deepseek-ocr" reads pages back through its MoE decoder. model_dir is the
+    # checkpoint folder (None: $OPTICAL_MEMORY_MODEL_DIR); nothing is ever downloaded.
+    model: str | None = None
+    model_dir: str | None = None
+    model_device: str = "cpu"
+    model_dtype: str = "bfloat16"
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
     chunk_words: int = 160
 
@@ -150,6 +156,19 @@ class StoreConfig:
             )
         if self.chunk_words < 8:
             raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
+        if self.model not in (None, "deepseek-ocr"):
+            raise InvalidInput(f"unknown model {self.model!r}; known: 'deepseek-ocr' (or None for none)")
+        if self.model_dtype not in ("bfloat16", "float16", "float32"):
+            raise InvalidInput(
+                f"model_dtype must be 'bfloat16', 'float16' or 'float32', got {self.model_dtype!r}"
+            )
+
+    @property
+    def reader_name(self) -> str:
+        """The reader backend in effect: ``reader`` if named, else the model's when one is configured."""
+        if self.reader is not None:
+            return self.reader
+        return "deepseek-ocr" if self.model else "rapidocr"
 
     @classmethod
     def tiny(cls, **overrides: object) -> StoreConfig:

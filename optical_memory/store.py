@@ -164,9 +164,26 @@ class OpticalMemory:
             self._lockfile.close()
             raise StoreLocked(f"store {str(self.path)!r} is open in another process") from None
         try:
+            for what, obj, protocol in (
+                ("embedder", embedder, Embedder),
+                ("reader", reader, Reader),
+                ("counter", counter, TokenCounter),
+            ):
+                if obj is not None and not isinstance(obj, protocol):
+                    raise InvalidInput(
+                        f"{what}= must be a name or implement optical_memory.protocols.{protocol.__name__}, "
+                        f"got {type(obj).__name__}"
+                    )
+            if reader is None and self.config.reader_name == "deepseek-ocr":
+                from .backends.deepseek import resolve_model_dir
+
+                resolve_model_dir(self.config.model_dir)  # a missing checkpoint fails now, not at recall
             self.embedder = embedder or make_embedder(self.config.embedder)
             self._reader = reader
-            self._make_reader = lambda: make_reader(self.config.reader)
+            cfg = self.config
+            self._make_reader = lambda: make_reader(
+                cfg.reader_name, model_dir=cfg.model_dir, device=cfg.model_device, dtype=cfg.model_dtype
+            )
             self.counter = counter or make_counter()
             self.renderer = Renderer(self.config.render)
             self.blobs = BlobStore(self.path / "blobs")
@@ -1282,11 +1299,16 @@ def open_store(path: str | os.PathLike[str], **options: Any) -> OpticalMemory:
     """``optical_memory.open``: open (creating if needed) the store in folder ``path``.
 
     Options are ``StoreConfig`` fields (``retain_text=True``, ``database_url=...``,
-    ``render=RenderConfig(...)``,
-    ``aging=AgingPolicy(...)``), ``config=StoreConfig(...)`` whole, or backend objects ``embedder=``,
-    ``reader=``, ``counter=`` implementing the protocols in ``optical_memory.protocols``.
+    ``render=RenderConfig(...)``, ``aging=AgingPolicy(...)``, ``reader="tesseract"``,
+    ``model="deepseek-ocr", model_dir=...``), ``config=StoreConfig(...)`` whole, or backend objects
+    ``embedder=``, ``reader=``, ``counter=`` implementing the protocols in ``optical_memory.protocols``.
     """
-    backends = {key: options.pop(key) for key in ("embedder", "reader", "counter") if key in options}
+    # a backend named by a string ("tesseract") is a config field; an object is used as it is
+    backends = {
+        key: options.pop(key)
+        for key in ("embedder", "reader", "counter")
+        if key in options and not isinstance(options[key], str)
+    }
     config = options.pop("config", None)
     if config is not None and options:
         raise InvalidInput(f"pass either config= or individual options, not both: {sorted(options)}")

