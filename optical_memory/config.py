@@ -143,6 +143,7 @@ class StoreConfig:
     # checkpoint folder (None: $OPTICAL_MEMORY_MODEL_DIR); nothing is ever downloaded.
     model: str | None = None
     model_dir: str | None = None
+    encoder: str | None = None  # None: "deepseek-ocr" when a model is configured, else no vision tokens
     model_device: str = "cpu"
     model_dtype: str = "bfloat16"
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
@@ -169,6 +170,13 @@ class StoreConfig:
         if self.reader is not None:
             return self.reader
         return "deepseek-ocr" if self.model else "rapidocr"
+
+    @property
+    def encoder_name(self) -> str | None:
+        """The vision-token encoder in effect: ``encoder`` if named, else the model's, else none."""
+        if self.encoder is not None:
+            return self.encoder
+        return "deepseek-ocr" if self.model else None
 
     @classmethod
     def tiny(cls, **overrides: object) -> StoreConfig:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -30,7 +31,7 @@ from .errors import SchemaVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the vision table (DeepEncoder tokens per page)
 
 
 class Base(DeclarativeBase):
@@ -127,6 +128,20 @@ class RecallRow(Base):
     lines: Mapped[dict[str, str]] = mapped_column(JSON)  # {line index: text}
 
 
+class VisionRow(Base):
+    """A page's vision tokens from the configured encoder, at the tier it is in now: a float16 ``.npy`` blob
+    of (positions, dim). Valid while ``page_blob`` is the page's image; dropped when the page ages, is
+    redacted or forgotten, and made again by the store's next vision sync."""
+
+    __tablename__ = "vision"
+    page_id: Mapped[int] = mapped_column(ForeignKey("pages.id", ondelete="CASCADE"), primary_key=True)
+    encoder: Mapped[str] = mapped_column(String(64))
+    page_blob: Mapped[str] = mapped_column(String(80))  # the page image these tokens were encoded from
+    blob: Mapped[str] = mapped_column(String(80))  # content-addressed .npy name
+    positions: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+
+
 Index("ix_memories_scope_paged", MemoryRow.scope, MemoryRow.paged)
 
 
@@ -147,8 +162,13 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def _add_vision_table(session: Session) -> None:
+    """1 -> 2: the ``vision`` table. ``create_all`` (run first) has made it; nothing else changes."""
+    assert inspect(session.connection()).has_table(VisionRow.__tablename__)
+
+
 # Migration steps: MIGRATIONS[v] upgrades a store at schema version v to v + 1.
-MIGRATIONS: dict[int, Any] = {}
+MIGRATIONS: dict[int, Any] = {1: _add_vision_table}
 
 
 def prepare(engine: Engine) -> sessionmaker[Session]:

@@ -38,10 +38,10 @@ from sqlalchemy.orm import Session
 from . import db
 from .blobs import BlobStore
 from .config import StoreConfig, vision_tokens
-from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow
+from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow, VisionRow
 from .errors import BlobError, InvalidInput, MemoryNotFound, ScopeNotFound, StoreLocked
 from .index import VectorIndex
-from .protocols import Embedder, Reader, TokenCounter
+from .protocols import Embedder, Encoder, Reader, TokenCounter
 from .render import Line, Renderer, Span, load_page_file
 from .types import Context, ContextItem, Hit, Kind, Recall, Stats, TierStats, VerifyReport
 
@@ -150,8 +150,9 @@ class OpticalMemory:
         embedder: Embedder | None = None,
         reader: Reader | None = None,
         counter: TokenCounter | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
-        from .backends import make_counter, make_embedder, make_reader
+        from .backends import make_counter, make_embedder, make_encoder, make_reader
 
         self.path = Path(path)
         self.config = config or StoreConfig()
@@ -168,13 +169,17 @@ class OpticalMemory:
                 ("embedder", embedder, Embedder),
                 ("reader", reader, Reader),
                 ("counter", counter, TokenCounter),
+                ("encoder", encoder, Encoder),
             ):
                 if obj is not None and not isinstance(obj, protocol):
                     raise InvalidInput(
                         f"{what}= must be a name or implement optical_memory.protocols.{protocol.__name__}, "
                         f"got {type(obj).__name__}"
                     )
-            if reader is None and self.config.reader_name == "deepseek-ocr":
+            needs_model = (reader is None and self.config.reader_name == "deepseek-ocr") or (
+                encoder is None and self.config.encoder_name == "deepseek-ocr"
+            )
+            if needs_model:
                 from .backends.deepseek import resolve_model_dir
 
                 resolve_model_dir(self.config.model_dir)  # a missing checkpoint fails now, not at recall
@@ -183,6 +188,14 @@ class OpticalMemory:
             cfg = self.config
             self._make_reader = lambda: make_reader(
                 cfg.reader_name, model_dir=cfg.model_dir, device=cfg.model_device, dtype=cfg.model_dtype
+            )
+            self._encoder = encoder
+            self._make_encoder = lambda: (
+                None
+                if cfg.encoder_name is None
+                else make_encoder(
+                    cfg.encoder_name, model_dir=cfg.model_dir, device=cfg.model_device, dtype=cfg.model_dtype
+                )
             )
             self.counter = counter or make_counter()
             self.renderer = Renderer(self.config.render)
@@ -205,6 +218,13 @@ class OpticalMemory:
         if self._reader is None:
             self._reader = self._make_reader()
         return self._reader
+
+    @property
+    def encoder(self) -> Encoder | None:
+        """The vision-token encoder (None unless a model or an encoder is configured)."""
+        if self._encoder is None:
+            self._encoder = self._make_encoder()
+        return self._encoder
 
     def close(self) -> None:
         """Save the index and release the store. Safe to call twice."""
@@ -583,7 +603,8 @@ class OpticalMemory:
         """Apply the forgetting policy once: pack turns that left the text tier into pages, then move every
         page to the tier its turn distance and age call for, downsampling the stored image. Idempotent.
 
-        Returns counts: ``packed`` turns, ``pages_written``, ``downsampled`` pages, ``forgotten`` pages.
+        Returns counts: ``packed`` turns, ``pages_written``, ``downsampled`` pages, ``forgotten`` pages, and
+        pages ``encoded`` to vision tokens (0 without an encoder; see :meth:`sync_vision`).
         """
         when = _check_timestamp(now)
         report = {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
@@ -593,8 +614,83 @@ class OpticalMemory:
             for scope in scopes:
                 self._pack(scope, report)
                 self._tier_pages(scope, when, report, progress)
+            report["encoded"] = self.sync_vision()
         log.info("age: %s", report)
         return report
+
+    # -- vision tokens -------------------------------------------------------------------------------------
+
+    def sync_vision(self, page_ids: Iterable[int] | None = None, *, batch_size: int = 16) -> int:
+        """Encode every page (or those of ``page_ids``) whose vision tokens are missing or stale, at the tier
+        it is in now; returns how many pages were encoded. Nothing happens without an encoder. ``age()``
+        calls this, so after it each readable page holds its tokens."""
+        encoder = self.encoder
+        if encoder is None:
+            return 0
+        with self._lock:
+            with self._session() as s:
+                query = (
+                    select(PageRow.id, PageRow.blob)
+                    .outerjoin(VisionRow, VisionRow.page_id == PageRow.id)
+                    .where(PageRow.blob.is_not(None))
+                    .where(
+                        (VisionRow.page_id.is_(None))
+                        | (VisionRow.page_blob != PageRow.blob)
+                        | (VisionRow.encoder != encoder.name)
+                    )
+                    .order_by(PageRow.id)
+                )
+                if page_ids is not None:
+                    query = query.where(PageRow.id.in_(list(page_ids)))
+                todo = [(pid, blob) for pid, blob in s.execute(query) if blob]
+            done = 0
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                images = [Image.open(io.BytesIO(self.blobs.get(blob))) for _, blob in batch]
+                arrays = encoder.encode(images)
+                stale: list[str] = []
+                with self._session() as s, s.begin():
+                    for (page_id, page_blob), tokens in zip(batch, arrays, strict=True):
+                        buffer = io.BytesIO()
+                        np.save(buffer, np.ascontiguousarray(tokens, dtype=np.float16), allow_pickle=False)
+                        old = s.get(VisionRow, page_id)
+                        if old is not None:
+                            stale.append(old.blob)
+                            s.delete(old)
+                            s.flush()
+                        s.add(
+                            VisionRow(
+                                page_id=page_id,
+                                encoder=encoder.name,
+                                page_blob=page_blob,
+                                blob=self.blobs.put(buffer.getvalue(), suffix=".npy"),
+                                positions=int(tokens.shape[0]),
+                                dim=int(tokens.shape[1]),
+                            )
+                        )
+                self._sweep(stale)
+                done += len(batch)
+            return done
+
+    def vision_tokens(self, page_id: int) -> np.ndarray | None:
+        """A page's stored vision tokens, float16 (positions, dim), or None when it has none (no encoder,
+        not synced yet, or forgotten)."""
+        with self._lock, self._session() as s:
+            row = s.get(VisionRow, page_id)
+            if row is None:
+                return None
+            page = s.get(PageRow, page_id)
+            if page is None or page.blob != row.page_blob:
+                return None  # stale: the page changed since it was encoded
+            return np.load(io.BytesIO(self.blobs.get(row.blob)), allow_pickle=False)
+
+    def _drop_vision(self, s: Session, page_ids: Iterable[int]) -> list[str]:
+        """Delete the vision rows of ``page_ids`` (in the caller's transaction); returns their blob names."""
+        ids = list(page_ids)
+        blobs = list(s.scalars(select(VisionRow.blob).where(VisionRow.page_id.in_(ids))))
+        if blobs:  # a bulk statement, run now: never ordered after the deletion of its page
+            s.execute(delete(VisionRow).where(VisionRow.page_id.in_(ids)))
+        return blobs
 
     def _pack(self, scope: str, report: dict[str, int]) -> None:
         keep = self.config.aging.text_turns
@@ -719,6 +815,7 @@ class OpticalMemory:
                 page.side = side
                 report["downsampled"] += 1
             s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))  # cached text of the old tier
+            stale += self._drop_vision(s, [page_id])  # tokens of the old tier are forgotten with its pixels
             members = list(s.scalars(select(SpanRow.memory_id).where(SpanRow.page_id == page_id)))
             self._drop_closed_text(s, members)
         self._sweep(stale)
@@ -727,7 +824,12 @@ class OpticalMemory:
         """Delete blobs no page refers to any more (after the transaction that released them committed)."""
         with self._session() as s:
             for name in set(names):
-                if name and not s.scalar(select(func.count(PageRow.id)).where(PageRow.blob == name)):
+                if not name:
+                    continue
+                used = s.scalar(select(func.count(PageRow.id)).where(PageRow.blob == name)) or s.scalar(
+                    select(func.count(VisionRow.page_id)).where(VisionRow.blob == name)
+                )
+                if not used:
                     self.blobs.delete(name)
 
     # -- pin / delete --------------------------------------------------------------------------------------
@@ -771,6 +873,7 @@ class OpticalMemory:
                     )
                     if page.blob:
                         stale.append(page.blob)
+                    stale += self._drop_vision(s, [page.id])  # the tokens show the deleted lines too
                     if not others:
                         s.delete(page)
                     elif page.blob:
@@ -793,6 +896,8 @@ class OpticalMemory:
             with self._session() as s, s.begin():
                 self._scope(s, scope)
                 blobs = [b for b in s.scalars(select(PageRow.blob).where(PageRow.scope == scope)) if b]
+                pids_list = list(s.scalars(select(PageRow.id).where(PageRow.scope == scope)))
+                blobs += self._drop_vision(s, pids_list)
                 count = s.scalar(select(func.count(MemoryRow.id)).where(MemoryRow.scope == scope)) or 0
                 mids = select(MemoryRow.id).where(MemoryRow.scope == scope)
                 pids = select(PageRow.id).where(PageRow.scope == scope)
@@ -1204,10 +1309,16 @@ class OpticalMemory:
                     missing.append(page_id)
                 elif problem == "corrupt":
                     corrupt.append(page_id)
-            referenced: set[str | None] = {blob for _, blob in pages}
+            with self._session() as s:
+                vision = list(s.execute(select(VisionRow.page_id, VisionRow.blob)).all())
+            damaged_vision = [page_id for page_id, blob in vision if self.blobs.check(blob)]
+            referenced: set[str | None] = {blob for _, blob in pages} | {blob for _, blob in vision}
             orphans = [n for n in self.blobs.names() if n not in referenced]
             index_ok = len(self.index) == count
             if repair:
+                if damaged_vision:  # tokens are derived data: drop them, the next sync re-encodes
+                    with self._session() as s, s.begin():
+                        self._drop_vision(s, damaged_vision)
                 for page_id in missing + corrupt:
                     (rerendered if self._heal_page(page_id) else lost).append(page_id)
                 for name in orphans:
@@ -1221,6 +1332,7 @@ class OpticalMemory:
                 missing_blobs=missing,
                 corrupt_blobs=corrupt,
                 orphan_blobs=orphans,
+                damaged_vision=damaged_vision,
                 rerendered=rerendered,
                 marked_lost=lost,
                 index_rebuilt=repair and not index_ok,
@@ -1228,6 +1340,9 @@ class OpticalMemory:
             )
 
     def _heal_page(self, page_id: int) -> bool:
+        with self._session() as s, s.begin():
+            stale = self._drop_vision(s, [page_id])
+        self._sweep(stale)
         with self._session() as s, s.begin():
             page = s.get(PageRow, page_id)
             assert page is not None

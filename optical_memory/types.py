@@ -112,6 +112,7 @@ class VerifyReport:
     missing_blobs: list[int] = field(default_factory=list)  # page ids
     corrupt_blobs: list[int] = field(default_factory=list)  # page ids
     orphan_blobs: list[str] = field(default_factory=list)  # blob file names with no row
+    damaged_vision: list[int] = field(default_factory=list)  # page ids whose vision-token blob is bad
     rerendered: list[int] = field(default_factory=list)  # page ids healed from retained text
     marked_lost: list[int] = field(default_factory=list)  # page ids that could not be healed
     index_rebuilt: bool = False
@@ -119,4 +120,4 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing_blobs or self.corrupt_blobs or self.orphan_blobs)
+        return not (self.missing_blobs or self.corrupt_blobs or self.orphan_blobs or self.damaged_vision)

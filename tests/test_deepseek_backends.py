@@ -148,3 +148,113 @@ def test_cli_recalls_through_the_model(tmp_path, capsys, checkpoint, embedder):
         assert out.startswith(f"# memory {doc}, tier 1024, source deepseek-ocr")
     finally:
         make_reader.cache_clear()
+
+
+# -- vision tokens in the store ---------------------------------------------------------------------------
+
+POSITIONS = {256: 4 * 5 + 1, 128: 2 * 3 + 1, 64: 1 * 2 + 1}  # ceil(side/64)^2 tokens + newlines + separator
+
+
+def page_rows(store):
+    from sqlalchemy import select
+
+    from optical_memory.db import PageRow, VisionRow
+
+    with store._session() as s:
+        pages = {p.id: (p.side, p.blob) for p in s.scalars(select(PageRow))}
+        vision = {v.page_id: v for v in s.scalars(select(VisionRow))}
+    return pages, vision
+
+
+def long_turns(n, start=0):
+    return [
+        {"text": f"turn {start + i}: " + "the quick brown fox jumps " * 6, "role": "user"} for i in range(n)
+    ]
+
+
+def test_pages_hold_vision_tokens_at_their_tier_and_age_with_them(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
+        ids = store.add_many(long_turns(8), scope="s")
+        report = store.age()
+        pages, vision = page_rows(store)
+        assert report["encoded"] == len(pages) > 0
+        for page_id, (side, _) in pages.items():
+            tokens = store.vision_tokens(page_id)
+            assert tokens is not None and tokens.shape == (POSITIONS[side], store.encoder.dim)
+            assert tokens.dtype == np.float16
+        # what is stored is the encoder's output for the page as it is now
+        first = next(iter(pages))
+        [image] = store.page_image(ids[0])
+        [fresh] = store.encoder.encode([image])
+        np.testing.assert_array_equal(store.vision_tokens(first), fresh)
+        assert store.age()["encoded"] == 0  # idempotent: nothing is stale
+
+        old_blob = vision[first].blob
+        store.add_many(long_turns(10, start=8), scope="s")
+        assert store.age()["encoded"] >= 1
+        pages, vision = page_rows(store)
+        side = pages[first][0]
+        assert side in (128, 64)  # the first page moved down the ladder and was encoded again, smaller
+        assert store.vision_tokens(first).shape[0] == POSITIONS[side]
+        assert vision[first].blob != old_blob and not store.blobs.path(old_blob).exists()
+
+        store.add_many(long_turns(30, start=18), scope="s")
+        store.age()  # far enough: the first page is forgotten, and its tokens with it
+        pages, vision = page_rows(store)
+        assert pages[first] == (None, None)
+        assert first not in vision and store.vision_tokens(first) is None
+        assert store.verify().ok
+
+
+def test_delete_drops_the_tokens_that_show_the_deleted_text(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
+        ids = store.add_many(long_turns(6), scope="s")
+        store.age()
+        pages, vision = page_rows(store)
+        [page_id] = [pid for pid in pages if pid in vision][:1]
+        old = vision[page_id].blob
+        store.delete(ids[0])
+        pages, vision = page_rows(store)
+        if page_id in pages:  # a shared page was redacted: its tokens went with the old pixels
+            assert store.vision_tokens(page_id) is None
+            assert store.sync_vision() >= 1 and store.vision_tokens(page_id) is not None
+        assert not store.blobs.path(old).exists()
+        store.delete_scope("s")
+        assert page_rows(store) == ({}, {})
+        assert [n for n in store.blobs.names() if n.endswith(".npy")] == []
+
+
+def test_verify_checks_vision_blobs_and_repair_reencodes(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
+        store.add_many(long_turns(6), scope="s")
+        store.age()
+        _, vision = page_rows(store)
+        page_id, row = next(iter(vision.items()))
+        assert store.verify().ok  # vision blobs are referenced, not orphans
+        store.blobs.path(row.blob).write_bytes(b"garbage")
+        report = store.verify()
+        assert report.damaged_vision == [page_id] and not report.ok
+        store.verify(repair=True)
+        assert store.vision_tokens(page_id) is None
+        assert store.sync_vision() == 1 and store.vision_tokens(page_id) is not None
+        assert store.verify().ok
+
+
+def test_a_version_1_store_is_migrated(tmp_path, embedder):
+    from sqlalchemy import text
+
+    from optical_memory.db import SCHEMA_VERSION
+
+    path = tmp_path / "old"
+    with om.open(path, config=StoreConfig.tiny(), embedder=embedder) as store:
+        store.add("kept across the upgrade", scope="s")
+        with store._engine.begin() as conn:  # make it look like a store written by schema version 1
+            conn.execute(text("DROP TABLE vision"))
+            conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    with om.open(path, config=StoreConfig.tiny(), embedder=embedder) as store:
+        with store._engine.connect() as conn:
+            assert conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar() == str(
+                SCHEMA_VERSION
+            )
+            assert conn.execute(text("SELECT count(*) FROM vision")).scalar() == 0
+        assert store.recall(1).text == "kept across the upgrade"

