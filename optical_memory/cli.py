@@ -128,6 +128,15 @@ def cmd_age(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def cmd_answer(args: argparse.Namespace) -> None:
+    with _open(args) as store:
+        print(
+            store.answer(
+                args.question, budget_tokens=args.budget, scope=args.scope, max_new_tokens=args.max_new_tokens
+            )
+        )
+
+
 def cmd_context(args: argparse.Namespace) -> None:
     with _open(args) as store:
         ctx = store.build_context(args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope)
@@ -137,7 +146,9 @@ def cmd_context(args: argparse.Namespace) -> None:
         print(
             json.dumps(
                 [
-                    p if p["type"] == "text" else {"type": p["type"], "bytes": len(p["image_url"]["url"])}
+                    {"type": p["type"], "bytes": len(p["image_url"]["url"])}
+                    if p["type"] == "image_url"
+                    else p
                     for p in ctx.parts
                 ],
                 indent=1,
@@ -182,7 +193,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="optical-memory", description=__doc__)
+    p = argparse.ArgumentParser(prog="optical-memory", description=__doc__, allow_abbrev=False)
     p.add_argument(
         "--store", default=DEFAULT_STORE, help="store folder (default: %(default)s, or $OPTICAL_MEMORY_STORE)"
     )
@@ -229,9 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("context", help="build an LLM context for a query under a token budget")
     c.add_argument("query")
     c.add_argument("--budget", type=int, default=4000)
-    c.add_argument("--mode", choices=["text", "image"], default="text")
+    c.add_argument("--mode", choices=["text", "image", "vision"], default="text")
     c.add_argument("--scope")
     c.set_defaults(func=cmd_context)
+
+    an = sub.add_parser(
+        "answer", help="run the DeepSeek-OCR decoder over the vision context (needs --model-dir)"
+    )
+    an.add_argument("question")
+    an.add_argument("--budget", type=int, default=2048)
+    an.add_argument("--max-new-tokens", type=int, default=512)
+    an.add_argument("--scope")
+    an.set_defaults(func=cmd_answer)
 
     st = sub.add_parser("stats", help="memories, pages, tokens and bytes per tier")
     st.set_defaults(func=cmd_stats)

@@ -9,12 +9,16 @@ Contracts:
   not locate text.
 * ``Encoder.encode(images)`` returns, per image, its vision tokens as a float array ``(tokens, dim)``.
 * ``TokenCounter.count(text)`` returns the number of LLM tokens ``text`` costs.
+* ``VisionContext`` is what an encoder whose decoder can take its vision tokens directly also offers:
+  ``count_text(text)`` in that decoder's tokens; ``assemble(segments)`` turns text pieces and vision-token
+  arrays, in order, into the decoder's input (each text piece tokenized on its own, after a BOS), so its
+  length is 1 + the sum of the pieces' counts; ``complete(inputs, mask, max_new_tokens=...)`` generates text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -42,6 +46,15 @@ class Encoder(Protocol):
     name: str
 
     def encode(self, images: Sequence[Image.Image]) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class VisionContext(Protocol):
+    def count_text(self, text: str) -> int: ...
+
+    def assemble(self, segments: Sequence[str | np.ndarray]) -> tuple[Any, Any]: ...
+
+    def complete(self, inputs_embeds: Any, attention_mask: Any, *, max_new_tokens: int = 512) -> str: ...
 
 
 @runtime_checkable

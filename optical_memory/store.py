@@ -41,7 +41,7 @@ from .config import StoreConfig, vision_tokens
 from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow, VisionRow
 from .errors import BlobError, InvalidInput, MemoryNotFound, ScopeNotFound, StoreLocked
 from .index import VectorIndex
-from .protocols import Embedder, Encoder, Reader, TokenCounter
+from .protocols import Embedder, Encoder, Reader, TokenCounter, VisionContext
 from .render import Line, Renderer, Span, load_page_file
 from .types import Context, ContextItem, Hit, Kind, Recall, Stats, TierStats, VerifyReport
 
@@ -1109,15 +1109,19 @@ class OpticalMemory:
         """Recent raw turns plus memories retrieved for ``query``, packed into ``budget_tokens``.
 
         ``mode="text"``: retrieved memories are recalled as text. ``mode="image"``: their pages are attached
-        as image parts at their current tier and cost DeepEncoder's vision tokens. Recent turns (the text
-        tier, newest first) take up to ``recent_share`` of the budget; retrieved memories fill the rest.
+        as image parts at their current tier and cost DeepEncoder's vision tokens. ``mode="vision"`` (needs a
+        DeepSeek-OCR model): their pages' stored vision tokens go straight into the decoder's input
+        embeddings, see :class:`Context`. Recent turns (the text tier, newest first) take up to
+        ``recent_share`` of the budget; retrieved memories fill the rest.
         """
-        if mode not in ("text", "image"):
-            raise InvalidInput(f"mode must be 'text' or 'image', got {mode!r}")
+        if mode not in ("text", "image", "vision"):
+            raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {mode!r}")
         if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
             raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
         if not 0.0 <= recent_share <= 1.0:
             raise InvalidInput(f"recent_share must be within [0, 1], got {recent_share!r}")
+        if mode == "vision":
+            return self._vision_context(query, budget_tokens, scope, k, recent_share)
         with self._lock:
             items: list[ContextItem] = []
             used = 0
@@ -1200,6 +1204,117 @@ class OpticalMemory:
                 used_tokens=used,
                 saved_tokens=saved,
             )
+
+    def _vision_context(
+        self, query: str, budget_tokens: int, scope: str | None, k: int, recent_share: float
+    ) -> Context:
+        """Vision mode: [BOS] [page tokens, "\\n"]... ["Recent conversation:\\n" + turns] [query + "\\n"]."""
+        decoder = self.encoder
+        if not isinstance(decoder, VisionContext):
+            raise InvalidInput(
+                "mode='vision' needs a DeepSeek-OCR model: open the store with model='deepseek-ocr' and "
+                "model_dir=<checkpoint folder>"
+            )
+        with self._lock:
+            question = f"{query}\n"
+            used = 1 + decoder.count_text(question)  # BOS and the question always go in
+            if used > budget_tokens:
+                raise InvalidInput(
+                    f"budget_tokens={budget_tokens} cannot hold even the query ({used} tokens)"
+                )
+            with self._session() as s:
+                if scope is not None:
+                    self._scope(s, scope)
+                stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False))
+                if scope is not None:
+                    stmt = stmt.where(MemoryRow.scope == scope)
+                recent_rows = list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
+            items: list[ContextItem] = []
+            header = "Recent conversation:\n"
+            recent_cost = decoder.count_text(header) if recent_rows else 0
+            lines: list[str] = []
+            for m in recent_rows:
+                line = f"{m.role}: {m.text}\n" if m.role else f"{m.text}\n"
+                cost = decoder.count_text(line)
+                if used + recent_cost + cost > budget_tokens * recent_share:
+                    break
+                lines.append(line)
+                recent_cost += cost
+                items.append(
+                    ContextItem(id=m.id, origin="recent", tier="text", tokens=cost, text_tokens=cost)
+                )
+            if lines:
+                used += recent_cost
+            recent_ids = {i.id for i in items}
+            pages: list[tuple[int, np.ndarray]] = []
+            newline = decoder.count_text("\n")
+            for hit in self.search(query, k=k, scope=scope):
+                if hit.id in recent_ids or hit.page_id is None or hit.page_id in {p for p, _ in pages}:
+                    continue
+                tokens = self.vision_tokens(hit.page_id)
+                if tokens is None:
+                    self.sync_vision([hit.page_id])
+                    tokens = self.vision_tokens(hit.page_id)
+                if tokens is None:
+                    continue  # forgotten: nothing left to look at
+                cost = tokens.shape[0] + newline
+                if used + cost > budget_tokens:
+                    continue
+                used += cost
+                pages.append((hit.page_id, tokens))
+                with self._session() as s:
+                    page = s.get(PageRow, hit.page_id)
+                    page_text = page.text_tokens if page is not None else 0
+                items.append(
+                    ContextItem(
+                        id=hit.id,
+                        origin="retrieved",
+                        tier=hit.tier,
+                        tokens=cost,
+                        text_tokens=page_text,
+                        score=hit.score,
+                    )
+                )
+            segments: list[str | np.ndarray] = []
+            parts: list[dict[str, Any]] = []
+            for page_id, tokens in pages:
+                segments += [tokens, "\n"]
+                parts.append({"type": "vision", "page_id": page_id, "positions": int(tokens.shape[0])})
+            if lines:
+                segments += [header, *reversed(lines)]
+                parts.append({"type": "text", "text": header + "".join(reversed(lines))})
+            segments.append(question)
+            parts.append({"type": "text", "text": question})
+            inputs_embeds, attention_mask = decoder.assemble(segments)
+            assert inputs_embeds.shape[1] == used, (inputs_embeds.shape, used)
+            return Context(
+                mode="vision",
+                parts=parts,
+                items=items,
+                budget_tokens=budget_tokens,
+                used_tokens=used,
+                saved_tokens=max(0, sum(i.text_tokens for i in items) - sum(i.tokens for i in items)),
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+            )
+
+    def answer(
+        self, question: str, *, budget_tokens: int = 2048, scope: str | None = None, max_new_tokens: int = 512
+    ) -> str:
+        """Run the DeepSeek-OCR decoder over the vision context for ``question`` and return what it writes.
+
+        DeepSeek-OCR's decoder was trained to transcribe and parse documents, not to chat: it reliably
+        continues a page's text and follows its OCR prompts, but it is not an instruction-tuned answerer.
+        Use this to look at what it makes of the retrieved pages; for answers, give ``build_context`` output
+        to a chat model.
+        """
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise InvalidInput(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        ctx = self.build_context(question, budget_tokens=budget_tokens, mode="vision", scope=scope)
+        decoder = self.encoder
+        assert isinstance(decoder, VisionContext)
+        with self._lock:
+            return decoder.complete(ctx.inputs_embeds, ctx.attention_mask, max_new_tokens=max_new_tokens)
 
     def _image_part(self, page_id: int) -> tuple[dict[str, Any] | None, int | None, int]:
         """A page as a chat image part, its side, and the text tokens it carries."""

@@ -68,6 +68,10 @@ class Context:
     ``text`` joins the text parts. ``used_tokens`` is what the parts cost (vision tokens counted by
     DeepEncoder's arithmetic for images); ``saved_tokens`` is what the same content would have cost as
     text (for an image, the text of its whole page), minus ``used_tokens``.
+
+    In vision mode the parts are ``{"type": "vision", "page_id": ..., "positions": ...}`` and text parts,
+    and ``inputs_embeds`` (1, T, hidden) with ``attention_mask`` (1, T) are the DeepSeek decoder's input,
+    T == ``used_tokens`` exactly (BOS, text in the decoder's own tokens, and each page's vision tokens).
     """
 
     mode: str
@@ -76,6 +80,8 @@ class Context:
     budget_tokens: int
     used_tokens: int
     saved_tokens: int
+    inputs_embeds: Any = None
+    attention_mask: Any = None
 
     @property
     def text(self) -> str:

@@ -146,6 +146,12 @@ def test_cli_recalls_through_the_model(tmp_path, capsys, checkpoint, embedder):
         main(["--store", store, "-q", "--model-dir", str(checkpoint), "recall", str(doc), "--read"])
         out = capsys.readouterr().out
         assert out.startswith(f"# memory {doc}, tier 1024, source deepseek-ocr")
+        model = ["--store", store, "-q", "--model-dir", str(checkpoint)]
+        main([*model, "context", "wifi password", "--mode", "vision", "--budget", "600"])
+        out = capsys.readouterr().out
+        assert '"type": "vision"' in out and '"positions": 273' in out  # a 1024 px page: 16 x 17 + 1
+        main([*model, "answer", "wifi password?", "--max-new-tokens", "3"])
+        assert capsys.readouterr().out.endswith("\n")
     finally:
         make_reader.cache_clear()
 
@@ -258,3 +264,64 @@ def test_a_version_1_store_is_migrated(tmp_path, embedder):
             )
             assert conn.execute(text("SELECT count(*) FROM vision")).scalar() == 0
         assert store.recall(1).text == "kept across the upgrade"
+
+
+# -- the vision context and answer ------------------------------------------------------------------------
+
+
+def test_vision_context_is_the_decoders_input_within_the_budget(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
+        store.add_many(long_turns(12), scope="s")
+        store.add("what about the quick brown fox?", scope="s", role="user")
+        store.age()
+        ctx = store.build_context("the quick brown fox", budget_tokens=400, mode="vision", scope="s")
+        hidden = store.encoder.dim
+        assert ctx.mode == "vision" and ctx.inputs_embeds.shape == (1, ctx.used_tokens, hidden)
+        assert ctx.attention_mask.shape == (1, ctx.used_tokens) and bool(ctx.attention_mask.all())
+        assert ctx.used_tokens <= 400
+        pages = [p for p in ctx.parts if p["type"] == "vision"]
+        assert pages and any(i.origin == "recent" for i in ctx.items)
+        # each page's stored tokens sit in the embeddings, right after BOS and the pages before it
+        offset = 1
+        for part in pages:
+            tokens = store.vision_tokens(part["page_id"])
+            assert part["positions"] == tokens.shape[0]
+            block = ctx.inputs_embeds[0, offset : offset + tokens.shape[0]].float().numpy()
+            np.testing.assert_allclose(block, tokens.astype(np.float32), rtol=1e-3, atol=1e-3)
+            offset += tokens.shape[0] + store.encoder.count_text("\n")
+        # the account: every item's cost, plus BOS, the question, the header, sum to the embeddings' length
+        question = store.encoder.count_text("the quick brown fox\n")
+        header = store.encoder.count_text("Recent conversation:\n")
+        assert 1 + question + header + sum(i.tokens for i in ctx.items) == ctx.used_tokens
+
+        small = store.build_context("the quick brown fox", budget_tokens=30, mode="vision", scope="s")
+        assert small.used_tokens <= 30 and small.inputs_embeds.shape[1] == small.used_tokens
+        # only faded pages are that cheap: a 64 px page is 3 positions, a 256 px one 21
+        assert all(p["positions"] <= 30 - 1 - question for p in small.parts if p["type"] == "vision")
+        bare = store.build_context("the quick brown fox", budget_tokens=question + 1, mode="vision")
+        assert bare.items == [] and bare.used_tokens == 1 + question
+        with pytest.raises(om.InvalidInput, match="budget_tokens=2"):
+            store.build_context("the quick brown fox", budget_tokens=2, mode="vision", scope="s")
+
+
+def test_answer_runs_the_decoder_over_the_context(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
+        store.add_many(long_turns(8), scope="s")
+        store.age()
+        ctx = store.build_context("where is the fox?", budget_tokens=300, mode="vision", scope="s")
+        expected = store.encoder.complete(ctx.inputs_embeds, ctx.attention_mask, max_new_tokens=7)
+        answer = store.answer("where is the fox?", budget_tokens=300, scope="s", max_new_tokens=7)
+        assert isinstance(answer, str) and answer == expected  # deterministic: greedy over the same input
+        with pytest.raises(om.InvalidInput, match="max_new_tokens"):
+            store.answer("where?", max_new_tokens=0)
+
+
+def test_vision_mode_without_a_model_says_what_it_needs(tmp_path, embedder):
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(), embedder=embedder) as store:
+        store.add("a turn", scope="s")
+        with pytest.raises(om.InvalidInput, match="model='deepseek-ocr'"):
+            store.build_context("a", budget_tokens=100, mode="vision")
+        with pytest.raises(om.InvalidInput, match="model='deepseek-ocr'"):
+            store.answer("a")
+        with pytest.raises(om.InvalidInput, match="'video'"):
+            store.build_context("a", budget_tokens=100, mode="video")

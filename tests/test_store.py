@@ -577,6 +577,7 @@ def test_public_api_is_pinned():
         "flush",
         "rebuild_index",
         "sync_vision",
+        "answer",
         "vision_tokens",
     }
     public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader", "encoder"}

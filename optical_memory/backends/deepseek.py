@@ -161,6 +161,47 @@ class DeepseekEncoder(_DeepseekBackend):
     def dim(self) -> int:
         return int(self.model.config.decoder.hidden_size)
 
+    # -- VisionContext: the decoder takes these tokens directly -----------------------------------------
+
+    def count_text(self, text: str) -> int:
+        """``text`` in the DeepSeek tokenizer's tokens (no BOS)."""
+        return len(self.model.tokenizer.encode(text, add_special_tokens=False))
+
+    def assemble(self, segments: Sequence[str | np.ndarray]) -> tuple[Any, Any]:
+        """BOS, then each text piece's token embeddings or each vision-token array, in order:
+        ``inputs_embeds`` (1, T, hidden) in the model's dtype and an all-ones ``attention_mask`` (1, T)."""
+        import torch
+
+        model = self.model
+        embed = model.model.embed_tokens
+        with self._lock, torch.inference_mode():
+            ids = [model.config.decoder.bos_token_id]
+            pieces = []
+            for seg in segments:
+                if isinstance(seg, str):
+                    ids += model.tokenizer.encode(seg, add_special_tokens=False)
+                    continue
+                if ids:
+                    pieces.append(embed(torch.tensor(ids, device=model.device)))
+                    ids = []
+                pieces.append(
+                    torch.from_numpy(np.asarray(seg, dtype=np.float32)).to(model.device, model.dtype)
+                )
+            if ids:
+                pieces.append(embed(torch.tensor(ids, device=model.device)))
+            inputs = torch.cat(pieces)[None]  # (1, T, hidden)
+        return inputs, torch.ones(inputs.shape[:2], dtype=torch.long, device=model.device)
+
+    def complete(self, inputs_embeds: Any, attention_mask: Any, *, max_new_tokens: int = 512) -> str:
+        """Greedy continuation of ``inputs_embeds`` with the official no-repeat guard."""
+        from ..model import GenerationConfig
+
+        model = self.model
+        config = GenerationConfig(max_new_tokens=max_new_tokens, ngram_size=20, window_size=50)
+        with self._lock:
+            out = model.generate_tokens(inputs_embeds, attention_mask=attention_mask, config=config)
+        return str(model.tokenizer.decode(out.tokens[0], skip_special_tokens=True))
+
     def encode(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
         images = list(images)
         out: list[np.ndarray | None] = [None] * len(images)
