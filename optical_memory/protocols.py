@@ -12,7 +12,8 @@ Contracts:
 * ``VisionContext`` is what an encoder whose decoder can take its vision tokens directly also offers:
   ``count_text(text)`` in that decoder's tokens; ``assemble(segments)`` turns text pieces and vision-token
   arrays, in order, into the decoder's input (each text piece tokenized on its own, after a BOS), so its
-  length is 1 + the sum of the pieces' counts; ``complete(inputs, mask, max_new_tokens=...)`` generates text.
+  length is 1 + the sum of the pieces' counts; ``complete(inputs, mask, max_new_tokens=...)`` generates text;
+  ``text_embeddings(text)`` and ``truncate(text, n)`` serve the text baselines (``backends.baselines``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class VisionContext(Protocol):
     def assemble(self, segments: Sequence[str | np.ndarray]) -> tuple[Any, Any]: ...
 
     def complete(self, inputs_embeds: Any, attention_mask: Any, *, max_new_tokens: int = 512) -> str: ...
+
+    def text_embeddings(self, text: str) -> np.ndarray: ...
+
+    def truncate(self, text: str, n: int) -> str: ...
 
 
 @runtime_checkable

@@ -1105,6 +1105,7 @@ class OpticalMemory:
         scope: str | None = None,
         k: int = 8,
         recent_share: float = 0.5,
+        page_form: str = "vision",
     ) -> Context:
         """Recent raw turns plus memories retrieved for ``query``, packed into ``budget_tokens``.
 
@@ -1113,6 +1114,10 @@ class OpticalMemory:
         DeepSeek-OCR model): their pages' stored vision tokens go straight into the decoder's input
         embeddings, see :class:`Context`. Recent turns (the text tier, newest first) take up to
         ``recent_share`` of the budget; retrieved memories fill the rest.
+
+        ``page_form`` (vision mode) swaps each page's vision tokens for a text baseline of the same length
+        (``"meanpool"``: its text's token embeddings mean-pooled to as many vectors; ``"truncate"``: its
+        first that-many text tokens), for experiments; both need ``retain_text=True``.
         """
         if mode not in ("text", "image", "vision"):
             raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {mode!r}")
@@ -1120,8 +1125,12 @@ class OpticalMemory:
             raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
         if not 0.0 <= recent_share <= 1.0:
             raise InvalidInput(f"recent_share must be within [0, 1], got {recent_share!r}")
+        if page_form not in ("vision", "meanpool", "truncate"):
+            raise InvalidInput(f"page_form must be 'vision', 'meanpool' or 'truncate', got {page_form!r}")
+        if page_form != "vision" and mode != "vision":
+            raise InvalidInput(f"page_form={page_form!r} applies to mode='vision' only, not {mode!r}")
         if mode == "vision":
-            return self._vision_context(query, budget_tokens, scope, k, recent_share)
+            return self._vision_context(query, budget_tokens, scope, k, recent_share, page_form)
         with self._lock:
             items: list[ContextItem] = []
             used = 0
@@ -1205,8 +1214,49 @@ class OpticalMemory:
                 saved_tokens=saved,
             )
 
+    def page_text(self, page_id: int) -> str | None:
+        """The text a page shows, rebuilt from its memories' retained text (None unless all of it was
+        retained: with ``retain_text=False`` only the pixels know)."""
+        with self._lock, self._session() as s:
+            spans = list(
+                s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
+            )
+            if not spans:
+                return None
+            parts = []
+            for sp in spans:
+                m = s.get(MemoryRow, sp.memory_id)
+                if m is None or m.text is None:
+                    return None
+                label = f"{m.role}: " if m.role and sp.char_start == 0 else ""
+                parts.append(label + m.text[sp.char_start : sp.char_end])
+            return "\n".join(parts)
+
+    def _page_form(
+        self, decoder: VisionContext, page_id: int, tokens: np.ndarray, form: str
+    ) -> str | np.ndarray:
+        """A page as the decoder will take it: its vision tokens, or a text baseline of the same length."""
+        if form == "vision":
+            return tokens
+        text = self.page_text(page_id)
+        if text is None:
+            raise InvalidInput(
+                f"page_form={form!r} needs the page's text: page {page_id} was stored with retain_text=False"
+            )
+        if form == "meanpool":
+            from .backends.baselines import mean_pool
+
+            return mean_pool(decoder.text_embeddings(text), tokens.shape[0])
+        return decoder.truncate(text, tokens.shape[0])
+
     def _vision_context(
-        self, query: str, budget_tokens: int, scope: str | None, k: int, recent_share: float
+        self,
+        query: str,
+        budget_tokens: int,
+        scope: str | None,
+        k: int,
+        recent_share: float,
+        page_form: str = "vision",
     ) -> Context:
         """Vision mode: [BOS] [page tokens, "\\n"]... ["Recent conversation:\\n" + turns] [query + "\\n"]."""
         decoder = self.encoder
@@ -1246,7 +1296,7 @@ class OpticalMemory:
             if lines:
                 used += recent_cost
             recent_ids = {i.id for i in items}
-            pages: list[tuple[int, np.ndarray]] = []
+            pages: list[tuple[int, str | np.ndarray]] = []
             newline = decoder.count_text("\n")
             for hit in self.search(query, k=k, scope=scope):
                 if hit.id in recent_ids or hit.page_id is None or hit.page_id in {p for p, _ in pages}:
@@ -1257,11 +1307,12 @@ class OpticalMemory:
                     tokens = self.vision_tokens(hit.page_id)
                 if tokens is None:
                     continue  # forgotten: nothing left to look at
-                cost = tokens.shape[0] + newline
+                form = self._page_form(decoder, hit.page_id, tokens, page_form)
+                cost = (decoder.count_text(form) if isinstance(form, str) else form.shape[0]) + newline
                 if used + cost > budget_tokens:
                     continue
                 used += cost
-                pages.append((hit.page_id, tokens))
+                pages.append((hit.page_id, form))
                 with self._session() as s:
                     page = s.get(PageRow, hit.page_id)
                     page_text = page.text_tokens if page is not None else 0
@@ -1277,9 +1328,12 @@ class OpticalMemory:
                 )
             segments: list[str | np.ndarray] = []
             parts: list[dict[str, Any]] = []
-            for page_id, tokens in pages:
-                segments += [tokens, "\n"]
-                parts.append({"type": "vision", "page_id": page_id, "positions": int(tokens.shape[0])})
+            for page_id, form in pages:
+                segments += [form, "\n"]
+                if isinstance(form, str):
+                    parts.append({"type": "text", "text": form, "page_id": page_id})
+                else:
+                    parts.append({"type": "vision", "page_id": page_id, "positions": int(form.shape[0])})
             if lines:
                 segments += [header, *reversed(lines)]
                 parts.append({"type": "text", "text": header + "".join(reversed(lines))})

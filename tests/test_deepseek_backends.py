@@ -325,3 +325,66 @@ def test_vision_mode_without_a_model_says_what_it_needs(tmp_path, embedder):
             store.answer("a")
         with pytest.raises(om.InvalidInput, match="'video'"):
             store.build_context("a", budget_tokens=100, mode="video")
+
+
+# -- text baselines at the same token budget --------------------------------------------------------------
+
+
+def test_mean_pool_and_truncate_units():
+    from optical_memory.backends.baselines import mean_pool, truncate_ids
+
+    x = np.arange(14, dtype=np.float32).reshape(7, 2)  # 7 tokens, dim 2
+    pooled = mean_pool(x, 3)  # runs of 3, 2, 2 tokens
+    np.testing.assert_allclose(pooled, [[2, 3], [7, 8], [11, 12]])
+    assert mean_pool(x, 10).shape == (7, 2)  # never pads
+    assert truncate_ids([5, 6, 7, 8], 2) == [5, 6] and truncate_ids([5], 3) == [5]
+    with pytest.raises(om.InvalidInput, match="n >= 1"):
+        mean_pool(x, 0)
+
+
+def test_vision_context_with_text_baselines_in_place_of_pages(tmp_path, checkpoint, embedder):
+    with open_tiny(tmp_path / "store", checkpoint, embedder, retain_text=True) as store:
+        store.add_many(long_turns(12), scope="s")
+        store.age()
+        query = "the quick brown fox"
+        vision = store.build_context(query, budget_tokens=400, mode="vision", scope="s", recent_share=0.0)
+        pooled = store.build_context(
+            query, budget_tokens=400, mode="vision", scope="s", recent_share=0.0, page_form="meanpool"
+        )
+        cut = store.build_context(
+            query, budget_tokens=400, mode="vision", scope="s", recent_share=0.0, page_form="truncate"
+        )
+        pages = [p["page_id"] for p in vision.parts if p["type"] == "vision"]
+        assert pages and [p["page_id"] for p in pooled.parts if p.get("page_id")] == pages
+        # mean pooling stands in position for position: the same length as the vision context
+        assert pooled.used_tokens == vision.used_tokens == pooled.inputs_embeds.shape[1]
+        first = pages[0]
+        text = store.page_text(first)
+        assert text and "quick brown fox" in text
+        expected = mean_pool_of(store, text, store.vision_tokens(first).shape[0])
+        block = pooled.inputs_embeds[0, 1 : 1 + expected.shape[0]].float().numpy()
+        np.testing.assert_allclose(block, expected, rtol=1e-4, atol=1e-5)
+        # truncation: each page is the start of its own text, about as many tokens as its vision tokens
+        texts = [p for p in cut.parts if p["type"] == "text" and "page_id" in p]
+        assert [p["page_id"] for p in texts] == pages and text.startswith(texts[0]["text"][:20])
+        assert cut.inputs_embeds.shape[1] == cut.used_tokens <= 400
+
+
+def mean_pool_of(store, text, n):
+    from optical_memory.backends.baselines import mean_pool
+
+    return mean_pool(store.encoder.text_embeddings(text), n)
+
+
+def test_baselines_need_the_text(tmp_path, checkpoint, embedder):
+    with open_tiny(
+        tmp_path / "store", checkpoint, embedder
+    ) as store:  # retain_text=False: true optical memory
+        store.add_many(long_turns(12), scope="s")
+        store.age()
+        with pytest.raises(om.InvalidInput, match="retain_text=False"):
+            store.build_context("fox", budget_tokens=400, mode="vision", scope="s", page_form="meanpool")
+        with pytest.raises(om.InvalidInput, match="mode='vision' only"):
+            store.build_context("fox", budget_tokens=400, mode="text", page_form="truncate")
+        with pytest.raises(om.InvalidInput, match="'zip'"):
+            store.build_context("fox", budget_tokens=400, mode="vision", page_form="zip")

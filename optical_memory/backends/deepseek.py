@@ -192,6 +192,23 @@ class DeepseekEncoder(_DeepseekBackend):
             inputs = torch.cat(pieces)[None]  # (1, T, hidden)
         return inputs, torch.ones(inputs.shape[:2], dtype=torch.long, device=model.device)
 
+    def text_embeddings(self, text: str) -> np.ndarray:
+        """``text``'s token embeddings from the decoder's own table: float32 (tokens, hidden)."""
+        import torch
+
+        model = self.model
+        ids = model.tokenizer.encode(text, add_special_tokens=False)
+        with self._lock, torch.inference_mode():
+            table = model.model.embed_tokens(torch.tensor(ids, dtype=torch.long, device=model.device))
+        return np.asarray(table.float().cpu().numpy())
+
+    def truncate(self, text: str, n: int) -> str:
+        """The first ``n`` decoder tokens of ``text``, as text."""
+        from .baselines import truncate_ids
+
+        tokenizer = self.model.tokenizer
+        return str(tokenizer.decode(truncate_ids(tokenizer.encode(text, add_special_tokens=False), n)))
+
     def complete(self, inputs_embeds: Any, attention_mask: Any, *, max_new_tokens: int = 512) -> str:
         """Greedy continuation of ``inputs_embeds`` with the official no-repeat guard."""
         from ..model import GenerationConfig
