@@ -577,6 +577,7 @@ def test_public_api_is_pinned():
         "flush",
         "rebuild_index",
         "sync_vision",
+        "page_text",
         "answer",
         "vision_tokens",
     }
