@@ -3,7 +3,8 @@
 ``GenerationConfig`` holds the official DeepSeek-OCR decoding settings (greedy, 8192 new tokens, a
 no-repeat n-gram guard); ``NoRepeatNGram`` is that guard, following the rule of the official vLLM
 logits processor; ``sample_next_token`` / ``greedy_next_token`` pick the next id from logits. The loop
-itself lives in ``decoder.DeepseekV2ForCausalLM.generate``.
+itself lives in ``decoder.DeepseekV2ForCausalLM.generate_tokens``; ``pair_requests`` and ``left_pad`` batch
+requests for it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationConfig:
-    """How ``DeepseekV2ForCausalLM.generate`` decodes. Defaults follow the official DeepSeek-OCR scripts."""
+    """How ``DeepseekV2ForCausalLM.generate_tokens`` decodes; defaults follow the official scripts."""
 
     max_new_tokens: int = 8192  # HF ``infer`` and the vLLM scripts (also the training sequence length)
     do_sample: bool = False  # official decoding is greedy (temperature 0.0)
@@ -156,3 +159,25 @@ def sample_next_token(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
+
+
+def pair_requests(
+    vision: Sequence[Sequence[Tensor] | Tensor], prompt: str | Sequence[str]
+) -> tuple[list[list[Tensor]], list[str]]:
+    """Requests as (their images' vision tokens, their prompt): one tensor means one image; one prompt
+    string applies to every request."""
+    requests = [[v] if isinstance(v, Tensor) else list(v) for v in vision]
+    prompts = [prompt] * len(requests) if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != len(requests):
+        raise ValueError(f"{len(prompts)} prompts for {len(requests)} requests")
+    return requests, prompts
+
+
+def left_pad(embeds: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Prompts of (T_i, H) embeddings -> a (B, T, H) batch padded on the left, so all end where generation
+    starts, and its (B, T) attention mask (0 = padding)."""
+    lengths = torch.tensor([e.shape[0] for e in embeds])
+    longest = int(lengths.max())
+    batch = torch.stack([F.pad(e, (0, 0, longest - e.shape[0], 0)) for e in embeds])  # (B, T, H)
+    mask = (torch.arange(longest)[None] >= (longest - lengths)[:, None]).long()  # (B, T)
+    return batch, mask.to(batch.device)

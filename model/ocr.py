@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from .clip import VisionTransformer
 from .config import OCRConfig
 from .decoder import DeepseekV2ForCausalLM, DeepseekV2Model
-from .generation import GenerationConfig
+from .generation import GenerationConfig, left_pad, pair_requests
 from .preprocess import Mode, Views, get_mode, prepare, prompt_ids
 from .sam import ImageEncoderViT
 
@@ -173,18 +172,10 @@ class DeepseekOCR(DeepseekV2ForCausalLM):
         (a single tensor for one image). Requests are left-padded and decoded as one batch.
         """
         config = config or GenerationConfig()
-        requests = [[v] if isinstance(v, torch.Tensor) else list(v) for v in vision]
-        prompts = [prompt] * len(requests) if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != len(requests):
-            raise ValueError(f"{len(prompts)} prompts for {len(requests)} requests")
+        requests, prompts = pair_requests(vision, prompt)
         if not requests:
             return []
-        embeds = [self.embed_prompt(v, p) for v, p in zip(requests, prompts, strict=True)]
-        lengths = torch.tensor([e.shape[0] for e in embeds])
-        longest = int(lengths.max())
-        batch = torch.stack([F.pad(e, (0, 0, longest - e.shape[0], 0)) for e in embeds])  # (B, T, H)
-        mask = (torch.arange(longest)[None] >= (longest - lengths)[:, None]).long()  # (B, T), 0 = left pad
-        mask = mask.to(self.device)
+        batch, mask = left_pad([self.embed_prompt(v, p) for v, p in zip(requests, prompts, strict=True)])
         result = self.generate_tokens(batch, attention_mask=mask, config=config)
         tok = self._tokenizer()
         return [tok.decode(t, skip_special_tokens=True) for t in result.tokens]

@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from .generation import GenerationConfig, NoRepeatNGram
+from .generation import GenerationConfig, NoRepeatNGram, left_pad, pair_requests
 from .loading import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -224,19 +223,10 @@ class DeepseekOCR2:
     ) -> list[list[int]]:
         """Per request, the generated token ids (EOS and what follows excluded). See :meth:`generate`."""
         config = config or GenerationConfig()
-        requests = [[v] if isinstance(v, torch.Tensor) else list(v) for v in vision]
-        prompts = [prompt] * len(requests) if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != len(requests):
-            raise ValueError(f"{len(prompts)} prompts for {len(requests)} requests")
+        requests, prompts = pair_requests(vision, prompt)
         if not requests:
             return []
-        embeds = [self.embed_prompt(v, p) for v, p in zip(requests, prompts, strict=True)]
-        longest = max(e.shape[0] for e in embeds)
-        # Left padding: the batch's prompts end together, where generation starts.
-        batch = torch.stack([F.pad(e, (0, 0, longest - e.shape[0], 0)) for e in embeds])  # (B, T, H)
-        mask = torch.stack(
-            [torch.arange(longest, device=self.device) >= longest - e.shape[0] for e in embeds]
-        ).long()  # (B, T)
+        batch, mask = left_pad([self.embed_prompt(v, p) for v, p in zip(requests, prompts, strict=True)])
         generation_config, eos = self._hf_generation_config(config)
         processors: list[Any] = []
         guard = config.no_repeat_guard()

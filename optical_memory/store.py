@@ -1134,13 +1134,7 @@ class OpticalMemory:
         with self._lock:
             items: list[ContextItem] = []
             used = 0
-            with self._session() as s:
-                if scope is not None:
-                    self._scope(s, scope)
-                stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False))
-                if scope is not None:
-                    stmt = stmt.where(MemoryRow.scope == scope)
-                recent_rows = list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
+            recent_rows = self._text_tier_turns(scope)
             recent: list[tuple[MemoryRow, str, int]] = []
             for m in recent_rows:
                 line = f"{m.role}: {m.text}" if m.role else (m.text or "")
@@ -1214,6 +1208,16 @@ class OpticalMemory:
                 saved_tokens=saved,
             )
 
+    def _text_tier_turns(self, scope: str | None) -> list[MemoryRow]:
+        """Turns still in the text tier, newest first (``scope`` checked to exist)."""
+        with self._session() as s:
+            if scope is not None:
+                self._scope(s, scope)
+            stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False))
+            if scope is not None:
+                stmt = stmt.where(MemoryRow.scope == scope)
+            return list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
+
     def page_text(self, page_id: int) -> str | None:
         """The text a page shows, rebuilt from its memories' retained text (None unless all of it was
         retained: with ``retain_text=False`` only the pixels know)."""
@@ -1272,13 +1276,7 @@ class OpticalMemory:
                 raise InvalidInput(
                     f"budget_tokens={budget_tokens} cannot hold even the query ({used} tokens)"
                 )
-            with self._session() as s:
-                if scope is not None:
-                    self._scope(s, scope)
-                stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False))
-                if scope is not None:
-                    stmt = stmt.where(MemoryRow.scope == scope)
-                recent_rows = list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
+            recent_rows = self._text_tier_turns(scope)
             items: list[ContextItem] = []
             header = "Recent conversation:\n"
             recent_cost = decoder.count_text(header) if recent_rows else 0
