@@ -674,15 +674,23 @@ class OpticalMemory:
 
     def vision_tokens(self, page_id: int) -> np.ndarray | None:
         """A page's stored vision tokens, float16 (positions, dim), or None when it has none (no encoder,
-        not synced yet, or forgotten)."""
-        with self._lock, self._session() as s:
-            row = s.get(VisionRow, page_id)
-            if row is None:
+        not synced yet, or forgotten). Tokens whose blob is missing or corrupt are dropped (they are derived
+        data: the next :meth:`sync_vision` encodes the page again) and None is returned."""
+        with self._lock:
+            with self._session() as s:
+                row = s.get(VisionRow, page_id)
+                page = s.get(PageRow, page_id)
+                if row is None or page is None or page.blob != row.page_blob:
+                    return None  # none, or stale: the page changed since it was encoded
+                name = row.blob
+            try:
+                return np.load(io.BytesIO(self.blobs.get(name)), allow_pickle=False)
+            except BlobError as e:
+                log.warning("page %d: dropping unreadable vision tokens: %s", page_id, e)
+                with self._session() as s, s.begin():
+                    stale = self._drop_vision(s, [page_id])
+                self._sweep(stale)
                 return None
-            page = s.get(PageRow, page_id)
-            if page is None or page.blob != row.page_blob:
-                return None  # stale: the page changed since it was encoded
-            return np.load(io.BytesIO(self.blobs.get(row.blob)), allow_pickle=False)
 
     def _drop_vision(self, s: Session, page_ids: Iterable[int]) -> list[str]:
         """Delete the vision rows of ``page_ids`` (in the caller's transaction); returns their blob names."""

@@ -244,6 +244,11 @@ def test_verify_checks_vision_blobs_and_repair_reencodes(tmp_path, checkpoint, e
         assert store.vision_tokens(page_id) is None
         assert store.sync_vision() == 1 and store.vision_tokens(page_id) is not None
         assert store.verify().ok
+        # a context never trips over a bad token blob: it is dropped and the page encoded again
+        store.blobs.path(page_rows(store)[1][page_id].blob).write_bytes(b"garbage")
+        assert store.vision_tokens(page_id) is None
+        ctx = store.build_context("quick brown fox", budget_tokens=500, mode="vision", scope="s")
+        assert ctx.used_tokens == ctx.inputs_embeds.shape[1] and store.vision_tokens(page_id) is not None
 
 
 def test_a_version_1_store_is_migrated(tmp_path, embedder):
