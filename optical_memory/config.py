@@ -144,6 +144,9 @@ class StoreConfig:
     model: str | None = None
     model_dir: str | None = None
     encoder: str | None = None  # None: "deepseek-ocr" when a model is configured, else no vision tokens
+    # reader="vllm-server": the OpenAI-compatible ``vllm serve`` endpoint; the served model's name is
+    # model_dir when given (``vllm serve <folder>`` serves it under that name), else the hub id.
+    model_url: str | None = None
     model_device: str = "cpu"
     model_dtype: str = "bfloat16"
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
@@ -159,6 +162,10 @@ class StoreConfig:
             raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
         if self.model not in (None, "deepseek-ocr"):
             raise InvalidInput(f"unknown model {self.model!r}; known: 'deepseek-ocr' (or None for none)")
+        if self.reader == "vllm-server" and not self.model_url:
+            raise InvalidInput(
+                "reader='vllm-server' needs model_url='http://<host>:<port>' (the vllm serve endpoint)"
+            )
         if self.model_dtype not in ("bfloat16", "float16", "float32"):
             raise InvalidInput(
                 f"model_dtype must be 'bfloat16', 'float16' or 'float32', got {self.model_dtype!r}"

@@ -176,7 +176,7 @@ class OpticalMemory:
                         f"{what}= must be a name or implement optical_memory.protocols.{protocol.__name__}, "
                         f"got {type(obj).__name__}"
                     )
-            needs_model = (reader is None and self.config.reader_name == "deepseek-ocr") or (
+            needs_model = (reader is None and self.config.reader_name in ("deepseek-ocr", "vllm")) or (
                 encoder is None and self.config.encoder_name == "deepseek-ocr"
             )
             if needs_model:
@@ -187,7 +187,11 @@ class OpticalMemory:
             self._reader = reader
             cfg = self.config
             self._make_reader = lambda: make_reader(
-                cfg.reader_name, model_dir=cfg.model_dir, device=cfg.model_device, dtype=cfg.model_dtype
+                cfg.reader_name,
+                model_dir=cfg.model_dir,
+                device=cfg.model_device,
+                dtype=cfg.model_dtype,
+                url=cfg.model_url,
             )
             self._encoder = encoder
             self._make_encoder = lambda: (

@@ -393,3 +393,28 @@ def test_baselines_need_the_text(tmp_path, checkpoint, embedder):
             store.build_context("fox", budget_tokens=400, mode="text", page_form="truncate")
         with pytest.raises(om.InvalidInput, match="'zip'"):
             store.build_context("fox", budget_tokens=400, mode="vision", page_form="zip")
+
+
+def test_vllm_readers_are_chosen_by_name(tmp_path, checkpoint, embedder):
+    import importlib.util
+
+    from optical_memory.backends.vllm_backend import VLLMServerReader
+
+    make_reader.cache_clear()
+    try:
+        with om.open(
+            tmp_path / "a", reader="vllm-server", model_url="http://127.0.0.1:9", embedder=embedder
+        ) as s:
+            assert isinstance(s.reader, VLLMServerReader)
+            assert (s.reader.base_url, s.reader.model) == (
+                "http://127.0.0.1:9/v1",
+                "deepseek-ai/DeepSeek-OCR",
+            )
+        with pytest.raises(om.InvalidInput, match="model_url"):
+            om.open(tmp_path / "b", reader="vllm-server", embedder=embedder)
+        if importlib.util.find_spec("vllm") is None:  # the default venv: a clear error, not an ImportError
+            store = om.open(tmp_path / "c", reader="vllm", model_dir=str(checkpoint), embedder=embedder)
+            with store, pytest.raises(om.MissingDependency, match="pip install vllm"):
+                store.reader  # noqa: B018  (the reader is made on first use)
+    finally:
+        make_reader.cache_clear()

