@@ -28,15 +28,11 @@ def write_random(folder: Path) -> None:
 
     from optical_memory.model.config import OCRConfig
     from optical_memory.model.ocr import DeepseekOCR
-    from optical_memory.model.testing import write_checkpoint
+    from optical_memory.model.testing import materialise_random, write_checkpoint
 
     with torch.device("meta"):
         model = DeepseekOCR(OCRConfig())
-    model = model.to(torch.bfloat16).to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02)
-    write_checkpoint(folder, model, shards=4, dtype=torch.bfloat16)
+    write_checkpoint(folder, materialise_random(model, dtype=torch.bfloat16), shards=4, dtype=torch.bfloat16)
 
 
 def load(folder: Path, dtype: str) -> dict[str, float]:

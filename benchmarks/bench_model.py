@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import table  # benchmarks/ is on sys.path when a script runs
 from PIL import Image, ImageDraw
 
 from optical_memory.model import GenerationConfig, OCRConfig
 from optical_memory.model.config import DecoderConfig
 from optical_memory.model.loading import load_tokenizer
 from optical_memory.model.ocr import DeepseekOCR
-from optical_memory.model.testing import write_tokenizer
+from optical_memory.model.testing import materialise_random, write_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_PAGES_PER_DAY = 200_000  # "200k+ pages per day (a single A100-40G)", DeepSeek-OCR abstract
@@ -43,32 +44,12 @@ MODES: list[tuple[str, Any, tuple[int, int]]] = [
 ]
 
 
-def table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    out = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
-
-
 def page(width: int, height: int) -> Image.Image:
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     for y in range(10, height - 20, 22):
         draw.text((12, y), f"line {y}: the quick brown fox jumps over the lazy dog " * 3, fill="black")
     return image
-
-
-def randomise(module: torch.nn.Module, *, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """Materialise a meta-built module with N(0, 0.02) weights and unit norms (fast, no Kaiming init)."""
-    module = module.to(dtype=dtype).to_empty(device=device)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "norm" in name.rpartition(".")[0].rpartition(".")[2] or "layrnorm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02)
-    return module.eval()
 
 
 def timed(fn: Callable[[], object], *, repeat: int, sync: Callable[[], None]) -> float:
@@ -87,7 +68,7 @@ def bench_ours(
 ) -> tuple[list[dict[str, Any]], dict[int, float]]:
     with torch.device("meta"):
         model = DeepseekOCR(OCRConfig())
-    model = randomise(model, device=device, dtype=dtype)
+    model = materialise_random(model, device=device, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:  # a byte-level stand-in with the official special ids
         write_tokenizer(Path(tmp), model.config)
         model.tokenizer = load_tokenizer(tmp)
@@ -152,8 +133,8 @@ def bench_transformers(
     with torch.device("meta"):
         ref = transformers.DeepseekOcr2TextModel(ref_cfg)
         head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-    ref = randomise(ref, device=device, dtype=dtype)
-    head = randomise(head, device=device, dtype=dtype)
+    ref = materialise_random(ref, device=device, dtype=dtype)
+    head = materialise_random(head, device=device, dtype=dtype)
     with torch.device(device):
         ref.rotary_emb = type(ref.rotary_emb)(ref_cfg)  # its non-persistent inv_freq was left empty by meta
     prompt_len = 273 + 6  # a Base page's image positions plus BOS and "\nFree OCR."

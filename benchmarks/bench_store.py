@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import table  # benchmarks/ is on sys.path when a script runs
 
 import optical_memory as om
 from optical_memory.config import AgingPolicy, Tier
@@ -27,14 +28,6 @@ from optical_memory.demo import DAY, FACTS, conversation
 from optical_memory.metrics import cer
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(str(r[i])) for r in cells) for i in range(len(headers))]
-    out = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def bench_ingest_and_search(folder: Path, tokens: int, queries: int) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """Vision-token memory benchmark: context cost per query of each way to inject the same retrieved pages,
 and the store's encode and recall rates through DeepSeek-OCR.
 
-    .venv/bin/python benchmarks/bench_vision.py [--tokens 30000] [--model-dir FOLDER]
+    .venv/bin/python benchmarks/bench_vision.py [--model-dir FOLDER] [--skip-rates]
 
 Part 1 (context cost) builds a store from the demo's seeded conversation (audit mode, so the text
 baselines can be formed), asks the demo's questions, and for the same retrieved pages reports what they
@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import table  # benchmarks/ is on sys.path when a script runs
 
 import optical_memory as om
 from optical_memory.config import AgingPolicy, StoreConfig, Tier
 from optical_memory.demo import FACTS, conversation
 from optical_memory.model.config import OCRConfig
 from optical_memory.model.ocr import DeepseekOCR
-from optical_memory.model.testing import random_model, write_checkpoint
+from optical_memory.model.testing import materialise_random, random_model, write_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LADDER = AgingPolicy(
@@ -43,14 +44,6 @@ LADDER = AgingPolicy(
         Tier(side=384, max_turns=4096),
     ),
 )
-
-
-def table(headers: list[str], rows: list[list[object]]) -> str:
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    out = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def build_store(folder: Path, model_dir: Path, tokens: int) -> om.OpticalMemory:
@@ -160,7 +153,13 @@ def _first_memory(store: om.OpticalMemory, page_id: int) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tokens", type=int, default=30_000, help="text tokens of conversation")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=30_000,
+        help="at least this many text tokens (the demo's conversation always "
+        "runs on to its last planted fact, ~89k tokens)",
+    )
     p.add_argument("-k", type=int, default=4, help="memories retrieved per question")
     p.add_argument(
         "--model-dir", type=Path, help="DeepSeek-OCR folder for part 2 (default: random full size)"
@@ -176,8 +175,15 @@ def main() -> None:
         tiny = write_checkpoint(Path(tmp) / "tiny", random_model(OCRConfig.tiny()), dtype=torch.float32)
         with build_store(Path(tmp) / "store1", tiny, args.tokens) as store:
             rows = context_costs(store, args.k)
+            stats = store.stats()
+            result["store"] = {
+                "memories": stats.memories,
+                "pages": stats.pages,
+                "text_tokens": stats.text_tokens,
+            }
         result["context"] = rows
-        print(f"\nContext cost of the pages retrieved for each demo question (k={args.k})\n")
+        print(f"\nStore: {result['store']}")
+        print(f"Context cost of the pages retrieved for each demo question (k={args.k})\n")
         keys = ["pages", "rag_text_cl100k", "image_vision_tokens", "vision_positions", "truncate_positions"]
         print(table(["question", *keys], [[r["question"][:40], *[r[k] for k in keys]] for r in rows]))
         totals = {k: sum(r[k] for r in rows) for k in keys[1:]}
@@ -189,11 +195,7 @@ def main() -> None:
                 model_dir = Path(tmp) / "full"
                 with torch.device("meta"):
                     model = DeepseekOCR(OCRConfig())
-                model = model.to(torch.bfloat16).to_empty(device="cpu")
-                with torch.no_grad():
-                    for param in model.parameters():
-                        param.normal_(0.0, 0.02)
-                write_checkpoint(model_dir, model, shards=4)
+                write_checkpoint(model_dir, materialise_random(model), shards=4)
                 del model
             with build_store(Path(tmp) / "store2", model_dir, 8_000) as store:
                 result["rates"] = rates(store, args.pages_per_tier, args.recall_tokens)
