@@ -1,5 +1,7 @@
-"""Framework adapters (LangChain, LangGraph, MCP), installed as ``optical_memory.adapters``.
+"""Framework adapters, installed as ``optical_memory.adapters``; each uses the public API only.
 
-They use the public API only. The implementations are tracked in their own issue; this package exists
-so the layout and the install mapping (``adapters/`` -> ``optical_memory.adapters``) are in place.
+* ``optical_memory.adapters.langchain``: ``OpticalMemoryRetriever`` (langchain-core ``BaseRetriever``;
+  ``pip install 'optical-memory[langchain]'``).
+
+Chat-message history, the LangGraph store and the MCP server are not written yet (the adapters issue).
 """

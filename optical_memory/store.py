@@ -992,17 +992,26 @@ class OpticalMemory:
             }
             spans: dict[int, list[Any]] = {}
             for sp in s.execute(
-                select(SpanRow.memory_id, SpanRow.page_id, SpanRow.char_start, SpanRow.char_end, PageRow.side)
+                select(
+                    SpanRow.memory_id,
+                    SpanRow.page_id,
+                    SpanRow.char_start,
+                    SpanRow.char_end,
+                    PageRow.side,
+                    PageRow.text_tokens,
+                )
                 .join(PageRow, PageRow.id == SpanRow.page_id)
                 .where(SpanRow.memory_id.in_(list(best)))
             ):
                 spans.setdefault(sp.memory_id, []).append(sp)
             page_sides = {sp.page_id: sp.side for v in spans.values() for sp in v}
+            page_text = {sp.page_id: sp.text_tokens for v in spans.values() for sp in v}
         hits = []
         for mid, (sc, char_start) in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])):
             m = memories[mid]
             page_id = None
             tier = "text"
+            compression = None
             if m.paged:
                 mine = sorted(spans.get(mid, []), key=lambda sp: sp.char_start)
                 hit_span = next(
@@ -1011,7 +1020,10 @@ class OpticalMemory:
                 )
                 if hit_span is not None:
                     page_id = hit_span.page_id
-                    tier = _tier_name(page_sides.get(page_id))
+                    side = page_sides.get(page_id)
+                    tier = _tier_name(side)
+                    if side and page_text.get(page_id):
+                        compression = round(page_text[page_id] / vision_tokens(side), 2)
             hit = Hit(
                 id=mid,
                 score=sc,
@@ -1021,6 +1033,7 @@ class OpticalMemory:
                 kind=m.kind,
                 role=m.role,
                 metadata=dict(m.meta or {}),
+                compression=compression,
             )
             if _matches(hit, wanted):
                 hits.append(hit)

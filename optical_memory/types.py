@@ -33,6 +33,8 @@ class Hit:
     kind: Kind
     role: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # text tokens on the hit's page over the page's DeepEncoder vision tokens at its tier (None: no page)
+    compression: float | None = None
 
 
 @dataclass(frozen=True)
