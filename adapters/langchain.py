@@ -5,6 +5,10 @@
     retriever = OpticalMemoryRetriever(store=store, scope="alice", k=4)
     docs = retriever.invoke("Which nut is Ingrid allergic to?")  # or ainvoke; k=... per call
 
+    history = OpticalChatMessageHistory(store, session_id="alice", budget_tokens=2000)
+    history.add_messages([HumanMessage("..."), AIMessage("...")])
+    history.messages  # a memory block recalled from old pages, then the recent turns verbatim
+
 Each Document's content is the memory recalled as text from its page at its current tier (``mode="text"``),
 or a reference to its page image (``mode="image"``: ``optical-memory://page/<id>`` with the PNG as a data
 URL in ``metadata["image_url"]``, for multimodal chat models). Metadata carries the memory's id, scope,
@@ -22,7 +26,9 @@ from ..errors import InvalidInput, MissingDependency
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+    from langchain_core.chat_history import BaseChatMessageHistory
     from langchain_core.documents import Document
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
     from langchain_core.retrievers import BaseRetriever
     from pydantic import ConfigDict
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -30,7 +36,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         f"the LangChain adapter needs langchain-core: pip install 'optical-memory[langchain]' ({e})"
     ) from e
 
-__all__ = ["OpticalMemoryRetriever"]
+__all__ = ["OpticalChatMessageHistory", "OpticalMemoryRetriever"]
 
 
 class OpticalMemoryRetriever(BaseRetriever):
@@ -92,3 +98,105 @@ class OpticalMemoryRetriever(BaseRetriever):
         recall = self.store.recall(hit.id)
         metadata["source"] = recall.source
         return Document(page_content=recall.text, metadata=metadata, id=str(hit.id))
+
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+
+
+class OpticalChatMessageHistory(BaseChatMessageHistory):
+    """A session's chat history kept in optical memory (one store scope per session).
+
+    ``messages`` returns, within ``budget_tokens``: a ``SystemMessage`` holding older turns recalled from
+    their page images (retrieved by meaning for the latest user message), then the turns still in the
+    store's text tier, verbatim and in order. Each ``add_messages`` ages the store (``auto_age``), so old
+    turns move into pages and fade down the ladder as the session grows. ``clear()`` deletes the
+    session's rows, vectors and page images.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        session_id: str,
+        *,
+        budget_tokens: int = 2000,
+        recent_share: float = 0.6,
+        k: int = 8,
+        auto_age: bool = True,
+    ) -> None:
+        if not isinstance(session_id, str) or not session_id.strip():
+            raise InvalidInput(f"session_id must be a non-empty string, got {session_id!r}")
+        if budget_tokens < 1:
+            raise InvalidInput(f"budget_tokens must be positive, got {budget_tokens!r}")
+        self.store = store
+        self.session_id = session_id
+        self.budget_tokens = budget_tokens
+        self.recent_share = recent_share
+        self.k = k
+        self.auto_age = auto_age
+
+    @property
+    def messages(self) -> list[BaseMessage]:  # type: ignore[override]
+        if self.session_id not in self.store.scopes():
+            return []
+        turns: list[Any] = []
+        used = 0
+        for turn in reversed(self.store.recent_turns(self.session_id)):  # newest first, within the share
+            cost = self.store.counter.count(turn.text)
+            if used + cost > self.budget_tokens * self.recent_share:
+                break
+            turns.insert(0, turn)
+            used += cost
+        out: list[BaseMessage] = []
+        query = next((t.text for t in reversed(turns) if t.role == "user"), turns[-1].text if turns else "")
+        if query.strip() and self.budget_tokens > used:
+            older = self.store.build_context(
+                query,
+                budget_tokens=self.budget_tokens - used,
+                scope=self.session_id,
+                k=self.k,
+                recent_share=0.0,
+            )
+            shown = {t.id for t in turns}
+            retrieved = [p["text"] for p in older.parts[1:] if p.get("type") == "text"]  # after the heading
+            kept = [text for text, item in zip(retrieved, older.items, strict=True) if item.id not in shown]
+            if kept:
+                out.append(
+                    SystemMessage("Memory recalled from earlier in this conversation:\n" + "\n".join(kept))
+                )
+        out += [_message(t.role, t.text) for t in turns]
+        return out
+
+    def add_messages(self, messages: Any) -> None:
+        items = []
+        for m in messages:
+            if not isinstance(m, BaseMessage):
+                raise InvalidInput(f"add_messages takes LangChain messages, got {type(m).__name__}")
+            content = m.content if isinstance(m.content, str) else m.text
+            items.append({"text": content, "role": _ROLES.get(m.type, m.type)})
+        if items:
+            self.store.add_many(items, scope=self.session_id)
+            if self.auto_age:
+                self.store.age()
+
+    def clear(self) -> None:
+        if self.session_id in self.store.scopes():
+            self.store.delete_scope(self.session_id)
+
+    async def aget_messages(self) -> list[BaseMessage]:
+        return await asyncio.to_thread(lambda: self.messages)
+
+    async def aadd_messages(self, messages: Any) -> None:
+        await asyncio.to_thread(self.add_messages, list(messages))
+
+    async def aclear(self) -> None:
+        await asyncio.to_thread(self.clear)
+
+
+def _message(role: str | None, text: str) -> BaseMessage:
+    if role == "assistant":
+        return AIMessage(text)
+    if role == "system":
+        return SystemMessage(text)
+    if role == "tool":
+        return ToolMessage(text, tool_call_id="")
+    return HumanMessage(text)

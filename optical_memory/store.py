@@ -1233,6 +1233,17 @@ class OpticalMemory:
                 saved_tokens=saved,
             )
 
+    def recent_turns(self, scope: str, *, limit: int | None = None) -> list[Recall]:
+        """The turns of ``scope`` still in the text tier, verbatim, oldest first (the newest ``limit``)."""
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise InvalidInput(f"limit must be None or a non-negative int, got {limit!r}")
+        with self._lock:
+            rows = self._text_tier_turns(scope)[:limit]
+            return [
+                Recall(id=m.id, text=m.text or "", tier="text", source="retained", role=m.role)
+                for m in reversed(rows)
+            ]
+
     def _text_tier_turns(self, scope: str | None) -> list[MemoryRow]:
         """Turns still in the text tier, newest first (``scope`` checked to exist)."""
         with self._session() as s:

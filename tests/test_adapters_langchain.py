@@ -14,7 +14,7 @@ from langchain_tests.integration_tests import RetrieversIntegrationTests
 import optical_memory as om
 from optical_memory.adapters.langchain import OpticalMemoryRetriever
 from optical_memory.backends import make_embedder
-from optical_memory.config import StoreConfig
+from optical_memory.config import AgingPolicy, StoreConfig
 
 TURNS = [
     ("user", "My sister Ingrid is allergic to cashews."),
@@ -103,3 +103,69 @@ def test_k_per_call_async_and_bad_arguments(store):
         retriever.invoke("dinner", top_n=3)
     with pytest.raises(om.ScopeNotFound):
         OpticalMemoryRetriever(store=store, scope="nobody").invoke("dinner")
+
+
+# -- chat message history (there is no standard suite for it: these follow langchain-postgres' own tests) --
+
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
+
+from optical_memory.adapters.langchain import OpticalChatMessageHistory  # noqa: E402
+
+
+def test_history_round_trip_and_clear(tmp_path, embedder):
+    roomy = AgingPolicy(text_turns=16, tiers=StoreConfig.tiny().aging.tiers)  # every turn stays verbatim
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(aging=roomy), embedder=embedder) as store:
+        history = OpticalChatMessageHistory(store, "session-1")
+        assert history.messages == []
+        history.add_messages([HumanMessage("Hello there."), AIMessage("Hi! How can I help?")])
+        history.add_user_message("What is the capital of Portugal?")
+        got = history.messages
+        assert [type(m) for m in got] == [HumanMessage, AIMessage, HumanMessage]
+        assert [m.content for m in got] == [
+            "Hello there.",
+            "Hi! How can I help?",
+            "What is the capital of Portugal?",
+        ]
+        other = OpticalChatMessageHistory(store, "session-2")
+        other.add_messages([HumanMessage("A different session.")])
+        history.clear()
+        assert history.messages == [] and "session-1" not in store.scopes()
+        assert [m.content for m in other.messages] == ["A different session."]  # untouched
+        history.clear()  # clearing an empty session is fine
+
+
+def test_history_recalls_old_turns_from_pages_within_the_budget(tmp_path, embedder):
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(), embedder=embedder) as store:
+        history = OpticalChatMessageHistory(store, "s", budget_tokens=300)
+        history.add_messages([HumanMessage("My sister Ingrid is allergic to cashews."), AIMessage("Noted.")])
+        for i in range(6):
+            history.add_messages(
+                [HumanMessage(f"Tell me fact {i} about the garden."), AIMessage(f"Garden fact {i}.")]
+            )
+        history.add_user_message("Which nut is my sister Ingrid allergic to?")
+        messages = history.messages
+        assert isinstance(messages[0], SystemMessage) and "cashews" in messages[0].content
+        assert messages[-1].content == "Which nut is my sister Ingrid allergic to?"
+        recent = [m for m in messages if not isinstance(m, SystemMessage)]
+        assert len(recent) <= 2 + 1  # the tiny store keeps 2 turns in its text tier (+ the newest)
+        assert sum(store.counter.count(m.content) for m in messages) <= 300 + 40  # budget, plus the heading
+
+
+def test_history_async_and_bad_input(tmp_path, embedder):
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(), embedder=embedder) as store:
+        history = OpticalChatMessageHistory(store, "s")
+
+        async def run() -> list:
+            await history.aadd_messages([HumanMessage("async hello")])
+            return await history.aget_messages()
+
+        assert [m.content for m in asyncio.run(run())] == ["async hello"]
+        asyncio.run(history.aclear())
+        assert history.messages == []
+        with pytest.raises(om.InvalidInput, match="LangChain messages, got str"):
+            history.add_messages(["not a message"])
+        with pytest.raises(om.InvalidInput, match="session_id"):
+            OpticalChatMessageHistory(store, "  ")
+        with pytest.raises(om.InvalidInput, match="empty"):
+            history.add_messages([HumanMessage("   ")])
+        assert history.messages == []  # nothing was stored by the failed calls

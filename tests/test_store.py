@@ -578,6 +578,7 @@ def test_public_api_is_pinned():
         "rebuild_index",
         "sync_vision",
         "page_text",
+        "recent_turns",
         "answer",
         "vision_tokens",
     }
