@@ -29,7 +29,7 @@ from optical_memory.model import GenerationConfig, OCRConfig
 from optical_memory.model.config import DecoderConfig
 from optical_memory.model.loading import load_tokenizer
 from optical_memory.model.ocr import DeepseekOCR
-from optical_memory.model.testing import materialise_random, write_tokenizer
+from optical_memory.model.testing import materialise_random, transformers_text_config, write_tokenizer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_PAGES_PER_DAY = 200_000  # "200k+ pages per day (a single A100-40G)", DeepSeek-OCR abstract
@@ -109,27 +109,7 @@ def bench_transformers(
     import transformers
 
     cfg = DecoderConfig()
-    ref_cfg = transformers.DeepseekOcr2TextConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        n_routed_experts=cfg.n_routed_experts,
-        n_shared_experts=cfg.n_shared_experts,
-        num_experts_per_tok=cfg.num_experts_per_tok,
-        moe_intermediate_size=cfg.moe_intermediate_size,
-        routed_scaling_factor=cfg.routed_scaling_factor,
-        topk_method="greedy",
-        mlp_layer_types=[
-            "dense" if i < cfg.first_k_dense_replace else "sparse" for i in range(cfg.num_layers)
-        ],
-        attn_implementation="sdpa",
-    )
+    ref_cfg = transformers_text_config(cfg, attn_implementation="sdpa")
     with torch.device("meta"):
         ref = transformers.DeepseekOcr2TextModel(ref_cfg)
         head = torch.nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

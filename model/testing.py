@@ -9,16 +9,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .config import OCRConfig
+from .config import DecoderConfig, OCRConfig
 from .loading import config_to_json
 from .ocr import DeepseekOCR
 
 BOS, EOS, PAD = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>"
 # the official special ids above 128815, placed after <image> in the same order
 EXTRA_SPECIALS = ("<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|grounding|>", "<td>", "</td>")
+
+
+def transformers_text_config(cfg: DecoderConfig, *, attn_implementation: str = "eager") -> Any:
+    """transformers' ``DeepseekOcr2TextConfig`` describing the same decoder as ``cfg`` (DeepSeek-OCR 2 keeps
+    v1's MoE decoder): the independent implementation the parity tests and the benchmark compare against."""
+    import transformers
+
+    # accepted at run time by every transformers config, though not in its typed signature
+    runtime: dict[str, Any] = {"attn_implementation": attn_implementation}
+    return transformers.DeepseekOcr2TextConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,  # MHA, no MLA
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=cfg.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        n_routed_experts=cfg.n_routed_experts,
+        n_shared_experts=cfg.n_shared_experts,
+        num_experts_per_tok=cfg.num_experts_per_tok,
+        moe_intermediate_size=cfg.moe_intermediate_size,
+        routed_scaling_factor=cfg.routed_scaling_factor,
+        topk_method="greedy",  # softmax scores, plain top-k, no renormalisation
+        mlp_layer_types=[
+            "dense" if i < cfg.first_k_dense_replace else "sparse" for i in range(cfg.num_layers)
+        ],
+        **runtime,
+    )
 
 
 def random_model(cfg: OCRConfig | None = None, *, seed: int = 0) -> DeepseekOCR:

@@ -26,6 +26,7 @@ from optical_memory.model.generation import (
     make_generator,
     sample_next_token,
 )
+from optical_memory.model.testing import transformers_text_config
 
 SHAPES_JSON = (
     Path(__file__).resolve().parents[1].parent
@@ -117,27 +118,7 @@ def test_model_accepts_further_attributes_and_an_external_model() -> None:
 def reference_model(lm: DeepseekV2ForCausalLM):  # -> transformers DeepseekOcr2TextModel
     transformers = pytest.importorskip("transformers")
     cfg = lm.decoder_config
-    ref_cfg = transformers.DeepseekOcr2TextConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,  # MHA, no MLA
-        max_position_embeddings=cfg.max_position_embeddings,
-        rms_norm_eps=cfg.rms_norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        n_routed_experts=cfg.n_routed_experts,
-        n_shared_experts=cfg.n_shared_experts,
-        num_experts_per_tok=cfg.num_experts_per_tok,
-        moe_intermediate_size=cfg.moe_intermediate_size,
-        routed_scaling_factor=cfg.routed_scaling_factor,
-        topk_method="greedy",  # softmax scores, plain top-k, no renormalisation
-        mlp_layer_types=[
-            "dense" if i < cfg.first_k_dense_replace else "sparse" for i in range(cfg.num_layers)
-        ],
-        attn_implementation="eager",
-    )
+    ref_cfg = transformers_text_config(cfg, attn_implementation="eager")
     assert ref_cfg.head_dim == cfg.head_dim  # they derive it as hidden / heads
     ref = transformers.DeepseekOcr2TextModel(ref_cfg).eval()
 
