@@ -85,7 +85,7 @@ class OpticalMemoryRetriever(BaseRetriever):
             "role": hit.role,
         }
         if self.mode == "image" and hit.page_id is not None:
-            images = self.store.page_image(hit.id)
+            images = self.store.page_image(hit.id, page_id=hit.page_id)
             if images:
                 buffer = io.BytesIO()
                 images[0].save(buffer, format="PNG")

@@ -1414,8 +1414,9 @@ class OpticalMemory:
         url = "data:image/png;base64," + base64.b64encode(data).decode()
         return {"type": "image_url", "image_url": {"url": url}}, page.side, page.text_tokens
 
-    def page_image(self, memory_id: int) -> list[Image.Image]:
-        """The page images a memory is on, at their current tier (empty if in the text tier or forgotten)."""
+    def page_image(self, memory_id: int, *, page_id: int | None = None) -> list[Image.Image]:
+        """The page images a memory is on, in reading order, at their current tier (empty if in the text tier
+        or forgotten); with ``page_id`` (e.g. a hit's page), only that one of them."""
         with self._lock, self._session() as s:
             self._memory(s, memory_id)
             page_ids = list(
@@ -1423,8 +1424,15 @@ class OpticalMemory:
                     select(SpanRow.page_id).where(SpanRow.memory_id == memory_id).order_by(SpanRow.char_start)
                 )
             )
-            blobs = [p.blob for p in s.scalars(select(PageRow).where(PageRow.id.in_(page_ids))) if p.blob]
-        return [Image.open(io.BytesIO(self.blobs.get(b))) for b in blobs]
+            if page_id is not None:
+                if page_id not in page_ids:
+                    raise InvalidInput(f"page {page_id!r} does not hold memory {memory_id}")
+                page_ids = [page_id]
+            blobs = {
+                pid: blob
+                for pid, blob in s.execute(select(PageRow.id, PageRow.blob).where(PageRow.id.in_(page_ids)))
+            }
+        return [Image.open(io.BytesIO(self.blobs.get(b))) for b in (blobs.get(i) for i in page_ids) if b]
 
     # -- stats / verify ------------------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ def test_image_mode_refers_to_the_page(store):
     assert paged
     assert paged[0].page_content == f"optical-memory://page/{paged[0].metadata['page_id']}"
     assert paged[0].metadata["image_url"].startswith("data:image/png;base64,")
+    with pytest.raises(om.InvalidInput, match="does not hold memory"):
+        store.page_image(paged[0].metadata["id"], page_id=10_000)
 
 
 def test_k_per_call_async_and_bad_arguments(store):
