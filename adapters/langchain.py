@@ -108,7 +108,8 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
 
     ``messages`` returns, within ``budget_tokens``: a ``SystemMessage`` holding older turns recalled from
     their page images (retrieved by meaning for the latest user message), then the turns still in the
-    store's text tier, verbatim and in order. Each ``add_messages`` ages the store (``auto_age``), so old
+    store's text tier, verbatim and in order: up to ``recent_share`` of the budget, newest first (the newest
+    turn is always kept, whatever its length). Each ``add_messages`` ages the store (``auto_age``), so old
     turns move into pages and fade down the ladder as the session grows. ``clear()`` deletes the
     session's rows, vectors and page images.
     """
@@ -125,8 +126,12 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     ) -> None:
         if not isinstance(session_id, str) or not session_id.strip():
             raise InvalidInput(f"session_id must be a non-empty string, got {session_id!r}")
-        if budget_tokens < 1:
-            raise InvalidInput(f"budget_tokens must be positive, got {budget_tokens!r}")
+        if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
+            raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
+        if not isinstance(recent_share, (int, float)) or not 0.0 <= recent_share <= 1.0:
+            raise InvalidInput(f"recent_share must be a number in [0, 1], got {recent_share!r}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise InvalidInput(f"k must be a positive int, got {k!r}")
         self.store = store
         self.session_id = session_id
         self.budget_tokens = budget_tokens
@@ -142,8 +147,8 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
         used = 0
         for turn in reversed(self.store.recent_turns(self.session_id)):  # newest first, within the share
             cost = self.store.counter.count(turn.text)
-            if used + cost > self.budget_tokens * self.recent_share:
-                break
+            if turns and used + cost > self.budget_tokens * self.recent_share:
+                break  # (the newest turn is always kept: it is usually the question being answered)
             turns.insert(0, turn)
             used += cost
         out: list[BaseMessage] = []

@@ -171,3 +171,16 @@ def test_history_async_and_bad_input(tmp_path, embedder):
         with pytest.raises(om.InvalidInput, match="empty"):
             history.add_messages([HumanMessage("   ")])
         assert history.messages == []  # nothing was stored by the failed calls
+        for bad in ({"budget_tokens": 0}, {"budget_tokens": "500"}, {"recent_share": 1.5}, {"k": 0}):
+            with pytest.raises(om.InvalidInput, match=next(iter(bad))):
+                OpticalChatMessageHistory(store, "s", **bad)
+
+
+def test_history_keeps_the_newest_turn_even_when_it_is_over_the_recent_share(tmp_path, embedder):
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(), embedder=embedder) as store:
+        history = OpticalChatMessageHistory(store, "s", budget_tokens=40, recent_share=0.25)
+        history.add_messages([HumanMessage("An earlier, short question."), AIMessage("A short answer.")])
+        question = "Given everything we talked about over the last weeks, " * 3 + "which nut is it?"
+        assert store.counter.count(question) > 10  # more than the 25% of 40 tokens it may use
+        history.add_user_message(question)
+        assert [m.content for m in history.messages if not isinstance(m, SystemMessage)] == [question]
