@@ -107,6 +107,20 @@ def test_k_per_call_async_and_bad_arguments(store):
         OpticalMemoryRetriever(store=store, scope="nobody").invoke("dinner")
 
 
+def test_concurrent_async_calls_stay_in_their_scope(store):
+    home = OpticalMemoryRetriever(store=store, scope="home", k=3)
+    other = OpticalMemoryRetriever(store=store, scope="other", k=3)
+
+    async def run() -> list[list[Document]]:
+        calls = [(home if i % 2 else other).ainvoke("cashews") for i in range(12)]
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(run())
+    for i, docs in enumerate(results):
+        assert docs and {d.metadata["scope"] for d in docs} == {"home" if i % 2 else "other"}
+    assert results[1] == results[3] and results[0] == results[2]  # same query, same answer
+
+
 # -- chat message history (there is no standard suite for it: these follow langchain-postgres' own tests) --
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
@@ -174,6 +188,22 @@ def test_history_async_and_bad_input(tmp_path, embedder):
         for bad in ({"budget_tokens": 0}, {"budget_tokens": "500"}, {"recent_share": 1.5}, {"k": 0}):
             with pytest.raises(om.InvalidInput, match=next(iter(bad))):
                 OpticalChatMessageHistory(store, "s", **bad)
+
+
+def test_history_concurrent_async_adds_lose_nothing(tmp_path, embedder):
+    roomy = AgingPolicy(text_turns=64, tiers=StoreConfig.tiny().aging.tiers)
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(aging=roomy), embedder=embedder) as store:
+        a, b = OpticalChatMessageHistory(store, "a"), OpticalChatMessageHistory(store, "b")
+
+        async def run() -> None:
+            adds = [(a if i % 2 else b).aadd_messages([HumanMessage(f"message {i}")]) for i in range(20)]
+            await asyncio.gather(*adds)
+
+        asyncio.run(run())
+        got_a = sorted(m.content for m in a.messages)
+        got_b = sorted(m.content for m in b.messages)
+        assert got_a == sorted(f"message {i}" for i in range(1, 20, 2))
+        assert got_b == sorted(f"message {i}" for i in range(0, 20, 2))
 
 
 def test_history_keeps_the_newest_turn_even_when_it_is_over_the_recent_share(tmp_path, embedder):
