@@ -22,7 +22,17 @@ from .errors import (
 )
 from .store import OpticalMemory
 from .store import open_store as open
-from .types import Context, ContextItem, Hit, Recall, Stats, TextLine, TierStats, VerifyReport
+from .types import (
+    Context,
+    ContextItem,
+    Hit,
+    MemoryInfo,
+    Recall,
+    Stats,
+    TextLine,
+    TierStats,
+    VerifyReport,
+)
 
 __version__ = "0.1.0"
 
@@ -33,6 +43,7 @@ __all__ = [
     "ContextItem",
     "Hit",
     "InvalidInput",
+    "MemoryInfo",
     "MemoryNotFound",
     "MissingDependency",
     "OpticalMemory",

@@ -127,6 +127,22 @@ class AgingPolicy:
                 return i
         return None if self.forget else len(self.tiers) - 1
 
+    def ttl_tier_index(self, *, elapsed_s: float, ttl_s: float) -> int | None:
+        """Index of the tier a page of a memory with a time to live belongs to, ``elapsed_s`` into its
+        ``ttl_s``; None means forgotten.
+
+        The lifetime is cut into ``n + 1`` equal slices for ``n`` tiers: tier ``i`` is held while
+        ``elapsed_s <= ttl_s * (i + 1) / (n + 1)``, and the last slice is forgotten (with ``forget=False``,
+        kept at the last tier). At ``ttl_s`` the memory expires and ``age`` deletes it. With the default
+        five tiers and a ttl of an hour: 1024px for the first 10 minutes, 640px until 20, ... 256px until
+        50, forgotten until 60, then gone.
+        """
+        n = len(self.tiers)
+        for i in range(n):
+            if elapsed_s <= ttl_s * (i + 1) / (n + 1):
+                return i
+        return None if self.forget else n - 1
+
 
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     event,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -31,7 +32,7 @@ from .errors import SchemaVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: the vision table (DeepEncoder tokens per page)
+SCHEMA_VERSION = 3  # 2: the vision table (DeepEncoder tokens per page); 3: per-memory expiry (ttl)
 
 
 class Base(DeclarativeBase):
@@ -71,6 +72,10 @@ class MemoryRow(Base):
     n_chars: Mapped[int] = mapped_column(Integer)
     text_tokens: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # A memory with a time to live: its pages walk the ladder over ``ttl_s`` seconds, and ``age`` deletes it
+    # once ``expires_at`` (epoch seconds) has passed; both None for memories that never expire.
+    expires_at: Mapped[float | None] = mapped_column(Float, index=True)
+    ttl_s: Mapped[float | None] = mapped_column(Float)
 
 
 class PageRow(Base):
@@ -167,8 +172,22 @@ def _add_vision_table(session: Session) -> None:
     assert inspect(session.connection()).has_table(VisionRow.__tablename__)
 
 
+def _add_expiry_columns(session: Session) -> None:
+    """2 -> 3: ``memories.expires_at`` (indexed) and ``memories.ttl_s``, NULL (never expires) in old rows."""
+    connection = session.connection()
+    table = Base.metadata.tables[MemoryRow.__tablename__]
+    have = {c["name"] for c in inspect(connection).get_columns(table.name)}
+    for column in (table.c.expires_at, table.c.ttl_s):
+        if column.name not in have:
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+    for index in table.indexes:
+        if "expires_at" in index.columns:
+            index.create(connection, checkfirst=True)
+
+
 # Migration steps: MIGRATIONS[v] upgrades a store at schema version v to v + 1.
-MIGRATIONS: dict[int, Any] = {1: _add_vision_table}
+MIGRATIONS: dict[int, Any] = {1: _add_vision_table, 2: _add_expiry_columns}
 
 
 def prepare(engine: Engine) -> sessionmaker[Session]:

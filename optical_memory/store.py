@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, Numeric, and_, case, cast, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from . import db
@@ -43,7 +43,7 @@ from .errors import BlobError, InvalidInput, MemoryNotFound, ScopeNotFound, Stor
 from .index import VectorIndex
 from .protocols import Embedder, Encoder, Reader, TokenCounter, VisionContext
 from .render import Line, Renderer, Span, load_page_file
-from .types import Context, ContextItem, Hit, Kind, Recall, Stats, TierStats, VerifyReport
+from .types import Context, ContextItem, Hit, Kind, MemoryInfo, Recall, Stats, TierStats, VerifyReport
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,28 @@ def _check_metadata(metadata: object) -> dict[str, Any]:
         if not isinstance(key, str):
             raise InvalidInput(f"metadata keys must be str, got {key!r} in {metadata!r}")
     try:
-        return dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
+        plain = dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"metadata must be JSON-serialisable, got {metadata!r} ({e})") from None
+    _check_json_strings(plain, metadata)
+    return plain
+
+
+def _check_json_strings(obj: object, metadata: object) -> None:
+    """Refuse NUL characters and lone surrogates anywhere in metadata: PostgreSQL's json operators cannot
+    read a row holding them (every metadata filter on its scope would fail)."""
+    if isinstance(obj, str):
+        if "\x00" in obj or any(0xD800 <= ord(c) <= 0xDFFF for c in obj):
+            raise InvalidInput(
+                f"metadata string {obj[:40]!r} holds a NUL character or a lone surrogate: {metadata!r:.200}"
+            )
+    elif isinstance(obj, list):
+        for item in obj:
+            _check_json_strings(item, metadata)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_json_strings(key, metadata)
+            _check_json_strings(value, metadata)
 
 
 def _check_timestamp(timestamp: object) -> float:
@@ -104,6 +123,38 @@ def _check_timestamp(timestamp: object) -> float:
     if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool) and math.isfinite(timestamp):
         return float(timestamp)
     raise InvalidInput(f"timestamp must be epoch seconds or a datetime, got {timestamp!r}")
+
+
+def _check_ttl(ttl: object) -> float | None:
+    """A time to live in seconds: None (never expires) or a positive finite number."""
+    if ttl is None:
+        return None
+    if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl) and ttl > 0:
+        return float(ttl)
+    raise InvalidInput(f"ttl must be None or a positive finite number of seconds, got {ttl!r}")
+
+
+def _check_count(value: object, what: str, *, allow_none: bool) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        none = "None or " if allow_none else ""
+        raise InvalidInput(f"{what} must be {none}a non-negative int, got {value!r}")
+    return value
+
+
+def _tier_of(paged: bool, sides: Sequence[int | None]) -> str:
+    """A memory's tier: "text" until paged; forgotten if any of its pages is; else its smallest page side."""
+    if not paged:
+        return "text"
+    if not sides or any(side is None for side in sides):
+        return FORGOTTEN
+    return str(min(side for side in sides if side is not None))
+
+
+def _deeper(a: int | None, b: int | None) -> int | None:
+    """The tier index further down the ladder (None, forgotten, is the bottom)."""
+    return None if a is None or b is None else max(a, b)
 
 
 def _chunks(text: str, words: int) -> list[tuple[int, str]]:
@@ -133,6 +184,7 @@ class _Pending:
     tokens: int
     chunks: list[tuple[int, str]]
     vectors: np.ndarray | None = None
+    ttl_s: float | None = None
 
 
 class OpticalMemory:
@@ -314,14 +366,20 @@ class OpticalMemory:
         kind: Kind = "turn",
         metadata: Mapping[str, Any] | None = None,
         timestamp: float | datetime | None = None,
+        ttl: float | None = None,
     ) -> int:
         """Store one conversation turn or document; returns its id.
 
         A turn stays in the text tier until ``age`` packs it into a page; a document is paginated and
         rendered at once. Bad input raises ``InvalidInput`` naming the value and stores nothing.
+
+        ``ttl`` (seconds) makes the memory expire ``ttl`` seconds after ``timestamp``: from then on no
+        search or listing returns it, and the next ``age`` deletes it like ``delete``. Until then its pages
+        walk the whole forgetting ladder over its lifetime (``AgingPolicy.ttl_tier_index``), so it fades
+        before it goes. See :meth:`set_ttl` to extend or clear it.
         """
         return self.add_many(
-            [{"text": text, "role": role, "metadata": metadata, "timestamp": timestamp}],
+            [{"text": text, "role": role, "metadata": metadata, "timestamp": timestamp, "ttl": ttl}],
             scope=scope,
             kind=kind,
         )[0]
@@ -337,7 +395,8 @@ class OpticalMemory:
         """Store many turns (or documents) in one transaction; much faster than ``add`` in a loop.
 
         Each item is a string or a mapping with ``text`` (or ``content``) and optional ``role``,
-        ``metadata``, ``timestamp``. All items are validated before anything is written.
+        ``metadata``, ``timestamp``, ``ttl`` (see :meth:`add`). All items are validated before anything is
+        written.
         """
         _check_name(scope, "scope", max_len=255)
         if kind not in ("turn", "document"):
@@ -366,14 +425,16 @@ class OpticalMemory:
         if isinstance(item, Mapping):
             text = item.get("text", item.get("content"))
             role, metadata, timestamp = item.get("role"), item.get("metadata"), item.get("timestamp")
+            ttl = item.get("ttl")
         else:
-            text, role, metadata, timestamp = item, None, None, None
+            text, role, metadata, timestamp, ttl = item, None, None, None, None
         if role is not None:
             _check_name(role, "role", max_len=64)
             self.renderer.normalise(role)  # a label the fonts cannot draw fails now, not in age()
         normalised = self.renderer.normalise(text)
         meta = _check_metadata(metadata)
         ts = _check_timestamp(timestamp)
+        ttl_s = _check_ttl(ttl)
         return _Pending(
             text=normalised,
             scope=scope,
@@ -383,6 +444,7 @@ class OpticalMemory:
             timestamp=ts,
             tokens=self.counter.count(normalised),
             chunks=_chunks(normalised, self.config.chunk_words),
+            ttl_s=ttl_s,
         )
 
     def _ensure_scope(self, s: Session, scope: str, when: float) -> ScopeRow:
@@ -407,6 +469,8 @@ class OpticalMemory:
             n_chars=len(p.text),
             text_tokens=p.tokens,
             meta=p.metadata,
+            ttl_s=p.ttl_s,
+            expires_at=None if p.ttl_s is None else p.timestamp + p.ttl_s,
         )
         s.add(row)
         s.flush()
@@ -604,15 +668,23 @@ class OpticalMemory:
     # -- aging ---------------------------------------------------------------------------------------------
 
     def age(self, *, now: float | datetime | None = None, progress: Progress | None = None) -> dict[str, int]:
-        """Apply the forgetting policy once: pack turns that left the text tier into pages, then move every
-        page to the tier its turn distance and age call for, downsampling the stored image. Idempotent.
+        """Apply the forgetting policy once: delete memories whose time to live has run out, pack turns that
+        left the text tier into pages, then move every page to the tier its turn distance and age call for
+        (and, for memories with a ttl, the share of their lifetime that has passed: see
+        ``AgingPolicy.ttl_tier_index``), downsampling the stored image. Idempotent.
 
-        Returns counts: ``packed`` turns, ``pages_written``, ``downsampled`` pages, ``forgotten`` pages, and
-        pages ``encoded`` to vision tokens (0 without an encoder; see :meth:`sync_vision`).
+        Returns counts: ``expired`` memories deleted, ``packed`` turns, ``pages_written``, ``downsampled``
+        pages, ``forgotten`` pages, and pages ``encoded`` to vision tokens (0 without an encoder; see
+        :meth:`sync_vision`).
+
+        Cost: one pass over every scope and every page still holding an image, whatever changed; only
+        pages that move are re-encoded. On a store of thousands of pages, call it on a schedule rather than
+        after every write.
         """
         when = _check_timestamp(now)
-        report = {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
+        report = {"expired": 0, "packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
         with self._lock:
+            report["expired"] = self._expire(when)
             with self._session() as s:
                 scopes = list(s.scalars(select(ScopeRow.name)))
             for scope in scopes:
@@ -621,6 +693,15 @@ class OpticalMemory:
             report["encoded"] = self.sync_vision()
         log.info("age: %s", report)
         return report
+
+    def _expire(self, when: float) -> int:
+        """Delete (as ``delete`` does: rows, vectors, page images) every memory expired at ``when``."""
+        with self._session() as s:
+            expired = MemoryRow.expires_at <= when  # NULL (never expires) is not <= anything
+            ids = list(s.scalars(select(MemoryRow.id).where(expired).order_by(MemoryRow.id)))
+        for memory_id in ids:
+            self.delete(memory_id)
+        return len(ids)
 
     # -- vision tokens -------------------------------------------------------------------------------------
 
@@ -783,21 +864,23 @@ class OpticalMemory:
         with self._session() as s:
             srow = s.get(ScopeRow, scope)
             assert srow is not None
-            pinned_pages = set(
-                s.scalars(
-                    select(SpanRow.page_id)
-                    .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
-                    .where(MemoryRow.scope == scope, MemoryRow.pinned.is_(True))
-                )
-            )
+            members: dict[int, list[tuple[bool, float | None, float | None]]] = {}
+            for page_id, pinned, ttl_s, expires_at in s.execute(
+                select(SpanRow.page_id, MemoryRow.pinned, MemoryRow.ttl_s, MemoryRow.expires_at)
+                .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
+                .where(MemoryRow.scope == scope)
+            ):
+                members.setdefault(page_id, []).append((pinned, ttl_s, expires_at))
             pages = list(s.scalars(select(PageRow).where(PageRow.scope == scope, PageRow.side.is_not(None))))
             moves = []
             for page in pages:
-                if page.id in pinned_pages or page.lost:
+                on_page = members.get(page.id, [])
+                if any(pinned for pinned, _, _ in on_page) or page.lost:
                     continue
                 target = policy.tier_index(
                     turns=srow.turns - page.last_turn_index, age_s=when - page.created_at
                 )
+                target = _deeper(target, self._ttl_target(on_page, when))
                 current = sides.index(page.side) if page.side in sides else -1
                 if target is None or target > current:
                     moves.append((page.id, None if target is None else sides[target]))
@@ -805,6 +888,23 @@ class OpticalMemory:
             self._move_page(page_id, side, report)
             if progress:
                 progress(1)
+
+    def _ttl_target(self, on_page: list[tuple[bool, float | None, float | None]], when: float) -> int | None:
+        """The tier the lifetimes of a page's memories call for: the least advanced of them, and only when
+        every memory on the page has a ttl (a page is never downsampled under a memory that does not
+        expire). Tier 0 when that is not so."""
+        policy = self.config.aging
+        targets = []
+        for _, ttl_s, expires_at in on_page:
+            if ttl_s is None or expires_at is None:
+                return 0
+            elapsed = ttl_s - (expires_at - when)
+            index = policy.ttl_tier_index(elapsed_s=elapsed, ttl_s=ttl_s)
+            targets.append(len(policy.tiers) if index is None else index)
+        if not targets:
+            return 0
+        least = min(targets)
+        return None if least == len(policy.tiers) else least
 
     def _move_page(self, page_id: int, side: int | None, report: dict[str, int]) -> None:
         stale: list[str] = []
@@ -862,9 +962,28 @@ class OpticalMemory:
         return row
 
     def pin(self, memory_id: int, *, pinned: bool = True) -> None:
-        """Pinned memories never age: a text-tier turn stays text, a paged memory's pages keep their tier."""
+        """Pinned memories never age: a text-tier turn stays text, a paged memory's pages keep their tier.
+        A pinned memory with a ttl still expires (clear it with ``set_ttl(memory_id, None)``)."""
         with self._lock, self._session() as s, s.begin():
             self._memory(s, memory_id).pinned = pinned
+
+    def set_ttl(
+        self, memory_id: int, ttl: float | None, *, now: float | datetime | None = None
+    ) -> float | None:
+        """Give a memory ``ttl`` more seconds to live from ``now`` (default: the current time), or make it
+        never expire (``ttl=None``); returns its new ``expires_at`` (epoch seconds, or None).
+
+        The ladder then runs over the new lifetime, but only ever downwards: a page already downsampled
+        stays at its tier (its pixels are gone), and a refreshed memory simply fades more slowly from there.
+        Raises ``MemoryNotFound`` for an unknown (or already deleted) id.
+        """
+        ttl_s = _check_ttl(ttl)
+        when = _check_timestamp(now)
+        with self._lock, self._session() as s, s.begin():
+            memory = self._memory(s, memory_id)
+            memory.ttl_s = ttl_s
+            memory.expires_at = None if ttl_s is None else when + ttl_s
+            return memory.expires_at
 
     def delete(self, memory_id: int) -> None:
         """Delete a memory: its row, vectors and spans; its lines are blanked on pages it shares with other
@@ -930,18 +1049,129 @@ class OpticalMemory:
         with self._lock, self._session() as s:
             return list(s.scalars(select(ScopeRow.name).order_by(ScopeRow.name)))
 
+    def _scope_names(self, s: Session, scope: object) -> list[str] | None:
+        """``scope`` (None, one name, or a sequence of names) as a list of known scopes; None means all.
+        An unknown name raises ``ScopeNotFound``."""
+        if scope is None:
+            return None
+        if isinstance(scope, str):
+            return [self._scope(s, scope).name]
+        if not isinstance(scope, (Sequence, frozenset, set)):
+            raise InvalidInput(f"scope must be a str, a sequence of str or None, got {type(scope).__name__}")
+        names = list(dict.fromkeys(_check_name(name, "scope", max_len=255) for name in scope))
+        known = set(s.scalars(select(ScopeRow.name).where(ScopeRow.name.in_(names))))
+        missing = [name for name in names if name not in known]
+        if missing:
+            raise ScopeNotFound(f"no memories were ever stored in scope(s) {missing!r}")
+        return names
+
+    def memories(
+        self,
+        *,
+        scope: str | Sequence[str] | None = None,
+        filters: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[MemoryInfo]:
+        """List memories without a query, newest first (by ``created_at``, then id): ``offset`` skipped,
+        at most ``limit`` returned (None: all). Expired memories are never listed.
+
+        ``scope``: one scope, a sequence of scopes, or None for all; an unknown one raises
+        ``ScopeNotFound``. ``filters`` keeps memories whose ``kind``, ``role`` or metadata keys equal the
+        given JSON scalars (str, int, float, bool or None; JSON types are compared as such: ``True`` does
+        not equal ``1``, ``1`` equals ``1.0``). The filters run in SQL (SQLite's ``json_each``, PostgreSQL's
+        json operators) over the rows of the scopes asked for, which the scope index finds; without a
+        scope, over every row.
+        """
+        wanted = _check_metadata(filters)
+        if "tier" in wanted:
+            raise InvalidInput("memories() cannot filter on 'tier' (it is computed): filter the results")
+        for key, value in wanted.items():
+            if value is not None and not isinstance(value, (str, int, float, bool)):
+                raise InvalidInput(
+                    f"memories() filters compare JSON scalars, got {type(value).__name__} {value!r} "
+                    f"for {key!r}"
+                )
+        count = _check_count(limit, "limit", allow_none=True)
+        skip = _check_count(offset, "offset", allow_none=False)
+        with self._lock, self._session() as s:
+            names = self._scope_names(s, scope)
+            if names == []:
+                return []
+            stmt = select(MemoryRow).where(self._live(_now()))
+            if names is not None:
+                stmt = stmt.where(MemoryRow.scope.in_(names))
+            for key, value in wanted.items():
+                if key in ("kind", "role"):
+                    stmt = stmt.where(getattr(MemoryRow, key) == value)
+                else:
+                    stmt = stmt.where(self._meta_equals(key, value))
+            stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).offset(skip).limit(count)
+            rows = list(s.scalars(stmt))
+            sides: dict[int, list[int | None]] = {}
+            for memory_id, side in s.execute(
+                select(SpanRow.memory_id, PageRow.side)
+                .join(PageRow, PageRow.id == SpanRow.page_id)
+                .where(SpanRow.memory_id.in_([m.id for m in rows]))
+            ):
+                sides.setdefault(memory_id, []).append(side)
+        return [
+            MemoryInfo(
+                id=m.id,
+                scope=m.scope,
+                kind=m.kind,  # type: ignore[arg-type]
+                role=m.role,
+                created_at=m.created_at,
+                tier=_tier_of(m.paged, sides.get(m.id, [])),
+                metadata=dict(m.meta or {}),
+                expires_at=m.expires_at,
+            )
+            for m in rows
+        ]
+
+    @staticmethod
+    def _live(now: float) -> ColumnElement[bool]:
+        """Memories not expired at ``now``."""
+        return or_(MemoryRow.expires_at.is_(None), MemoryRow.expires_at > now)
+
+    def _meta_equals(self, key: str, value: str | int | float | bool | None) -> ColumnElement[bool]:
+        """SQL for "metadata[key] is the JSON scalar ``value``" (typed: a string "1" is not the number 1)."""
+        if self._engine.dialect.name == "postgresql":  # json operators: no jsonb cast of whole rows
+            kind = func.json_typeof(MemoryRow.meta[key])
+            shown = MemoryRow.meta[key].as_string()  # ->>, read only once the type is known
+            if value is None:
+                return kind == "null"
+            if isinstance(value, bool):
+                return and_(kind == "boolean", shown == ("true" if value else "false"))
+            if isinstance(value, (int, float)):
+                return case((kind == "number", cast(shown, Numeric) == value), else_=False)
+            return and_(kind == "string", shown == value)
+        if self._engine.dialect.name != "sqlite":
+            raise InvalidInput(f"metadata filters need SQLite or PostgreSQL, not {self._engine.dialect.name}")
+        each = func.json_each(MemoryRow.meta).table_valued("key", "type", "atom")
+        if value is None:
+            typed = each.c.type == "null"
+        elif isinstance(value, bool):
+            typed = each.c.type == ("true" if value else "false")
+        elif isinstance(value, (int, float)):
+            typed = and_(each.c.type.in_(["integer", "real"]), each.c.atom == value)
+        else:
+            typed = and_(each.c.type == "text", each.c.atom == value)
+        return exists().select_from(each).where(each.c.key == key, typed)
+
     def search(
         self,
         query: str,
         *,
         k: int = 5,
-        scope: str | None = None,
+        scope: str | Sequence[str] | None = None,
         filters: Mapping[str, Any] | None = None,
     ) -> list[Hit]:
         """The ``k`` memories closest in meaning to ``query``, best first, one hit per memory.
 
-        ``scope`` restricts the search to one tenant (None searches all). ``filters`` keeps memories whose
-        ``kind``, ``role``, ``tier`` or metadata keys equal the given values.
+        ``scope`` restricts the search to one tenant, or to a sequence of them (None searches all; an
+        unknown one raises ``ScopeNotFound``). ``filters`` keeps memories whose ``kind``, ``role``, ``tier``
+        or metadata keys equal the given values. Expired memories are never returned.
         """
         if not isinstance(query, str) or not query.strip():
             raise InvalidInput(f"query must be a non-empty string, got {query!r}")
@@ -950,7 +1180,9 @@ class OpticalMemory:
         wanted = _check_metadata(filters)
         with self._lock:
             with self._session() as s:
-                scopes = None if scope is None else [self._scope(s, scope).name]
+                scopes = self._scope_names(s, scope)
+            if scopes == []:
+                return []
             vector = self.embedder.embed([query])[0]
             fetch = k * (8 if wanted else 3)
             while True:
@@ -987,7 +1219,7 @@ class OpticalMemory:
                         MemoryRow.role,
                         MemoryRow.paged,
                         MemoryRow.meta,
-                    ).where(MemoryRow.id.in_(list(best)))
+                    ).where(MemoryRow.id.in_(list(best)), self._live(_now()))
                 )
             }
             spans: dict[int, list[Any]] = {}
@@ -1008,6 +1240,8 @@ class OpticalMemory:
             page_text = {sp.page_id: sp.text_tokens for v in spans.values() for sp in v}
         hits = []
         for mid, (sc, char_start) in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])):
+            if mid not in memories:
+                continue  # expired
             m = memories[mid]
             page_id = None
             tier = "text"
@@ -1075,12 +1309,7 @@ class OpticalMemory:
             return Recall(id=memory.id, text=text, tier=tier, source=self.reader.name, role=memory.role)
 
     def _memory_tier(self, memory: MemoryRow, pages: Mapping[int, PageRow]) -> str:
-        if not memory.paged:
-            return "text"
-        sides = [p.side for p in pages.values()]
-        if not sides or any(side is None for side in sides):
-            return FORGOTTEN
-        return str(min(side for side in sides if side is not None))
+        return _tier_of(memory.paged, [p.side for p in pages.values()])
 
     def _page_lines(self, s: Session, page: PageRow, memory_id: int) -> dict[int, str]:
         """Reader output for a page at its current tier, by line index; cached in SQL per tier."""
@@ -1245,11 +1474,13 @@ class OpticalMemory:
             ]
 
     def _text_tier_turns(self, scope: str | None) -> list[MemoryRow]:
-        """Turns still in the text tier, newest first (``scope`` checked to exist)."""
+        """Turns still in the text tier and not expired, newest first (``scope`` checked to exist)."""
         with self._session() as s:
             if scope is not None:
                 self._scope(s, scope)
-            stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False))
+            stmt = select(MemoryRow).where(
+                MemoryRow.kind == "turn", MemoryRow.paged.is_(False), self._live(_now())
+            )
             if scope is not None:
                 stmt = stmt.where(MemoryRow.scope == scope)
             return list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))

@@ -38,6 +38,21 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class MemoryInfo:
+    """A memory as ``memories()`` lists it, without its text (``recall`` reads that): its ``created_at``
+    timestamp (epoch seconds), current tier, metadata, and ``expires_at`` (epoch seconds; None: never)."""
+
+    id: int
+    scope: str
+    kind: Kind
+    role: str | None
+    created_at: float
+    tier: TierName
+    metadata: dict[str, Any] = field(default_factory=dict)
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
 class Recall:
     """A memory read back as text. ``source`` is "retained" (verbatim text from the store) or the name of
     the reader that read the page images at their current tier."""

@@ -52,3 +52,54 @@ def test_store_on_postgres(tmp_path, embedder, pg_url):
     with om.open(tmp_path / "s", config=config, embedder=embedder) as store:
         assert len(store.index) == 9
         assert store.verify().ok
+
+
+def test_listing_filters_expiry_and_migration_on_postgres(tmp_path, embedder, pg_url):
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    config = StoreConfig.tiny(database_url=pg_url)
+    with om.open(tmp_path / "s", config=config, embedder=embedder) as store:
+        one = store.add("tide tables for May", scope="a", metadata={"n": 1})
+        with pytest.raises(om.InvalidInput, match="NUL"):  # no json operator could read this row back
+            store.add("odd", scope="a", metadata={"n": 1, "odd": "nul \x00 inside"})
+        text_one = store.add("tide tables for June", scope="a", metadata={"n": "1"})
+        true = store.add("a violin", scope="b", metadata={"n": True}, kind="document")
+        real = store.add("a cello", scope="b", metadata={"n": 1.0, "t": None}, ttl=3600)
+        store.add("expired", scope="b", metadata={"n": 1}, timestamp=time.time() - 100, ttl=10)
+        assert [m.id for m in store.memories(filters={"n": 1})] == [real, one]
+        assert [m.id for m in store.memories(filters={"n": "1"})] == [text_one]
+        assert [m.id for m in store.memories(filters={"n": True})] == [true]
+        assert [m.id for m in store.memories(filters={"t": None})] == [real]
+        assert [m.id for m in store.memories(scope=["a", "b"], limit=2, offset=1)] == [true, text_one]
+        assert {h.scope for h in store.search("tide", scope=["a"], k=5)} == {"a"}
+        assert store.age()["expired"] == 1
+    # a version-2 database (no expiry columns) opens and migrates
+    engine = create_engine(pg_url)
+    with engine.begin() as con:
+        con.execute(text("ALTER TABLE memories DROP COLUMN expires_at"))
+        con.execute(text("ALTER TABLE memories DROP COLUMN ttl_s"))
+        con.execute(text("UPDATE meta SET value='2' WHERE key='schema_version'"))
+    engine.dispose()
+    with om.open(tmp_path / "s", config=config, embedder=embedder) as store:
+        assert store.memories(scope="b")[0].expires_at is None
+        assert store.set_ttl(real, 60) is not None
+
+
+def test_langgraph_store_on_postgres(tmp_path, embedder, pg_url):
+    pytest.importorskip("langgraph")
+    from optical_memory.adapters.langgraph import OpticalMemoryStore
+
+    config = StoreConfig.tiny(database_url=pg_url)
+    with om.open(tmp_path / "s", config=config, embedder=embedder) as store:
+        lg = OpticalMemoryStore(store)
+        lg.put(("users", "ingrid"), "diet", {"text": "Ingrid is allergic to cashews.", "n": 1})
+        lg.put(("users", "ingrid"), "car", {"text": "Ingrid drives a red Volvo.", "n": 2}, ttl=60)
+        lg.put(("users", "bob"), "diet", {"text": "Bob is vegan.", "n": 3})
+        assert lg.get(("users", "ingrid"), "diet").value["n"] == 1
+        assert lg.search(("users",), query="nut allergy", limit=1)[0].key == "diet"
+        assert [i.key for i in lg.search(("users",), filter={"n": {"$gte": 2}})] == ["diet", "car"]
+        assert lg.list_namespaces() == [("users", "bob"), ("users", "ingrid")]
+        lg.delete(("users", "bob"), "diet")
+        assert lg.list_namespaces() == [("users", "ingrid")]

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,14 @@ def test_age_packs_old_turns_into_pages_and_is_idempotent(store):
     assert first["pages_written"] >= 1
     before = (blob_files(store), store.stats())
     second = store.age()
-    assert second == {"packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0, "encoded": 0}
+    assert second == {
+        "expired": 0,
+        "packed": 0,
+        "pages_written": 0,
+        "downsampled": 0,
+        "forgotten": 0,
+        "encoded": 0,
+    }
     assert (blob_files(store), store.stats()) == before
     tiers = [store.recall(i).tier for i in ids]
     assert tiers[-2:] == ["text", "text"]
@@ -241,6 +249,183 @@ def test_search_filters_and_kinds(store):
     assert hit.tier == "256" and hit.page_id is not None
 
 
+# -- listing without a query, searching several scopes
+
+
+def test_memories_lists_newest_first_with_filters_limit_and_offset(store):
+    a = store.add("one", scope="a", role="user", metadata={"n": 1, "tag": "x"}, timestamp=100.0)
+    b = store.add("two", scope="a", role="assistant", metadata={"n": "1", "tag": "x"}, timestamp=200.0)
+    c = store.add("three", scope="b", metadata={"n": True, "tag": None}, timestamp=300.0)
+    d = store.add("a document", scope="b", kind="document", metadata={"n": 1.0}, timestamp=400.0)
+    assert [m.id for m in store.memories()] == [d, c, b, a]
+    assert [m.id for m in store.memories(limit=2, offset=1)] == [c, b]
+    assert [m.id for m in store.memories(scope="a")] == [b, a]
+    assert [m.id for m in store.memories(scope=["b", "a"], limit=3)] == [d, c, b]
+    # JSON scalars compare typed: 1 == 1.0, but neither is "1" nor true
+    assert [m.id for m in store.memories(filters={"n": 1})] == [d, a]
+    assert [m.id for m in store.memories(filters={"n": "1"})] == [b]
+    assert [m.id for m in store.memories(filters={"n": True})] == [c]
+    assert [m.id for m in store.memories(filters={"tag": None})] == [c]
+    assert [m.id for m in store.memories(filters={"tag": "x", "role": "user"})] == [a]
+    [doc] = store.memories(filters={"kind": "document"})
+    assert (doc.id, doc.scope, doc.tier, doc.metadata, doc.created_at, doc.expires_at) == (
+        d,
+        "b",
+        "256",
+        {"n": 1.0},
+        400.0,
+        None,
+    )
+    assert store.memories(scope=[]) == [] and store.memories(filters={"n": 2}) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scope": "nobody"}, "nobody"),
+        ({"scope": ["a", "nobody"]}, "nobody"),
+        ({"scope": [["a"]]}, "list"),
+        ({"filters": {"n": [1]}}, r"\[1\]"),
+        ({"filters": {"tier": "256"}}, "tier"),
+        ({"filters": ["n"]}, "dict"),
+        ({"limit": -1}, "-1"),
+        ({"offset": 1.5}, "1.5"),
+    ],
+)
+def test_memories_bad_arguments_name_the_value(store, kwargs, match):
+    store.add("one", scope="a")
+    with pytest.raises(om.OpticalMemoryError, match=match):
+        store.memories(**kwargs)
+
+
+def test_memories_metadata_keys_with_dots_and_quotes(store):
+    odd = store.add("odd keys", scope=SCOPE, metadata={"a.b": 1, 'q"x': "v", "$.k": True})
+    store.add("plain", scope=SCOPE, metadata={"a": {"b": 1}})
+    for key, value in [("a.b", 1), ('q"x', "v"), ("$.k", True)]:
+        assert [m.id for m in store.memories(filters={key: value})] == [odd]
+
+
+def test_search_over_several_scopes(store):
+    ids = {s: store.add(f"{s} keeps bees on the roof", scope=s) for s in ("a", "b", "c")}
+    hits = store.search("bees", scope=["a", "c"], k=5)
+    assert {h.id for h in hits} == {ids["a"], ids["c"]} and {h.scope for h in hits} == {"a", "c"}
+    assert store.search("bees", scope=("b",), k=5)[0].id == ids["b"]
+    assert store.search("bees", scope=[], k=5) == []
+    with pytest.raises(om.ScopeNotFound, match="nobody"):
+        store.search("bees", scope=["a", "nobody"])
+    with pytest.raises(om.InvalidInput, match="int"):
+        store.search("bees", scope=7)  # type: ignore[arg-type]
+
+
+# -- time to live
+
+
+def test_document_with_ttl_walks_the_ladder_and_is_deleted_at_expiry(tmp_path, embedder):
+    t0 = float(int(time.time()))
+    with tiny(tmp_path, embedder, retain_text=True) as store:  # retained text: recall() reads no pages
+        keep = store.add("a document that never expires", scope=SCOPE, kind="document", timestamp=t0)
+        mid = store.add("an hour to live", scope=SCOPE, kind="document", ttl=3600, timestamp=t0)
+        assert store.memories(scope=SCOPE)[0].expires_at == t0 + 3600
+        # three tiers: 256px for the first quarter of its life, 128 the second, 64 the third, then forgotten
+        seen = []
+        for minutes in (5, 14, 16, 29, 31, 44, 46, 59):
+            store.age(now=t0 + minutes * 60)
+            seen.append(store.recall(mid).tier)
+        assert seen == ["256", "256", "128", "128", "64", "64", "forgotten", "forgotten"]
+        assert store.recall(keep).tier == "256"  # no ttl: ages as before (by turns, here none)
+        report = store.age(now=t0 + 3600)
+        assert report["expired"] == 1
+        with pytest.raises(om.MemoryNotFound):
+            store.recall(mid)
+        assert len(store.index) == 1 and blob_files(store) == page_blobs(store, keep)
+        assert store.age(now=t0 + 9000)["expired"] == 0
+
+
+def test_expired_memories_are_hidden_before_they_are_swept(tmp_path, embedder):
+    with tiny(tmp_path, embedder, retain_text=True) as store:
+        live = store.add("the ferry leaves at nine", scope=SCOPE, role="user", ttl=3600)
+        past = time.time() - 60
+        gone = store.add("the ferry left at eight", scope=SCOPE, role="user", timestamp=past, ttl=30)
+        assert [m.id for m in store.memories(scope=SCOPE)] == [live]
+        assert [h.id for h in store.search("ferry", scope=SCOPE, k=5)] == [live]
+        assert [r.id for r in store.recent_turns(SCOPE)] == [live]
+        ctx = store.build_context("when does the ferry leave?", budget_tokens=200, scope=SCOPE)
+        assert {i.id for i in ctx.items} == {live} and "eight" not in ctx.text
+        assert store.stats().memories == 2  # not swept yet
+        assert store.age()["expired"] == 1 and store.stats().memories == 1
+        with pytest.raises(om.MemoryNotFound):
+            store.recall(gone)
+
+
+def test_set_ttl_extends_clears_and_never_restores_pixels(tmp_path, embedder):
+    t0 = float(int(time.time()))
+    with tiny(tmp_path, embedder, retain_text=True) as store:
+        mid = store.add("a note to refresh", scope=SCOPE, kind="document", ttl=400, timestamp=t0)
+        store.age(now=t0 + 150)  # past the first quarter: 128px
+        assert store.recall(mid).tier == "128"
+        assert store.set_ttl(mid, 400, now=t0 + 300) == t0 + 700
+        store.age(now=t0 + 350)  # 50s into the new lifetime would be 256px: pixels are not restored
+        assert store.recall(mid).tier == "128"
+        store.age(now=t0 + 650)  # past the old expiry, within the new one
+        assert store.recall(mid).tier == "forgotten"
+        assert store.set_ttl(mid, None) is None
+        assert store.age(now=t0 + 99_000)["expired"] == 0 and store.memories()[0].expires_at is None
+        with pytest.raises(om.MemoryNotFound, match="4242"):
+            store.set_ttl(4242, 10)
+
+
+def test_a_shared_page_waits_for_its_memories_without_ttl(tmp_path, embedder):
+    policy = AgingPolicy(text_turns=0, tiers=StoreConfig.tiny().aging.tiers)
+    t0 = float(int(time.time()))
+    with tiny(tmp_path, embedder, retain_text=True, aging=policy) as store:
+        brief = store.add("a turn with a minute to live", scope=SCOPE, ttl=60, timestamp=t0)
+        lasting = store.add("a turn that stays", scope=SCOPE, timestamp=t0)
+        store.age(now=t0 + 1)
+        assert page_blobs(store, brief) == page_blobs(store, lasting)  # one page holds both
+        store.age(now=t0 + 50)  # the ttl alone would forget the page: the other turn keeps it sharp
+        assert store.recall(lasting).tier == "256"
+        assert store.age(now=t0 + 60)["expired"] == 1
+        assert store.recall(lasting, read=False).text == "a turn that stays"
+
+
+@pytest.mark.parametrize("ttl", [0, -5, float("nan"), float("inf"), "60", True])
+def test_bad_ttl_is_named_and_nothing_is_stored(store, ttl):
+    with pytest.raises(om.InvalidInput, match="ttl"):
+        store.add("text", scope=SCOPE, ttl=ttl)
+    with pytest.raises(om.InvalidInput, match="ttl"):
+        store.add_many(["fine", {"text": "bad", "ttl": ttl}], scope=SCOPE)
+    assert store.stats().memories == 0
+
+
+def test_ttl_tier_rule_is_equal_slices_of_the_lifetime():
+    policy = StoreConfig.tiny().aging  # three tiers
+    ladder = [policy.ttl_tier_index(elapsed_s=t, ttl_s=100.0) for t in (0, 25, 26, 50, 51, 75, 76, 100, 200)]
+    assert ladder == [0, 0, 1, 1, 2, 2, None, None, None]
+    keep = AgingPolicy(tiers=policy.tiers, forget=False)
+    assert keep.ttl_tier_index(elapsed_s=90.0, ttl_s=100.0) == 2
+
+
+def test_schema_2_store_opens_and_migrates_to_3(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        old = store.add("written before expiry existed", scope=SCOPE)
+    db_file = tmp_path / "store" / "memory.db"
+    with sqlite3.connect(db_file) as con:  # make it the version-2 layout: no expiry columns or index
+        con.execute("drop index ix_memories_expires_at")
+        con.execute("alter table memories drop column expires_at")
+        con.execute("alter table memories drop column ttl_s")
+        con.execute("update meta set value='2' where key='schema_version'")
+    with tiny(tmp_path, embedder) as store:
+        assert store.recall(old).text == "written before expiry existed"
+        assert store.memories()[0].expires_at is None
+        new = store.add("written after", scope=SCOPE, ttl=60)
+        assert store.memories(filters={})[0].id == new
+    with sqlite3.connect(db_file) as con:
+        assert con.execute("select value from meta where key='schema_version'").fetchone() == ("3",)
+        columns = {row[1] for row in con.execute("pragma table_info(memories)")}
+        indexes = {row[1] for row in con.execute("pragma index_list(memories)")}
+    assert {"expires_at", "ttl_s"} <= columns and "ix_memories_expires_at" in indexes
+
+
 # -- delete
 
 
@@ -385,6 +570,8 @@ def test_any_size_of_text_is_split_across_pages(store):
         {"kind": "note"},
         {"metadata": {"x": object()}},
         {"metadata": [1]},
+        {"metadata": {"x": ["nul \x00"]}},
+        {"metadata": {"lone \ud800": 1}},
         {"timestamp": "yesterday"},
     ],
 )
@@ -537,6 +724,7 @@ def test_public_api_is_pinned():
             "ContextItem",
             "Hit",
             "InvalidInput",
+            "MemoryInfo",
             "MemoryNotFound",
             "MissingDependency",
             "OpticalMemory",
@@ -581,6 +769,8 @@ def test_public_api_is_pinned():
         "recent_turns",
         "answer",
         "vision_tokens",
+        "memories",
+        "set_ttl",
     }
     public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader", "encoder"}
     assert public == methods
