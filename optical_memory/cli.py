@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -192,6 +194,37 @@ def cmd_verify(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C does, so the store closes and saves its index
+
+
+def cmd_mcp(args: argparse.Namespace) -> None:
+    # imported here: the mcp SDK is an optional extra, and its absence raises MissingDependency naming the pip
+    # command; in stdio mode stdout is the protocol channel, so anything for people goes to stderr
+    from .adapters.mcp import serve
+
+    with _open(args) as store:
+        if args.transport == "http":
+            print(
+                f"optical-memory: serving {str(store.path)!r} over MCP at http://{args.host}:{args.port}/mcp",
+                file=sys.stderr,
+            )
+        # uvicorn shuts down gracefully on SIGTERM, then raises it again: exit through this handler, not by it
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                serve(
+                    store,
+                    transport=args.transport,
+                    host=args.host,
+                    port=args.port,
+                    default_scope=args.scope,
+                    log_level="INFO" if args.verbose else "WARNING",
+                )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="optical-memory", description=__doc__, allow_abbrev=False)
     p.add_argument(
@@ -260,6 +293,24 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("id", type=int)
     sh.add_argument("--out", default=".")
     sh.set_defaults(func=cmd_show)
+
+    m = sub.add_parser(
+        "mcp", help="serve the store to MCP clients (Claude Desktop, IDEs, agents) over stdio or HTTP"
+    )
+    m.add_argument(
+        "--transport",
+        choices=["stdio", "http"],
+        default="stdio",
+        help="stdio (the client starts this command) or streamable HTTP at /mcp (default: %(default)s)",
+    )
+    m.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="HTTP address (default: %(default)s; there is no authentication: keep it local or proxied)",
+    )
+    m.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    m.add_argument("--scope", help="the scope tools use when the client gives none (default: scope required)")
+    m.set_defaults(func=cmd_mcp)
 
     v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")
     v.add_argument("--repair", action="store_true")
