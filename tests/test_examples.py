@@ -55,3 +55,13 @@ def test_langchain_agent_answers_from_aged_pages():
     assert out.count("px page)") == 3 and "(the fact sits on a 1024 px page)" not in out
     # ... and the 135M model answers most of them from it (greedy decoding: 2 of 3 on this model)
     assert result["correct"] >= 2, out
+
+
+@pytest.mark.slow
+@needs_smollm
+def test_langgraph_agent_answers_from_faded_pages():
+    out = run_example("langgraph_agent.py")
+    result = summary(out)
+    assert "tiers now: {'512': " in out  # two weeks into a 30-day ttl every note sits at 512 px
+    assert result["recalled"] == result["questions"] == 3, out  # each note read back from its faded page
+    assert result["correct"] >= 2, out  # what the 135M model answers from them (greedy: 2 of 3)
