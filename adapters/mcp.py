@@ -22,9 +22,11 @@ Contracts:
   is logged with its traceback on the server and reported to the client as a generic tool error.
 * Store calls block (embedding, rendering, OCR): each runs on a worker thread, so concurrent calls never
   stall the event loop; the store serialises them behind its own lock and each write is one transaction.
-* Scopes are namespaces, not access control: ``search_memory`` and ``build_context`` only ever return
-  memories of the scope they are given, but ids are global and ``recall_memory``/``forget`` act on any id.
-  Give each tenant its own server and store when tenants must not reach each other.
+* ``search_memory`` and ``build_context`` only ever return memories of the scope they are given. Ids are
+  global: on a server started with ``only_scope`` (``--only-scope``), every tool, id and page image is
+  confined to that one scope, and another scope's ids look unknown; without it, ``recall_memory`` and
+  ``forget`` act on any id. Give each tenant its own ``--only-scope`` server when tenants must not reach
+  each other.
 * Nothing is written to stdout except protocol messages (the store only logs; the SDK points fd 1 at
   stderr while it serves stdio).
 """
@@ -42,7 +44,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import optical_memory
 
-from ..errors import InvalidInput, MissingDependency, OpticalMemoryError, ScopeNotFound
+from ..errors import InvalidInput, MemoryNotFound, MissingDependency, OpticalMemoryError, ScopeNotFound
 
 try:
     import anyio.to_thread
@@ -207,9 +209,12 @@ def _check_arguments(ctx: Context, fn: Callable[..., Any]) -> None:
 class _MemoryTools:
     """The tools and resources over one store; ``make_server`` registers them."""
 
-    def __init__(self, store: Any, *, default_scope: str | None, age_on_remember: bool) -> None:
+    def __init__(
+        self, store: Any, *, default_scope: str | None, only_scope: str | None, age_on_remember: bool
+    ) -> None:
         self.store = store
-        self.default_scope = default_scope
+        self.default_scope = only_scope or default_scope
+        self.only_scope = only_scope
         self.age_on_remember = age_on_remember
 
     async def remember(
@@ -294,7 +299,7 @@ class _MemoryTools:
         A scope that holds no memories yet gives no hits.
         """
         _check_arguments(ctx, self.search_memory)
-        scope = scope if scope is not None else self.default_scope
+        scope = self._allowed(scope) if scope is not None else self.default_scope
 
         def work() -> SearchResult:
             try:
@@ -327,6 +332,7 @@ class _MemoryTools:
         _check_arguments(ctx, self.recall_memory)
 
         def work() -> Recalled:
+            self._own(id)
             r = self.store.recall(id, read=read)
             return Recalled(id=r.id, text=r.text, tier=r.tier, source=r.source, role=r.role)
 
@@ -403,8 +409,15 @@ class _MemoryTools:
                 f"give exactly one of id (one memory) or scope (all of it), got id={id!r}, scope={scope!r}"
             )
         if id is not None:
-            await _blocking(functools.partial(self.store.delete, id))
+
+            def work() -> None:
+                self._own(id)
+                self.store.delete(id)
+
+            await _blocking(work)
             return Forgotten(deleted=1, id=id, scope=None)
+        assert scope is not None
+        self._allowed(scope)
         if not confirm:
             raise ToolError(
                 f"forgetting scope {scope!r} deletes every memory in it for good; "
@@ -420,6 +433,10 @@ class _MemoryTools:
         mid, pid = _uri_int(memory_id, "memory_id"), _uri_int(page_id, "page_id")
 
         def work() -> bytes:
+            try:
+                self._own(mid)
+            except MemoryNotFound as e:
+                raise ResourceNotFoundError(str(e)) from None
             images = self.store.page_image(mid, page_id=pid)
             if not images:
                 raise ResourceNotFoundError(
@@ -432,8 +449,9 @@ class _MemoryTools:
         return await _resource(work)
 
     async def scopes(self) -> str:
-        """The store's scopes, as a JSON list of names."""
-        return json.dumps(await _resource(self.store.scopes))
+        """The store's scopes, as a JSON list of names (only the server's own on a one-scope server)."""
+        names = await _resource(self.store.scopes)
+        return json.dumps([n for n in names if self.only_scope in (None, n)])
 
     async def stats(self) -> str:
         """Memories, pages, tokens and bytes per tier, as JSON."""
@@ -441,9 +459,21 @@ class _MemoryTools:
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
+    def _allowed(self, scope: str) -> str:
+        """``scope``, unless this server serves one scope only and it is another."""
+        if self.only_scope is not None and scope != self.only_scope:
+            raise ToolError(f"this server serves only scope {self.only_scope!r}, not {scope!r}")
+        return scope
+
+    def _own(self, memory_id: int) -> None:
+        """On a one-scope server, refuse ids of other scopes exactly as unknown ids are refused (so a client
+        cannot even learn that they exist). Costs one row lookup, no page read."""
+        if self.only_scope is not None and self.store.memory_info(memory_id).scope != self.only_scope:
+            raise MemoryNotFound(f"no memory with id {memory_id!r} in {str(self.store.path)!r}")  # as unknown
+
     def _scope(self, scope: str | None) -> str:
         if scope is not None:
-            return scope
+            return self._allowed(scope)
         if self.default_scope is None:
             raise ToolError("scope is required: this server has no default scope")
         return self.default_scope
@@ -570,6 +600,7 @@ def make_server(
     store: Any,
     *,
     default_scope: str | None = None,
+    only_scope: str | None = None,
     age_on_remember: bool = True,
     name: str = "optical-memory",
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING",
@@ -578,14 +609,25 @@ def make_server(
     ``.run("streamable-http", host=..., port=...)``, or use :func:`serve`.
 
     ``default_scope``: the scope ``remember`` and ``build_context`` use when the caller gives none (and the
-    one ``search_memory`` searches); None makes ``scope`` required. ``age_on_remember``: run ``store.age()``
+    one ``search_memory`` searches); None makes ``scope`` required. ``only_scope``: serve this one scope
+    only (one tenant per server): it is the default scope, a call naming another scope is refused, and ids,
+    page images and the scopes listing of other scopes look exactly like unknown ones; the ``stats``
+    resource still counts the whole store. ``age_on_remember``: run ``store.age()``
     after every ``remember`` so old turns move into pages and down the ladder (idempotent; it holds the store
     lock for a scan of every page row plus the pages it re-renders or downsamples: tens of ms, about 0.1 s
     when a turn is packed). ``log_level``: the SDK's (and uvicorn's) logging, which only goes to stderr.
     """
     if default_scope is not None and (not isinstance(default_scope, str) or not default_scope.strip()):
         raise InvalidInput(f"default_scope must be a non-empty string or None, got {default_scope!r}")
-    tools = _MemoryTools(store, default_scope=default_scope, age_on_remember=age_on_remember)
+    if only_scope is not None:
+        if not isinstance(only_scope, str) or not only_scope.strip():
+            raise InvalidInput(f"only_scope must be a non-empty string or None, got {only_scope!r}")
+        if default_scope not in (None, only_scope):
+            raise InvalidInput(f"default_scope {default_scope!r} is not the only scope {only_scope!r}")
+        default_scope = only_scope
+    tools = _MemoryTools(
+        store, default_scope=default_scope, only_scope=only_scope, age_on_remember=age_on_remember
+    )
     server: MCPServer = MCPServer(
         name,
         instructions=_instructions(default_scope),
@@ -628,6 +670,7 @@ def serve(
     port: int = 8000,
     path: str = "/mcp",
     default_scope: str | None = None,
+    only_scope: str | None = None,
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING",
 ) -> None:
     """Serve ``store`` over MCP until the client hangs up (stdio: stdin closes) or the process is stopped
@@ -636,7 +679,7 @@ def serve(
     HTTP is streamable HTTP at ``http://host:port/path``, without authentication: on 127.0.0.1/localhost the
     SDK turns on DNS-rebinding protection; anywhere else, put it behind an authenticating proxy.
     """
-    server = make_server(store, default_scope=default_scope, log_level=log_level)
+    server = make_server(store, default_scope=default_scope, only_scope=only_scope, log_level=log_level)
     if transport == "stdio":
         server.run("stdio")
     elif transport == "http":

@@ -219,6 +219,7 @@ def cmd_mcp(args: argparse.Namespace) -> None:
                     host=args.host,
                     port=args.port,
                     default_scope=args.scope,
+                    only_scope=args.only_scope,
                     log_level="INFO" if args.verbose else "WARNING",
                 )
         finally:
@@ -310,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
     m.add_argument("--scope", help="the scope tools use when the client gives none (default: scope required)")
+    m.add_argument(
+        "--only-scope",
+        metavar="SCOPE",
+        help="serve this one scope only: other scopes and their ids are invisible to the client",
+    )
     m.set_defaults(func=cmd_mcp)
 
     v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")

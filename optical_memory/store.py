@@ -1107,14 +1107,26 @@ class OpticalMemory:
                 else:
                     stmt = stmt.where(self._meta_equals(key, value))
             stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).offset(skip).limit(count)
-            rows = list(s.scalars(stmt))
-            sides: dict[int, list[int | None]] = {}
-            for memory_id, side in s.execute(
-                select(SpanRow.memory_id, PageRow.side)
-                .join(PageRow, PageRow.id == SpanRow.page_id)
-                .where(SpanRow.memory_id.in_([m.id for m in rows]))
-            ):
-                sides.setdefault(memory_id, []).append(side)
+            return self._infos(s, list(s.scalars(stmt)))
+
+    def memory_info(self, memory_id: int) -> MemoryInfo:
+        """One memory's scope, kind, role, tier, metadata and expiry, without reading its pages (cheap: use
+        it to check which scope an id belongs to). Raises ``MemoryNotFound`` for an unknown, deleted or
+        expired id."""
+        with self._lock, self._session() as s:
+            row = self._memory(s, memory_id)
+            if row.expires_at is not None and row.expires_at <= _now():
+                raise MemoryNotFound(f"memory {memory_id!r} has expired")
+            return self._infos(s, [row])[0]
+
+    def _infos(self, s: Session, rows: list[MemoryRow]) -> list[MemoryInfo]:
+        sides: dict[int, list[int | None]] = {}
+        for memory_id, side in s.execute(
+            select(SpanRow.memory_id, PageRow.side)
+            .join(PageRow, PageRow.id == SpanRow.page_id)
+            .where(SpanRow.memory_id.in_([m.id for m in rows]))
+        ):
+            sides.setdefault(memory_id, []).append(side)
         return [
             MemoryInfo(
                 id=m.id,

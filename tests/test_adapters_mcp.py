@@ -434,3 +434,39 @@ async def test_a_default_scope_is_the_published_default_and_confines_searches(tm
             context = await client.call_tool("build_context", {"query": "locker combination"})
             assert "31-07-22" in _text(context) and "44-18-09" not in _text(context)
         assert store.recall(other).text.endswith("44-18-09.")
+
+
+async def test_a_one_scope_server_hides_every_other_scope(tmp_path, embedder) -> None:
+    """``make_server(only_scope=...)`` (``--only-scope``): other scopes, their ids and pages look unknown."""
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(), embedder=embedder) as store:
+        bob = store.add_many([f"Bob's note {i}: locker 44-18-09." for i in range(6)], scope="bob")
+        store.age()
+        [bob_page] = {h.page_id for h in store.search("locker", scope="bob", k=1)}
+        async with Client(make_server(store, only_scope="alice")) as client:
+            stored = await client.call_tool("remember", {"text": "Alice's locker combination is 31-07-22."})
+            assert stored.structured_content is not None and stored.structured_content["scope"] == "alice"
+            mine = stored.structured_content["id"]
+            assert not (await client.call_tool("recall_memory", {"id": mine})).is_error
+            for name, args in [
+                ("recall_memory", {"id": bob[0]}),
+                ("forget", {"id": bob[0]}),
+                ("search_memory", {"query": "locker", "scope": "bob"}),
+                ("build_context", {"query": "locker", "scope": "bob"}),
+                ("remember", {"text": "sneaking in", "scope": "bob"}),
+                ("forget", {"scope": "bob", "confirm": True}),
+            ]:
+                result = await client.call_tool(name, args)
+                assert result.is_error, (name, args)
+                message = _text(result)
+                assert "44-18-09" not in message and ("'alice'" in message or str(bob[0]) in message), message
+            unknown = await client.call_tool("recall_memory", {"id": 10_000})
+            theirs = await client.call_tool("recall_memory", {"id": bob[0]})
+            # another scope's id reads exactly like an unknown one
+            assert _text(unknown).replace("id 10000", "id N") == _text(theirs).replace(f"id {bob[0]}", "id N")
+            with pytest.raises(MCPError):
+                await client.read_resource(f"optical-memory://memories/{bob[0]}/pages/{bob_page}")
+            listed = await client.read_resource("optical-memory://scopes")
+            assert json.loads(listed.contents[0].text) == ["alice"]
+        assert [r.id for r in store.memories(scope="bob")] == sorted(bob, reverse=True)  # nothing lost
+        with pytest.raises(om.InvalidInput, match="not the only scope"):
+            make_server(store, only_scope="alice", default_scope="bob")

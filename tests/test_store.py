@@ -341,6 +341,19 @@ def test_document_with_ttl_walks_the_ladder_and_is_deleted_at_expiry(tmp_path, e
         assert store.age(now=t0 + 9000)["expired"] == 0
 
 
+def test_memory_info_names_the_scope_without_reading_pages(store):
+    first = store.add("Ingrid is allergic to cashews.", scope="alice", role="user", metadata={"n": 1})
+    store.add_many([f"filler turn {i}" for i in range(12)], scope="alice")
+    store.age()
+    info = store.memory_info(first)
+    assert (info.scope, info.kind, info.role, info.metadata) == ("alice", "turn", "user", {"n": 1})
+    assert info.tier not in ("text", "forgotten")  # on a page now; nothing was read to say so
+    with pytest.raises(om.MemoryNotFound, match="10000"):
+        store.memory_info(10_000)
+    with pytest.raises(om.InvalidInput, match="str"):
+        store.memory_info("1")  # type: ignore[arg-type]
+
+
 def test_expired_memories_are_hidden_before_they_are_swept(tmp_path, embedder):
     with tiny(tmp_path, embedder, retain_text=True) as store:
         live = store.add("the ferry leaves at nine", scope=SCOPE, role="user", ttl=3600)
@@ -352,6 +365,9 @@ def test_expired_memories_are_hidden_before_they_are_swept(tmp_path, embedder):
         ctx = store.build_context("when does the ferry leave?", budget_tokens=200, scope=SCOPE)
         assert {i.id for i in ctx.items} == {live} and "eight" not in ctx.text
         assert store.stats().memories == 2  # not swept yet
+        with pytest.raises(om.MemoryNotFound, match="expired"):
+            store.memory_info(gone)
+        assert store.memory_info(live).scope == SCOPE
         assert store.age()["expired"] == 1 and store.stats().memories == 1
         with pytest.raises(om.MemoryNotFound):
             store.recall(gone)
@@ -770,6 +786,7 @@ def test_public_api_is_pinned():
         "answer",
         "vision_tokens",
         "memories",
+        "memory_info",
         "set_ttl",
     }
     public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader", "encoder"}
