@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import demo as demo_module
-from .errors import OpticalMemoryError
+from . import experiments
+from .errors import InvalidInput, OpticalMemoryError
 from .store import OpticalMemory, open_store
 from .types import Stats
 
@@ -194,6 +196,40 @@ def cmd_verify(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def _csv(value: str, convert: type, what: str) -> list:
+    try:
+        items = [convert(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidInput(f"{what} must be a comma-separated list, got {value!r}") from None
+    if not items:
+        raise InvalidInput(f"{what} must name at least one value, got {value!r}")
+    return items
+
+
+def cmd_experiment_forgetting(args: argparse.Namespace) -> None:
+    readers = experiments.check_readers(_csv(args.readers, str, "--readers"))
+    sides = _csv(args.sides, int, "--sides")
+    command = "optical-memory " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with tqdm(
+        total=args.pages * len(set(sides)) * len(readers),
+        desc="reading pages",
+        unit="page",
+        disable=args.quiet,
+    ) as bar:
+        report = experiments.forgetting(
+            args.out,
+            readers=readers,
+            sides=sides,
+            pages=args.pages,
+            seed=args.seed,
+            model_dir=args.model_dir,
+            command=command,
+            progress=bar.update,
+        )
+    print(report.markdown)
+    print(f"Done in {report.seconds:.0f} s; wrote {', '.join(report.files.values())}")
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C does, so the store closes and saves its index
 
@@ -317,6 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve this one scope only: other scopes and their ids are invisible to the client",
     )
     m.set_defaults(func=cmd_mcp)
+
+    ex = sub.add_parser("experiment", help="measure a claim and write CSV, JSON, a plot and a markdown table")
+    exsub = ex.add_subparsers(dest="experiment", required=True)
+    fg = exsub.add_parser(
+        "forgetting",
+        help="each reader's precision against compression on held-out prose, down the forgetting ladder",
+    )
+    fg.add_argument("--out", default="forgetting-results", help="output folder (default: %(default)s)")
+    fg.add_argument(
+        "--readers",
+        default="rapidocr,tesseract",
+        help=f"comma-separated, of {', '.join(experiments.READERS)} (default: %(default)s)",
+    )
+    fg.add_argument(
+        "--sides",
+        default="1024,640,512,384,256",
+        help="comma-separated page sides in px (default: %(default)s)",
+    )
+    fg.add_argument("--pages", type=int, default=4, help="pages of 600-1300 tokens (default: %(default)s)")
+    fg.add_argument("--seed", type=int, default=0)
+    fg.set_defaults(func=cmd_experiment_forgetting)
 
     v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")
     v.add_argument("--repair", action="store_true")

@@ -47,6 +47,10 @@ class TiktokenCounter:
         """How many tokens ``text`` costs; special-token strings count as the plain text they are."""
         return len(self._encoding.encode(text, disallowed_special=()))
 
+    def encode(self, text: str) -> list[int]:
+        """The token ids of ``text``, special-token strings encoded as the plain text they are."""
+        return list(self._encoding.encode_ordinary(text))
+
     def count_many(self, texts: Sequence[str]) -> list[int]:
         """``count`` for many texts at once (tiktoken encodes the batch on several threads)."""
         if isinstance(texts, str):
