@@ -8,7 +8,9 @@ start_postgres() {
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null || return 1
         bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     fi
-    local dir port=55432
+    local dir port
+    # a free loopback port, not a fixed one: another server (a second CI run, a developer's) may hold any
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     dir=$(mktemp -d /tmp/om-pg.XXXXXX)
     chown postgres "$dir" 2>/dev/null || true
     local as=""
