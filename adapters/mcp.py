@@ -264,7 +264,7 @@ class _MemoryTools:
             memory_id = self.store.add(text, scope=scope, role=role, kind=kind, metadata=metadata)
             aged = self._age() if self.age_on_remember else None
             return Remembered(
-                id=memory_id, scope=scope, kind=kind, tier=self._tier(memory_id, scope), aged=aged
+                id=memory_id, scope=scope, kind=kind, tier=self.store.memory_info(memory_id).tier, aged=aged
             )
 
         return await _blocking(work)
@@ -485,13 +485,6 @@ class _MemoryTools:
         except Exception:
             log.exception("aging the store after remember failed; the memory was stored")
             return None
-
-    def _tier(self, memory_id: int, scope: str) -> str:
-        """A just-added memory's tier, from the public API without OCR."""
-        if any(turn.id == memory_id for turn in self.store.recent_turns(scope)):
-            return "text"
-        images = self.store.page_image(memory_id)
-        return str(min(image.width for image in images)) if images else "forgotten"
 
     def _hit(self, hit: Any, *, read: bool) -> MemoryHit:
         snippet = None

@@ -1,6 +1,6 @@
 """A LangGraph graph with optical long-term memory as its store, answered by a real small model, offline.
 
-    .venv/bin/python examples/langgraph_agent.py            # ~1-2 minutes on 2 cores
+    .venv/bin/python examples/langgraph_agent.py            # about a minute on 2 cores
 
 The graph is LangGraph's usual memory pattern: ``recall`` searches the store for what the user asks about,
 ``respond`` answers with the memories in the system prompt, ``remember`` saves what the user said. Its
