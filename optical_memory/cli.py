@@ -230,6 +230,30 @@ def cmd_experiment_forgetting(args: argparse.Namespace) -> None:
     print(f"Done in {report.seconds:.0f} s; wrote {', '.join(report.files.values())}")
 
 
+def cmd_experiment_recall(args: argparse.Namespace) -> None:
+    from . import recall_experiment
+
+    checkpoints = _csv(args.checkpoints, recall_experiment.parse_tokens, "--checkpoints")
+    command = "optical-memory " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    with tqdm(
+        total=max(checkpoints), desc="streaming", unit="tok", unit_scale=True, disable=args.quiet
+    ) as bar:
+        report = recall_experiment.recall(
+            args.out,
+            checkpoints=checkpoints,
+            facts=args.facts,
+            seed=args.seed,
+            age_every=recall_experiment.parse_tokens(args.age_every),
+            window=recall_experiment.parse_tokens(args.window),
+            queries=args.queries,
+            keep_store=args.keep_store,
+            command=command,
+            progress=bar.update,
+        )
+    print(report.markdown)
+    print(f"Done in {report.seconds:.0f} s; wrote {', '.join(report.files.values())}")
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C does, so the store closes and saves its index
 
@@ -374,6 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--pages", type=int, default=4, help="pages of 600-1300 tokens (default: %(default)s)")
     fg.add_argument("--seed", type=int, default=0)
     fg.set_defaults(func=cmd_experiment_forgetting)
+    rc = exsub.add_parser(
+        "recall",
+        help="planted facts found and read back by age, against text RAG; scale figures of the same stream",
+    )
+    rc.add_argument("--out", default="recall-results", help="output folder (default: %(default)s)")
+    rc.add_argument(
+        "--checkpoints",
+        default="100k,1M",
+        help="comma-separated text-token counts to measure at, e.g. 100k,1M,10M (default: %(default)s)",
+    )
+    rc.add_argument(
+        "--facts", type=int, default=24, help="facts planted per checkpoint (default: %(default)s)"
+    )
+    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument(
+        "--age-every", default="250k", help="age() the store every N tokens (default: %(default)s)"
+    )
+    rc.add_argument(
+        "--window", default="250k", help="ingest throughput window in tokens (default: %(default)s)"
+    )
+    rc.add_argument(
+        "--queries", type=int, default=200, help="latency queries per checkpoint (default: %(default)s)"
+    )
+    rc.add_argument("--keep-store", action="store_true", help="keep the store in OUT/store for later study")
+    rc.set_defaults(func=cmd_experiment_recall)
 
     v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")
     v.add_argument("--repair", action="store_true")
