@@ -11,8 +11,9 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -196,7 +197,7 @@ def cmd_verify(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def _csv(value: str, convert: type, what: str) -> list:
+def _csv(value: str, convert: Callable[[str], Any], what: str) -> list:
     try:
         items = [convert(v.strip()) for v in value.split(",") if v.strip()]
     except ValueError:
