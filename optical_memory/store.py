@@ -865,10 +865,12 @@ class OpticalMemory:
             srow = s.get(ScopeRow, scope)
             assert srow is not None
             members: dict[int, list[tuple[bool, float | None, float | None]]] = {}
+            # only pages still holding an image can move: forgotten ones (most of a long history) are skipped
             for page_id, pinned, ttl_s, expires_at in s.execute(
                 select(SpanRow.page_id, MemoryRow.pinned, MemoryRow.ttl_s, MemoryRow.expires_at)
+                .join(PageRow, PageRow.id == SpanRow.page_id)
                 .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
-                .where(MemoryRow.scope == scope)
+                .where(PageRow.scope == scope, PageRow.side.is_not(None))
             ):
                 members.setdefault(page_id, []).append((pinned, ttl_s, expires_at))
             pages = list(s.scalars(select(PageRow).where(PageRow.scope == scope, PageRow.side.is_not(None))))
