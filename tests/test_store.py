@@ -791,3 +791,31 @@ def test_public_api_is_pinned():
     }
     public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - {"reader", "encoder"}
     assert public == methods
+
+
+def test_index_scans_one_query_on_one_thread_and_restores_the_thread_count() -> None:
+    import faiss
+
+    from optical_memory.index import VectorIndex
+
+    index = VectorIndex(4)
+    vectors = np.eye(4, dtype=np.float32)
+    index.add("a", [1, 2, 3, 4], vectors)
+    seen: list[int] = []
+    real = index._scopes["a"]
+
+    class Spy:  # records FAISS's thread count while the real sub-index scans
+        ntotal = real.ntotal
+
+        def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            seen.append(faiss.omp_get_max_threads())
+            return real.search(q, k)
+
+    index._scopes["a"] = Spy()  # type: ignore[assignment]
+    faiss.omp_set_num_threads(2)
+    try:
+        assert index.search(vectors[2], 1) == [(3, 1.0)]
+        assert seen == [1]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(faiss.omp_get_num_procs() if hasattr(faiss, "omp_get_num_procs") else 2)
