@@ -200,6 +200,8 @@ def cmd_verify(args: argparse.Namespace) -> None:
 def _csv(value: str, convert: Callable[[str], Any], what: str) -> list:
     try:
         items = [convert(v.strip()) for v in value.split(",") if v.strip()]
+    except InvalidInput as e:
+        raise InvalidInput(f"{what}: {e}") from None
     except ValueError:
         raise InvalidInput(f"{what} must be a comma-separated list, got {value!r}") from None
     if not items:
