@@ -77,9 +77,9 @@ class VectorIndex:
         """The ``k`` best (id, score) pairs over ``scopes`` (all scopes if None), best first.
 
         One query is scanned on the calling thread: FAISS's OpenMP team costs more than it saves here. On
-        2 cores, at 148,814 vectors right after a MiniLM query embedding, one thread took 17.5 ms p50
-        against 22.6 ms for two (``benchmarks/bench_index.py``), and ``search`` at 10M tokens fell from
-        38 to 30 ms p50.
+        2 cores, over 148,814 vectors, one thread took 20.9 / 21.6 ms (p50 / p99) against 22.9 / 30.1 ms
+        for two (``benchmarks/bench_index.py``), and ``OpticalMemory.search`` at 10M tokens went from
+        38 / 46 ms to 30 / 35 ms.
         """
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
         names = list(self._scopes) if scopes is None else [s for s in scopes if s in self._scopes]

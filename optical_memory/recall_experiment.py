@@ -615,7 +615,8 @@ def _meta(
 
 
 def _fmt_tokens(n: int) -> str:
-    return f"{n / 1e6:g}M" if n >= 1_000_000 else f"{n / 1e3:g}k"
+    """A checkpoint as people name it: 100036 -> "100k", 10000030 -> "10M" (three significant digits)."""
+    return f"{n / 1e6:.3g}M" if n >= 1_000_000 else f"{n / 1e3:.3g}k"
 
 
 def _markdown(
