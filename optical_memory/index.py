@@ -79,7 +79,7 @@ class VectorIndex:
         One query is scanned on the calling thread: FAISS's OpenMP team costs more than it saves here. On
         2 cores, over 148,814 vectors, one thread took 20.9 / 21.6 ms (p50 / p99) against 22.9 / 30.1 ms
         for two (``benchmarks/bench_index.py``), and ``OpticalMemory.search`` at 10M tokens went from
-        38 / 46 ms to 30 / 35 ms.
+        37.8 / 42.1 ms to 29.2 / 32.8 ms (``benchmarks/bench_serve.py``).
         """
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
         names = list(self._scopes) if scopes is None else [s for s in scopes if s in self._scopes]
