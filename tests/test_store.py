@@ -180,6 +180,24 @@ def test_text_is_dropped_once_rendered_unless_retained(tmp_path, embedder):
     assert texts[ids[-1]] == turn(11)  # still in the text tier
 
 
+def test_packed_turns_keep_their_text_until_their_last_page_closes(tmp_path, embedder):
+    with tiny(tmp_path, embedder) as store:
+        ids = store.add_many([turn(i) for i in range(40)], scope=SCOPE)
+        store.age()
+        db_file = tmp_path / "store" / "memory.db"
+    with sqlite3.connect(db_file) as con:
+        texts = dict(con.execute("select id, text from memories").fetchall())
+        spans = con.execute(
+            "select s.memory_id, p.is_open from spans s join pages p on p.id = s.page_id"
+        ).fetchall()
+    on_open = {m for m, is_open in spans if is_open}
+    closed_only = {m for m, _ in spans} - on_open
+    assert on_open and len(closed_only) > 10  # several closed pages and one open page
+    assert all(texts[m] is not None for m in on_open)  # the open page may still be redrawn from its text
+    assert all(texts[m] is None for m in closed_only)
+    assert texts[ids[-1]] == turn(39)  # the text tier
+
+
 # -- reading pages back
 
 
