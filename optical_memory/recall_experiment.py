@@ -63,6 +63,7 @@ import faiss
 import numpy as np
 from sqlalchemy import select
 
+from .blobs import atomic_write
 from .db import EmbeddingRow
 from .demo import Turn, conversation
 from .errors import InvalidInput
@@ -582,9 +583,8 @@ def _write_progress(
     out: Path, meta: dict[str, Any], windows: list[dict[str, Any]], scale: list[dict[str, Any]]
 ) -> None:
     """What has been measured so far, rewritten as the run goes: a run that is stopped still leaves it."""
-    (out / "progress.json").write_text(
-        json.dumps({**meta, "ingest_windows": windows, "scale": scale}, indent=1)
-    )
+    document = {**meta, "ingest_windows": windows, "scale": scale}
+    atomic_write(out / "progress.json", json.dumps(document, indent=1).encode())  # whole or not at all
 
 
 def _meta(
