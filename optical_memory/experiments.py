@@ -621,8 +621,11 @@ def _markdown(
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
-    fields = list(rows[0]) if rows else ["page", "reader", "side"]
+def _write_csv(
+    path: Path, rows: list[dict[str, Any]], empty: Sequence[str] = ("page", "reader", "side")
+) -> str:
+    """``rows`` as CSV with a header (``empty`` names the columns when there are none); returns the path."""
+    fields = list(rows[0]) if rows else list(empty)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

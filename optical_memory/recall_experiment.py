@@ -41,7 +41,6 @@ which image mode does not do).
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import logging
@@ -67,6 +66,7 @@ from .blobs import atomic_write
 from .db import EmbeddingRow
 from .demo import Turn, conversation
 from .errors import InvalidInput
+from .experiments import _versions, _write_csv
 from .metrics import normalise_ws
 from .store import OpticalMemory, open_store
 
@@ -313,13 +313,13 @@ def recall(
     for name, value in (("facts", facts), ("age_every", age_every), ("window", window), ("queries", queries)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidInput(f"{name} must be a positive int, got {value!r}")
+    planted_facts = make_facts(checkpoints, facts, seed=seed)  # raises before anything is written
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "store"
     if store_path.exists():
         shutil.rmtree(store_path)
-    planted_facts = make_facts(checkpoints, facts, seed=seed)
     scope = "agent"
     meta = _meta(checkpoints, facts, seed, age_every, window, queries, command)
     rows: list[dict[str, Any]] = []
@@ -425,7 +425,7 @@ def recall(
     meta["wall_seconds"] = round(seconds, 1)
     markdown = _markdown(summary, scale, windows, meta)
     files = {
-        "results.csv": _write_csv(out / "results.csv", rows),
+        "results.csv": _write_csv(out / "results.csv", rows, ("checkpoint", "fact")),
         "summary.json": str(out / "summary.json"),
         "summary.md": str(out / "summary.md"),
         "recall.png": _plot(out / "recall.png", summary),
@@ -590,7 +590,6 @@ def _write_progress(
 def _meta(
     checkpoints: Sequence[int], facts: int, seed: int, age_every: int, window: int, queries: int, command: str
 ) -> dict[str, Any]:
-    from .experiments import _versions
 
     return {
         "experiment": "recall",
@@ -687,15 +686,6 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> str:
-    fields = list(rows[0]) if rows else ["checkpoint", "fact"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return str(path)
 
 
 def _plot(path: Path, summary: list[dict[str, Any]]) -> str:
