@@ -89,8 +89,8 @@ def test_recall_refuses_bad_arguments_before_writing(tmp_path) -> None:
         recall(tmp_path / "a", checkpoints=())
     with pytest.raises(InvalidInput, match="facts must be a positive int, got 0"):
         recall(tmp_path / "b", checkpoints=(5000,), facts=0)
-    with pytest.raises(InvalidInput, match="at most 108 facts per checkpoint, got 200"):
-        recall(tmp_path / "c", checkpoints=(5000, 10_000, 20_000), facts=200)
+    with pytest.raises(InvalidInput, match="at most 216 facts per checkpoint, got 300"):
+        recall(tmp_path / "c", checkpoints=(5000, 10_000, 20_000), facts=300)
     assert not any((tmp_path / name).exists() for name in "abc")
 
 
