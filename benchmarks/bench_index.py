@@ -83,7 +83,9 @@ def variants(dim: int, n: int) -> dict[str, Callable[[], faiss.Index]]:
     }
 
 
-def measure(vectors: np.ndarray, qs: np.ndarray, threads: int) -> list[dict[str, object]]:
+def measure(
+    vectors: np.ndarray, qs: np.ndarray, threads: int, only: tuple[str, ...] | None = None
+) -> list[dict[str, object]]:
     faiss.omp_set_num_threads(threads)
     # The ground truth is by score, not by id: the filler conversation repeats template turns verbatim, so
     # many vectors tie and any of them is a right answer. A returned vector counts when its exact inner
@@ -94,6 +96,8 @@ def measure(vectors: np.ndarray, qs: np.ndarray, threads: int) -> list[dict[str,
     kth = truth[:, -1] - 1e-5
     rows = []
     for name, make in variants(vectors.shape[1], len(vectors)).items():
+        if only is not None and name not in only:
+            continue
         t0 = time.perf_counter()
         index = make()
         if not index.is_trained:
@@ -129,6 +133,13 @@ def main() -> None:
     p.add_argument("--store", type=Path, required=True, help="a store folder (holding memory.db)")
     p.add_argument("--queries", type=int, default=300)
     p.add_argument("--threads", default="1,2", help="comma-separated FAISS thread counts")
+    p.add_argument(
+        "--replicate",
+        type=int,
+        default=1,
+        help="also time the flat and SQ8 scans over the vectors tiled N times with a little noise (a store "
+        "N times larger: scan time depends on the count, not the content)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     vectors = load_vectors(args.store)
@@ -137,6 +148,13 @@ def main() -> None:
     for subset in (vectors[: len(vectors) // 10], vectors):
         for threads in (int(t) for t in args.threads.split(",")):
             rows += measure(subset, qs, threads)
+    if args.replicate > 1:
+        rng = np.random.default_rng(0)
+        tiled = np.concatenate(
+            [vectors + rng.normal(0, 0.01, vectors.shape).astype(np.float32)] * args.replicate
+        )
+        tiled /= np.linalg.norm(tiled, axis=1, keepdims=True)
+        rows += measure(tiled, qs, 1, only=("Flat (exact, the store's)", "SQ8 flat"))
     print(table(list(rows[0]), [list(r.values()) for r in rows]))
     args.out.mkdir(parents=True, exist_ok=True)
     result = {

@@ -250,6 +250,7 @@ def cmd_experiment_recall(args: argparse.Namespace) -> None:
             window=recall_experiment.parse_tokens(args.window),
             queries=args.queries,
             keep_store=args.keep_store,
+            gist=args.gist,
             command=command,
             progress=bar.update,
         )
@@ -425,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--queries", type=int, default=200, help="latency queries per checkpoint (default: %(default)s)"
     )
     rc.add_argument("--keep-store", action="store_true", help="keep the store in OUT/store for later study")
+    rc.add_argument(
+        "--gist",
+        choices=("chunks", "sentences"),
+        default="chunks",
+        help="the store's gist vectors: per chunk of 160 words or per sentence (default: %(default)s)",
+    )
     rc.set_defaults(func=cmd_experiment_recall)
 
     v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")

@@ -167,6 +167,11 @@ class StoreConfig:
     model_dtype: str = "bfloat16"
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
     chunk_words: int = 160
+    # "chunks": one vector per chunk_words words of a memory. "sentences": one per sentence (longer ones
+    # split at chunk_words), so a fact stated in a long turn is not averaged with the rest of it. A memory
+    # scores its best vector either way. Sentences found planted facts that chunks missed (README,
+    # Benchmarks) at the price of more vectors. Applies to memories added from then on.
+    gist: str = "chunks"
 
     def __post_init__(self) -> None:
         if self.render.page_side != self.aging.tiers[0].side:
@@ -176,6 +181,8 @@ class StoreConfig:
             )
         if self.chunk_words < 8:
             raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
+        if self.gist not in ("chunks", "sentences"):
+            raise InvalidInput(f"gist must be 'chunks' or 'sentences', got {self.gist!r}")
         if self.model not in (None, "deepseek-ocr"):
             raise InvalidInput(f"unknown model {self.model!r}; known: 'deepseek-ocr' (or None for none)")
         if self.reader == "vllm-server" and not self.model_url:

@@ -300,19 +300,22 @@ def recall(
     window: int = 250_000,
     queries: int = 200,
     keep_store: bool = False,
+    gist: str = "chunks",
     command: str = "optical_memory.recall_experiment.recall()",
     progress: Callable[[int], None] | None = None,
 ) -> RecallReport:
     """Run the recall experiment (see the module notes) and write ``results.csv``, ``summary.json``,
     ``summary.md``, ``recall.png`` and, as it goes, ``progress.json`` to ``out_dir``. The store is built in
-    ``out_dir/store`` (replacing an old one) and deleted at the end unless ``keep_store``. ``progress(n)``
-    is called with the text tokens of every turn streamed."""
+    ``out_dir/store`` (replacing an old one) and deleted at the end unless ``keep_store``; ``gist`` is its
+    ``StoreConfig.gist``. ``progress(n)`` is called with the text tokens of every turn streamed."""
     checkpoints = sorted(set(int(c) for c in checkpoints))
     if not checkpoints or checkpoints[0] < 1000:
         raise InvalidInput(f"checkpoints must be text-token counts of at least 1000, got {checkpoints!r}")
     for name, value in (("facts", facts), ("age_every", age_every), ("window", window), ("queries", queries)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise InvalidInput(f"{name} must be a positive int, got {value!r}")
+    if gist not in ("chunks", "sentences"):
+        raise InvalidInput(f"gist must be 'chunks' or 'sentences', got {gist!r}")
     planted_facts = make_facts(checkpoints, facts, seed=seed)  # raises before anything is written
     started = time.perf_counter()
     out = Path(out_dir)
@@ -322,6 +325,7 @@ def recall(
         shutil.rmtree(store_path)
     scope = "agent"
     meta = _meta(checkpoints, facts, seed, age_every, window, queries, command)
+    meta["gist"] = gist
     rows: list[dict[str, Any]] = []
     scale: list[dict[str, Any]] = []
     windows: list[dict[str, Any]] = []
@@ -329,7 +333,7 @@ def recall(
     filler_queries: list[str] = []
     rng = random.Random(f"queries-{seed}")
 
-    store = open_store(store_path)
+    store = open_store(store_path, gist=gist)
     try:
         count = store.counter.count
         store.embedder.embed(["warm up"])  # model load is start-up cost, not ingest

@@ -170,6 +170,25 @@ def _chunks(text: str, words: int) -> list[tuple[int, str]]:
     return out or [(0, text)]
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentence_chunks(text: str, words: int) -> list[tuple[int, str]]:
+    """One chunk per sentence (a run ending in . ! or ? before whitespace), sentences longer than ``words``
+    words split as :func:`_chunks` splits them: (char offset, chunk text)."""
+    out: list[tuple[int, str]] = []
+    start = 0
+    for end in [m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)]:
+        sentence = text[start:end]
+        lead = len(sentence) - len(sentence.lstrip())
+        if sentence.strip():
+            out += [
+                (start + lead + offset, chunk) for offset, chunk in _chunks(sentence[lead:].rstrip(), words)
+            ]
+        start = end
+    return out or [(0, text)]
+
+
 def _tier_name(side: int | None) -> str:
     return FORGOTTEN if side is None else str(side)
 
@@ -446,9 +465,15 @@ class OpticalMemory:
             metadata=meta,
             timestamp=ts,
             tokens=self.counter.count(normalised),
-            chunks=_chunks(normalised, self.config.chunk_words),
+            chunks=self._gist_chunks(normalised),
             ttl_s=ttl_s,
         )
+
+    def _gist_chunks(self, text: str) -> list[tuple[int, str]]:
+        """The pieces of ``text`` that get a gist vector each, as ``StoreConfig.gist`` asks."""
+        if self.config.gist == "sentences":
+            return _sentence_chunks(text, self.config.chunk_words)
+        return _chunks(text, self.config.chunk_words)
 
     def _ensure_scope(self, s: Session, scope: str, when: float) -> ScopeRow:
         row = s.get(ScopeRow, scope)
@@ -626,7 +651,7 @@ class OpticalMemory:
             metadata=meta,
             timestamp=ts,
             tokens=self.counter.count(text),
-            chunks=_chunks(text, self.config.chunk_words),
+            chunks=self._gist_chunks(text),
         )
         p.vectors = self.embedder.embed([c for _, c in p.chunks])
         side = self.config.render.page_side

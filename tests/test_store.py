@@ -837,3 +837,57 @@ def test_index_scans_one_query_on_one_thread_and_restores_the_thread_count() -> 
         assert faiss.omp_get_max_threads() == 2
     finally:
         faiss.omp_set_num_threads(faiss.omp_get_num_procs() if hasattr(faiss, "omp_get_num_procs") else 2)
+
+
+def test_sentence_chunks_keep_offsets_and_split_long_sentences() -> None:
+    from optical_memory.store import _sentence_chunks
+
+    text = "  Note for later: the code is 4417-K23.  Can you help me water the tomatoes?\nSure! Do it daily"
+    chunks = _sentence_chunks(text, 4)
+    assert [c for _, c in chunks] == [
+        "Note for later: the",
+        "code is 4417-K23.",
+        "Can you help me",
+        "water the tomatoes?",
+        "Sure!",
+        "Do it daily",
+    ]
+    assert all(text[o : o + len(c)] == c for o, c in chunks)
+    assert _sentence_chunks("no stop at all", 160) == [(0, "no stop at all")]
+
+
+def test_gist_must_be_known() -> None:
+    with pytest.raises(om.InvalidInput, match="gist must be 'chunks' or 'sentences', got 'words'"):
+        StoreConfig(gist="words")
+
+
+def test_sentence_gists_find_a_fact_inside_a_long_turn_among_near_duplicates(tmp_path, embedder):
+    """The recall experiment's hard case: facts from one template, each stated inside a long turn."""
+    from optical_memory.demo import ASSISTANT_TEMPLATES, TOPICS
+    from optical_memory.recall_experiment import make_facts
+
+    rng = np.random.default_rng(0)
+    bank = TOPICS["garden"]
+
+    def filler(n: int) -> str:
+        return " ".join(
+            str(rng.choice(ASSISTANT_TEMPLATES)).format(**{k: rng.choice(v) for k, v in bank.items()})
+            for _ in range(n)
+        )
+
+    facts = make_facts((10_000,), 24, seed=0)
+    turns = [f"{f.statement} {filler(4)}" for f in facts] + [filler(5) for _ in range(200)]
+    at1, at5 = {}, {}
+    for gist in ("chunks", "sentences"):
+        with tiny(tmp_path / gist, embedder, gist=gist) as store:
+            ids = store.add_many(turns, scope=SCOPE)
+            ranks = []
+            for f, planted in zip(facts, ids, strict=False):
+                hits = [h.id for h in store.search(f.question, scope=SCOPE, k=5)]
+                ranks.append(hits.index(planted) + 1 if planted in hits else None)
+            at1[gist] = sum(r == 1 for r in ranks)
+            at5[gist] = sum(r is not None for r in ranks)
+            if gist == "sentences":
+                assert len(store.index) > 4 * len(turns)  # a vector per sentence: the price of the option
+    assert at5["sentences"] == len(facts) and at1["sentences"] >= len(facts) - 1
+    assert at1["chunks"] < at1["sentences"]  # why the option exists: whole-turn vectors blur the fact
