@@ -14,23 +14,17 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from common import table  # benchmarks/ is on sys.path when a script runs
 
 import optical_memory as om
-from optical_memory.recall_experiment import _rss_mib, make_facts
+from optical_memory.recall_experiment import _peak_rss_mib, _rss_mib, make_facts, measure_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def percentiles(ms: list[float]) -> dict[str, float]:
-    return {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2)}
 
 
 def main() -> None:
@@ -47,28 +41,20 @@ def main() -> None:
     opened = time.perf_counter() - t0
     with store:
         stats = store.stats()
-        for q in questions[:3]:  # the first queries load MiniLM and page SQLite in
-            store.search(q, k=5, scope=args.scope)
-        search_ms, context_ms = [], []
-        for i in range(args.searches):
-            t0 = time.perf_counter()
-            store.search(f"{questions[i % len(questions)]} ({i})", k=5, scope=args.scope)
-            search_ms.append((time.perf_counter() - t0) * 1e3)
-        for i in range(args.contexts):
-            t0 = time.perf_counter()
-            store.build_context(
-                questions[(i * 7) % len(questions)], budget_tokens=4_000, mode="image", scope=args.scope
-            )
-            context_ms.append((time.perf_counter() - t0) * 1e3)
+        latency = measure_latency(
+            store,
+            args.scope,
+            [f"{questions[i % len(questions)]} ({i})" for i in range(args.searches)],
+            [questions[(i * 7) % len(questions)] for i in range(args.contexts)],
+        )
     result = {
         "command": ".venv/bin/python benchmarks/bench_serve.py " + shlex.join(sys.argv[1:]),
         "store_text_tokens": stats.text_tokens,
         "memories": stats.memories,
         "open_seconds": round(opened, 2),
-        "search_ms": percentiles(search_ms),
-        "build_context_image_ms": percentiles(context_ms),
+        **latency,
         "rss_mib": round(_rss_mib()),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": round(_peak_rss_mib()),
         "machine": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),

@@ -70,7 +70,7 @@ from .experiments import _versions, _write_csv
 from .metrics import normalise_ws
 from .store import OpticalMemory, open_store
 
-__all__ = ["PlantedFact", "RecallReport", "make_facts", "parse_tokens", "recall"]
+__all__ = ["PlantedFact", "RecallReport", "make_facts", "measure_latency", "parse_tokens", "recall"]
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +186,9 @@ class RecallReport:
 
 def _stream(
     facts: Sequence[PlantedFact], *, seed: int, total: int, count: Callable[[str], int]
-) -> Iterator[tuple[Turn, PlantedFact | None]]:
-    """The filler conversation with each fact prefixed to the first user turn at or after its position."""
+) -> Iterator[tuple[Turn, PlantedFact | None, int]]:
+    """The filler conversation with each fact prefixed to the first user turn at or after its position:
+    (turn, the fact planted in it or None, its text tokens)."""
     due = sorted(facts, key=lambda f: (f.checkpoint - f.age_tokens, f.id))
     streamed, i = 0, 0
     for turn in conversation(seed=seed, min_tokens=total, count=count, facts=()):
@@ -196,8 +197,9 @@ def _stream(
             fact = due[i]
             i += 1
             turn = Turn(turn.session, turn.role, f"{fact.statement} {turn.text}", turn.timestamp)
-        streamed += count(turn.text)
-        yield turn, fact
+        tokens = count(turn.text)
+        streamed += tokens
+        yield turn, fact, tokens
         if streamed >= total and i == len(due):
             return
 
@@ -271,19 +273,20 @@ def _index_bytes(store: OpticalMemory) -> int:
     return sum(faiss.serialize_index(sub).nbytes for sub in store.index._scopes.values())
 
 
-def _measure_latency(
-    store: OpticalMemory, scope: str, queries: Sequence[str], n: int
+def measure_latency(
+    store: OpticalMemory, scope: str, searches: Sequence[str], contexts: Sequence[str]
 ) -> dict[str, dict[str, float]]:
-    for q in queries[:3]:  # warm caches (first query pays SQLite page-ins)
+    """p50, p99 and mean milliseconds of ``search(q, k=5)`` over ``searches`` and of
+    ``build_context(q, budget_tokens=4000, mode="image")`` over ``contexts``, one query at a time, after
+    three untimed searches (the first queries pay for SQLite page-ins)."""
+    for q in searches[:3]:
         store.search(q, k=CONTEXT_K, scope=scope)
     search_ms, context_ms = [], []
-    for i in range(n):
-        q = queries[i % len(queries)]
+    for q in searches:
         t0 = time.perf_counter()
         store.search(q, k=CONTEXT_K, scope=scope)
         search_ms.append((time.perf_counter() - t0) * 1e3)
-    for i in range(max(n // 2, 1)):
-        q = queries[(i * 7) % len(queries)]
+    for q in contexts:
         t0 = time.perf_counter()
         store.build_context(q, budget_tokens=4_000, mode="image", scope=scope)
         context_ms.append((time.perf_counter() - t0) * 1e3)
@@ -360,18 +363,19 @@ def recall(
                     filler_queries.append(t.text)
             pending.clear()
 
-        for turn, fact in _stream(planted_facts, seed=seed, total=checkpoints[-1], count=count):
+        # facts that must be in before each checkpoint is measured (each is planted a little after its spot)
+        due = [sum(f.checkpoint <= c for f in planted_facts) for c in checkpoints]
+        streamed_facts = 0
+        for turn, fact, tokens in _stream(planted_facts, seed=seed, total=checkpoints[-1], count=count):
             if pending and turn.session != pending[-1][0].session:
                 write()  # one add_many per session, as an agent would write a finished session
-            tokens = count(turn.text)
             pending.append((turn, fact, streamed))
+            streamed_facts += fact is not None
             streamed += tokens
             window_tokens += tokens
             if progress:
                 progress(tokens)
-            due = sum(f.checkpoint <= checkpoints[cp] for f in planted_facts)
-            done = len(planted) + sum(f is not None for _, f, _ in pending)
-            at_checkpoint = streamed >= checkpoints[cp] and done >= due
+            at_checkpoint = streamed >= checkpoints[cp] and streamed_facts >= due[cp]
             if not (at_checkpoint or streamed >= next_age or streamed >= next_window):
                 continue
             write()
@@ -462,7 +466,13 @@ def _checkpoint(
     stats = store.stats()
     questions = [p.fact.question for p in planted]
     snippets = [" ".join(q.split()[:12]) for q in filler]
-    latency = _measure_latency(store, scope, (questions + snippets) or ["what did we say"], n_queries)
+    pool = (questions + snippets) or ["what did we say"]
+    latency = measure_latency(
+        store,
+        scope,
+        [pool[i % len(pool)] for i in range(n_queries)],
+        [pool[(i * 7) % len(pool)] for i in range(max(n_queries // 2, 1))],
+    )
     db = store_path / "memory.db"
     return {
         "tokens": streamed,
