@@ -17,6 +17,7 @@ from .errors import (
     OpticalMemoryError,
     SchemaVersionError,
     ScopeNotFound,
+    StoreBusy,
     StoreLocked,
     UnrenderableText,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "SchemaVersionError",
     "ScopeNotFound",
     "Stats",
+    "StoreBusy",
     "StoreConfig",
     "StoreLocked",
     "TextLine",

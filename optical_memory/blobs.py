@@ -2,13 +2,20 @@
 
 A blob's name is the sha256 of its bytes plus a suffix, fanned out into 256 sub-folders. A row in SQL
 refers to a blob only after the blob is durable; blobs no row refers to are swept by ``verify``.
+
+Several processes (and hosts, on a filesystem with working ``flock``, e.g. NFSv4) share one folder. A
+writer holds ``.lock`` shared from its first blob until its transaction commits; deleting an unreferenced
+blob takes it exclusive, so a blob is never swept while a transaction that refers to it is in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +46,22 @@ class BlobStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._guard = threading.Lock()  # flock is per open file: threads of one process take turns here
+        self._lock_path = self.root / ".lock"
+
+    @contextlib.contextmanager
+    def _flock(self, mode: int) -> Iterator[None]:
+        with self._guard, open(self._lock_path, "a+") as f:
+            fcntl.flock(f, mode)
+            yield  # closing the file releases the lock
+
+    def writing(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while writing blobs that a transaction about to commit will refer to."""
+        return self._flock(fcntl.LOCK_SH)
+
+    def sweeping(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while deciding a blob is unreferenced and deleting it: waits for in-flight writers."""
+        return self._flock(fcntl.LOCK_EX)
 
     def path(self, name: str) -> Path:
         return self.root / name[:2] / name

@@ -20,19 +20,23 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     event,
     inspect,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import SchemaVersionError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: the vision table (DeepEncoder tokens per page); 3: per-memory expiry (ttl)
+# 2: the vision table (DeepEncoder tokens per page); 3: per-memory expiry (ttl); 4: the index change log
+# (``embeddings.generation`` and the ``index_log`` table), so that several processes can share one store.
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -40,7 +44,8 @@ class Base(DeclarativeBase):
 
 
 class Meta(Base):
-    """Key/value facts about the store: ``schema_version``, ``index_generation``."""
+    """Key/value facts about the store: ``schema_version``, ``index_generation``, ``index_log_floor``,
+    ``render_config``. The ``index_generation`` row doubles as the store's write lock on PostgreSQL."""
 
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -121,6 +126,24 @@ class EmbeddingRow(Base):
     scope: Mapped[str] = mapped_column(String(255), index=True)
     char_start: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, little-endian, unit norm
+    # The index generation whose transaction added this vector (0: added before schema 4). An index at
+    # generation g holds exactly the vectors with generation <= g that were not removed by then.
+    generation: Mapped[int] = mapped_column(Integer, default=0, index=True)
+
+
+class IndexLogRow(Base):
+    """What a generation removed from the index: vector ids per scope, and scopes dropped whole.
+
+    Additions need no log (the rows carry their generation); removals do, since their rows are gone. A
+    process whose index is at generation g catches up by applying the log of (g, head] and then adding the
+    rows of (g, head]. Entries older than ``meta.index_log_floor`` are pruned: an index older than that is
+    rebuilt from SQL instead.
+    """
+
+    __tablename__ = "index_log"
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    removed: Mapped[dict[str, list[int]]] = mapped_column(JSON, default=dict)  # {scope: [vector ids]}
+    dropped: Mapped[list[str]] = mapped_column(JSON, default=list)  # scopes deleted whole
 
 
 class RecallRow(Base):
@@ -150,11 +173,19 @@ class VisionRow(Base):
 Index("ix_memories_scope_paged", MemoryRow.scope, MemoryRow.paged)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """Two engines for ``url``: one for reads, one for write transactions.
 
+    SQLite (WAL, foreign keys, a busy timeout) allows one writer at a time; its write engine opens every
+    transaction with ``BEGIN IMMEDIATE``, so a writer takes the lock before it reads anything and never
+    fails later on a snapshot another writer made stale. Readers never wait for writers. Other databases
+    share one engine; their writers serialise on :func:`lock_generation`.
+    """
+    if not url.startswith("sqlite"):
+        engine = create_engine(url, pool_pre_ping=True)
+        return engine, engine
+
+    def pragmas(engine: Engine) -> None:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
@@ -163,8 +194,19 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    reads = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
+    pragmas(reads)
+    writes = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S, "isolation_level": None})
+    pragmas(writes)
+
+    @event.listens_for(writes, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return reads, writes
+
+
+SQLITE_BUSY_S = 30.0  # how long a SQLite writer waits for another process's write transaction
 
 
 def _add_vision_table(session: Session) -> None:
@@ -186,43 +228,96 @@ def _add_expiry_columns(session: Session) -> None:
             index.create(connection, checkfirst=True)
 
 
+def _add_index_log(session: Session) -> None:
+    """3 -> 4: ``embeddings.generation`` (0 in old rows: all of them are in any saved index's past) and the
+    ``index_log`` table, which ``create_all`` has made."""
+    connection = session.connection()
+    table = Base.metadata.tables[EmbeddingRow.__tablename__]
+    if "generation" not in {c["name"] for c in inspect(connection).get_columns(table.name)}:
+        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN generation INTEGER NOT NULL DEFAULT 0"))
+    for index in table.indexes:
+        if "generation" in index.columns:
+            index.create(connection, checkfirst=True)
+
+
 # Migration steps: MIGRATIONS[v] upgrades a store at schema version v to v + 1.
-MIGRATIONS: dict[int, Any] = {1: _add_vision_table, 2: _add_expiry_columns}
+MIGRATIONS: dict[int, Any] = {1: _add_vision_table, 2: _add_expiry_columns, 3: _add_index_log}
 
 
-def prepare(engine: Engine) -> sessionmaker[Session]:
-    """Create or upgrade the schema; refuse a store written by a newer version."""
-    Base.metadata.create_all(engine)
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory.begin() as session:
+def schema_version(engine: Engine) -> int | None:
+    """The store's schema version, or None for an empty database."""
+    if not inspect(engine).has_table(Meta.__tablename__):
+        return None
+    with Session(engine) as session:
+        row = session.get(Meta, "schema_version")
+    return None if row is None else _version(row.value, engine)
+
+
+def _version(value: str, engine: Engine) -> int:
+    try:
+        found = int(value)
+    except ValueError:
+        raise SchemaVersionError(f"unreadable schema_version {value!r} in {engine.url!r}") from None
+    if found > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"this store has schema version {found}, newer than this library's {SCHEMA_VERSION}: "
+            "upgrade optical-memory to open it"
+        )
+    return found
+
+
+def prepare(engine: Engine) -> None:
+    """Create or upgrade the schema in one write transaction (two processes creating one store at once
+    take turns); refuse a store written by a newer version."""
+    with Session(engine) as session, session.begin():
+        if engine.dialect.name == "postgresql":  # DDL takes no row lock: serialise creators explicitly
+            session.execute(text("SELECT pg_advisory_xact_lock(7340416)"))
+        Base.metadata.create_all(session.connection())
         row = session.get(Meta, "schema_version")
         if row is None:
             session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             session.add(Meta(key="index_generation", value="0"))
-            return factory
-        try:
-            found = int(row.value)
-        except ValueError:
-            raise SchemaVersionError(f"unreadable schema_version {row.value!r} in {engine.url!r}") from None
-        if found > SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"this store has schema version {found}, newer than this library's {SCHEMA_VERSION}: "
-                "upgrade optical-memory to open it"
-            )
+            session.add(Meta(key="index_log_floor", value="0"))
+            return
+        found = _version(row.value, engine)
         while found < SCHEMA_VERSION:
             log.info("migrating store schema %d -> %d", found, found + 1)
             MIGRATIONS[found](session)
             found += 1
         row.value = str(found)
-    return factory
+        if session.get(Meta, "index_log_floor") is None:  # before schema 4 there was no log: it starts now
+            session.add(Meta(key="index_log_floor", value=str(generation(session))))
 
 
-def bump_generation(session: Session) -> int:
-    """Record that the embeddings changed (in the caller's transaction); returns the new generation."""
-    row = session.execute(select(Meta).where(Meta.key == "index_generation").with_for_update()).scalar_one()
-    row.value = str(int(row.value) + 1)
-    return int(row.value)
+def lock_generation(session: Session) -> int:
+    """Take the store's write lock in the caller's transaction and return the current generation.
+
+    Every write transaction calls this first, so writers queue on one row (SQLite's ``BEGIN IMMEDIATE``
+    has already serialised them) and generations are handed out in commit order."""
+    row = session.execute(select(Meta.value).where(Meta.key == "index_generation").with_for_update())
+    return int(row.scalar_one())
+
+
+def commit_generation(
+    session: Session, new: int, *, removed: dict[str, list[int]], dropped: list[str]
+) -> None:
+    """Record generation ``new`` (the locked one plus one) and what it removed from the index."""
+    session.execute(update(Meta).where(Meta.key == "index_generation").values(value=str(new)))
+    if removed or dropped:
+        session.add(IndexLogRow(generation=new, removed=removed, dropped=dropped))
+    if new % LOG_PRUNE_EVERY == 0 and new > LOG_KEEP:
+        floor = new - LOG_KEEP
+        session.execute(delete(IndexLogRow).where(IndexLogRow.generation <= floor))
+        session.execute(update(Meta).where(Meta.key == "index_log_floor").values(value=str(floor)))
+
+
+LOG_KEEP = 100_000  # generations of index log kept: an index further behind is rebuilt from SQL
+LOG_PRUNE_EVERY = 1_000
 
 
 def generation(session: Session) -> int:
     return int(session.execute(select(Meta.value).where(Meta.key == "index_generation")).scalar_one())
+
+
+def log_floor(session: Session) -> int:
+    return int(session.execute(select(Meta.value).where(Meta.key == "index_log_floor")).scalar_one())

@@ -52,7 +52,13 @@ class BlobError(OpticalMemoryError, OSError):
 
 
 class StoreLocked(OpticalMemoryError, RuntimeError):
-    """Another process has this store open."""
+    """Another process holds a lock this call needs: the store is held exclusively (a schema migration),
+    or a migration is needed while other processes have the store open."""
+
+
+class StoreBusy(StoreLocked):
+    """A write waited too long for SQLite's single write lock, held by another process. Nothing was
+    written; retrying is safe."""
 
 
 class SchemaVersionError(OpticalMemoryError, RuntimeError):

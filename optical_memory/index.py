@@ -1,9 +1,10 @@
 """FAISS inner-product index of gist vectors, one sub-index per scope, keyed by SQL embedding ids.
 
-The index is a cache: SQL holds every vector, so the index can always be rebuilt. On disk it is one
-file: a magic line, a JSON header (store generation, dimension, per-scope sizes, payload sha256) and the
-scopes' ``faiss.serialize_index`` bytes. A file whose generation, checksum or sizes disagree with SQL is
-discarded and rebuilt, never trusted. No pickle anywhere.
+The index is a cache: SQL holds every vector, so the index can always be rebuilt. It is tagged with the
+store generation it reflects; the store catches an older one up from SQL's log (see
+``OpticalMemory._sync_index``). On disk it is one file: a magic line, a JSON header (generation,
+dimension, per-scope sizes, payload sha256) and the scopes' ``faiss.serialize_index`` bytes. A file whose
+checksum or sizes do not hold is discarded and rebuilt, never trusted. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class VectorIndex:
     vectors, and deleting a scope drops its sub-index whole.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, generation: int = 0) -> None:
         self.dim = dim
+        self.generation = generation  # the store generation whose vectors this index holds
         self._scopes: dict[str, faiss.IndexIDMap2] = {}
 
     def _sub(self, scope: str) -> faiss.IndexIDMap2:
@@ -56,6 +58,23 @@ class VectorIndex:
 
     def __len__(self) -> int:
         return sum(sub.ntotal for sub in self._scopes.values())
+
+    @property
+    def n_scopes(self) -> int:
+        return len(self._scopes)
+
+    def ids(self) -> dict[str, set[int]]:
+        """Every vector id, per scope (for consistency checks against SQL)."""
+        return {name: set(faiss.vector_to_array(sub.id_map).tolist()) for name, sub in self._scopes.items()}
+
+    def add_rows(self, rows: Iterable[tuple[str, int, bytes]]) -> None:
+        """Add (scope, id, little-endian float32 bytes) rows, as SQL stores them."""
+        by_scope: dict[str, list[tuple[int, bytes]]] = {}
+        for scope, vid, vector in rows:
+            by_scope.setdefault(scope, []).append((vid, vector))
+        for scope, pairs in by_scope.items():
+            raw = b"".join(v for _, v in pairs)
+            self.add(scope, [i for i, _ in pairs], np.frombuffer(raw, dtype="<f4").reshape(len(pairs), -1))
 
     def add(self, scope: str, ids: Sequence[int], vectors: np.ndarray) -> None:
         if len(ids) == 0:
@@ -96,15 +115,15 @@ class VectorIndex:
 
     # -- persistence ---------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], *, generation: int) -> None:
-        """Write atomically (temp file, fsync, rename)."""
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temp file, fsync, rename): a reader sees the old file or the new one, whole."""
         path = Path(path)
         blobs = [
             (name, faiss.serialize_index(sub).tobytes(), sub.ntotal) for name, sub in self._scopes.items()
         ]
         payload = b"".join(b for _, b, _ in blobs)
         header = {
-            "generation": generation,
+            "generation": self.generation,
             "dim": self.dim,
             "scopes": [[name, len(b), n] for name, b, n in blobs],
             "sha256": hashlib.sha256(payload).hexdigest(),
@@ -112,10 +131,8 @@ class VectorIndex:
         atomic_write(path, MAGIC + json.dumps(header).encode() + b"\n" + payload)
 
     @classmethod
-    def load(
-        cls, path: str | os.PathLike[str], *, dim: int, generation: int, count: int
-    ) -> VectorIndex | None:
-        """The saved index if intact and current (same generation and vector count as SQL), else None."""
+    def load(cls, path: str | os.PathLike[str], *, dim: int) -> VectorIndex | None:
+        """The saved index if the file is intact (of any generation: the store catches it up), else None."""
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -131,12 +148,7 @@ class VectorIndex:
                 raise ValueError("checksum mismatch")
             if header["dim"] != dim:
                 raise ValueError(f"dimension {header['dim']} != {dim}")
-            if header["generation"] != generation:
-                log.info(
-                    "index file %s is stale (generation %s, store %s)", path, header["generation"], generation
-                )
-                return None
-            index = cls(dim)
+            index = cls(dim, generation=int(header["generation"]))
             offset = 0
             for name, nbytes, ntotal in header["scopes"]:
                 raw = np.frombuffer(payload[offset : offset + nbytes], dtype=np.uint8)
@@ -147,9 +159,6 @@ class VectorIndex:
                 if not isinstance(sub, faiss.IndexIDMap2):
                     raise ValueError(f"scope {name!r} is a {type(sub).__name__}, not an IndexIDMap2")
                 index._scopes[name] = sub
-            if len(index) != count:
-                log.info("index file %s holds %d vectors, the store %d", path, len(index), count)
-                return None
         except (ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
             log.warning("index file %s is corrupt (%s); it will be rebuilt from SQL", path, e)
             return None

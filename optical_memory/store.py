@@ -13,6 +13,7 @@ Data flows one way (see DESIGN.md):
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
 import io
@@ -24,8 +25,8 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from sqlalchemy import ColumnElement, Numeric, and_, case, cast, delete, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from . import db
 from .blobs import BlobStore
 from .config import StoreConfig, vision_tokens
 from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow, VisionRow
-from .errors import BlobError, InvalidInput, MemoryNotFound, ScopeNotFound, StoreLocked
+from .errors import BlobError, InvalidInput, MemoryNotFound, ScopeNotFound, StoreBusy, StoreLocked
 from .index import VectorIndex
 from .protocols import Embedder, Encoder, Reader, TokenCounter, VisionContext
 from .render import Line, Renderer, Span, load_page_file
@@ -58,6 +60,8 @@ Progress = Callable[[int], None]
 
 
 _IN_BATCH = 500  # ids per SQL IN list: well under SQLite's and PostgreSQL's bound-parameter limits
+_SQL_INT = 2**63  # SQLite INTEGER and PostgreSQL BIGINT hold [-2**63, 2**63): no id lies outside
+_METADATA_DEPTH = 64  # nesting levels of metadata (Python's json recursion limit is ~1,000)
 
 
 def _now() -> float:
@@ -72,9 +76,9 @@ def _png(image: Image.Image) -> bytes:
 
 def _check_name(value: object, what: str, *, max_len: int) -> str:
     if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a str, got {type(value).__name__} {value!r}")
+        raise InvalidInput(f"{what} must be a str, got {type(value).__name__} {value!r:.200}")
     if not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string, got {value!r}")
+        raise InvalidInput(f"{what} must be a non-empty string, got {value[:40]!r}")
     if len(value) > max_len:
         raise InvalidInput(
             f"{what} is {len(value)} characters long, at most {max_len} allowed: {value[:40]!r}..."
@@ -89,21 +93,26 @@ def _check_metadata(metadata: object) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__} {metadata!r}")
+        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__} {metadata!r:.200}")
     for key in metadata:
         if not isinstance(key, str):
-            raise InvalidInput(f"metadata keys must be str, got {key!r} in {metadata!r}")
+            raise InvalidInput(f"metadata keys must be str, got {key!r:.80} in {metadata!r:.200}")
     try:
         plain = dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
+    except RecursionError:
+        raise InvalidInput(f"metadata is nested more than {_METADATA_DEPTH} levels deep") from None
     except (TypeError, ValueError) as e:
-        raise InvalidInput(f"metadata must be JSON-serialisable, got {metadata!r} ({e})") from None
+        raise InvalidInput(f"metadata must be JSON-serialisable, got {metadata!r:.200} ({e})") from None
     _check_json_strings(plain, metadata)
     return plain
 
 
-def _check_json_strings(obj: object, metadata: object) -> None:
+def _check_json_strings(obj: object, metadata: object, depth: int = 0) -> None:
     """Refuse NUL characters and lone surrogates anywhere in metadata: PostgreSQL's json operators cannot
-    read a row holding them (every metadata filter on its scope would fail)."""
+    read a row holding them (every metadata filter on its scope would fail). Refuse nesting deeper than
+    ``_METADATA_DEPTH`` too: the JSON parsers on the way (SQLAlchemy's, the databases') recurse."""
+    if depth > _METADATA_DEPTH:
+        raise InvalidInput(f"metadata is nested more than {_METADATA_DEPTH} levels deep: {metadata!r:.200}")
     if isinstance(obj, str):
         if "\x00" in obj or any(0xD800 <= ord(c) <= 0xDFFF for c in obj):
             raise InvalidInput(
@@ -111,18 +120,21 @@ def _check_json_strings(obj: object, metadata: object) -> None:
             )
     elif isinstance(obj, list):
         for item in obj:
-            _check_json_strings(item, metadata)
+            _check_json_strings(item, metadata, depth + 1)
     elif isinstance(obj, dict):
         for key, value in obj.items():
-            _check_json_strings(key, metadata)
-            _check_json_strings(value, metadata)
+            _check_json_strings(key, metadata, depth + 1)
+            _check_json_strings(value, metadata, depth + 1)
 
 
 def _check_timestamp(timestamp: object) -> float:
     if timestamp is None:
         return _now()
     if isinstance(timestamp, datetime):
-        return timestamp.timestamp()
+        try:
+            return timestamp.timestamp()
+        except (ValueError, OverflowError, OSError) as e:  # e.g. datetime.min, naive: local time is year 0
+            raise InvalidInput(f"timestamp {timestamp!r} has no epoch seconds ({e})") from None
     if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool) and math.isfinite(timestamp):
         return float(timestamp)
     raise InvalidInput(f"timestamp must be epoch seconds or a datetime, got {timestamp!r}")
@@ -142,8 +154,8 @@ def _check_count(value: object, what: str, *, allow_none: bool) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         none = "None or " if allow_none else ""
-        raise InvalidInput(f"{what} must be {none}a non-negative int, got {value!r}")
-    return value
+        raise InvalidInput(f"{what} must be {none}a non-negative int, got {value!r:.200}")
+    return min(value, _SQL_INT - 1)  # beyond SQL's 64-bit integers: as good as no bound
 
 
 def _tier_of(paged: bool, sides: Sequence[int | None]) -> str:
@@ -209,11 +221,31 @@ class _Pending:
     ttl_s: float | None = None
 
 
+@dataclass
+class _Write:
+    """One write transaction: its session, the generation it locked, and what it changes in the index."""
+
+    s: Session
+    base: int  # the store generation when the lock was taken; this transaction commits base + 1
+    added: list[tuple[str, list[int], np.ndarray]] = field(default_factory=list)
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def generation(self) -> int:
+        return self.base + 1
+
+    @property
+    def changes_index(self) -> bool:
+        return bool(self.added or self.removed or self.dropped)
+
+
 class OpticalMemory:
     """An optical memory store in a folder. Open one with ``optical_memory.open(path)``.
 
-    Thread-safe within a process (one lock around every public method); a second process opening the
-    same folder gets ``StoreLocked``.
+    Thread-safe within a process (one lock around every public method), and shared between processes and
+    hosts: every write is one SQL transaction under the store's write lock, and each process's FAISS
+    index catches up with the others' writes from SQL before it is searched (see :meth:`_sync_index`).
     """
 
     def __init__(
@@ -232,12 +264,17 @@ class OpticalMemory:
         self.config = config or StoreConfig()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        # Every process holds LOCK shared for the store's lifetime; a schema migration needs it exclusive.
         self._lockfile = open(self.path / "LOCK", "a+")  # noqa: SIM115  (held for the store's lifetime)
         try:
-            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lockfile, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lockfile.close()
-            raise StoreLocked(f"store {str(self.path)!r} is open in another process") from None
+            raise StoreLocked(
+                f"store {str(self.path)!r} is held exclusively by another process (a schema migration in "
+                "progress, or an optical-memory older than 0.2 that does not share stores); retry once it "
+                "has closed the store"
+            ) from None
         try:
             for what, obj, protocol in (
                 ("embedder", embedder, Embedder),
@@ -279,11 +316,13 @@ class OpticalMemory:
             self.renderer = Renderer(self.config.render)
             self.blobs = BlobStore(self.path / "blobs")
             url = self.config.database_url or f"sqlite:///{self.path / 'memory.db'}"
-            self._engine = db.make_engine(url)
-            self._sessions = db.prepare(self._engine)
+            self._engine, self._write_engine = db.make_engines(url)
+            self._migrate_or_create()
+            self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+            self._writes = sessionmaker(self._write_engine, expire_on_commit=False)
             self._check_render_config()
             self._index_path = self.path / "index.faiss"
-            self.index = self._load_or_rebuild_index()
+            self.index = self._open_index()
         except BaseException:
             self._release()
             raise
@@ -316,13 +355,114 @@ class OpticalMemory:
     def _release(self) -> None:
         if hasattr(self, "_engine"):
             self._engine.dispose()
+            self._write_engine.dispose()
         fcntl.flock(self._lockfile, fcntl.LOCK_UN)
         self._lockfile.close()
 
+    def _migrate_or_create(self) -> None:
+        """Create the schema, or migrate an older one; a migration waits for no one: it needs every other
+        process to have closed the store, and says so when one has not."""
+        found = db.schema_version(self._write_engine)
+        if found is None or found == db.SCHEMA_VERSION:
+            db.prepare(self._write_engine)  # creates (serialised), or checks and returns
+            return
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLocked(
+                f"store {str(self.path)!r} has schema version {found} and needs migrating to "
+                f"{db.SCHEMA_VERSION}, but another process has it open: close it there first"
+            ) from None
+        try:
+            db.prepare(self._write_engine)
+        finally:
+            fcntl.flock(self._lockfile, fcntl.LOCK_SH)
+
     def flush(self) -> None:
         """Persist the index now (it is also saved by ``close``)."""
+        with self._lock:
+            self.index.save(self._index_path)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Write]:
+        """One write transaction under the store's write lock; its index changes are applied after commit.
+
+        Blobs a transaction writes are in the blob folder before its rows commit; ``_sweep`` and
+        ``verify`` delete unreferenced blobs only under the blob lock, which writers hold shared, so a
+        blob is never swept between its write and the commit of the row that refers to it.
+        """
+        if getattr(self, "_closed", False):
+            raise InvalidInput(f"store {str(self.path)!r} is closed")
+        with self._lock, self.blobs.writing(), self._lock_errors():
+            with self._writes() as s, s.begin():
+                w = _Write(s, db.lock_generation(s))
+                yield w
+                if w.changes_index:
+                    db.commit_generation(s, w.generation, removed=w.removed, dropped=w.dropped)
+            if w.changes_index:
+                self._apply(w)
+
+    @contextlib.contextmanager
+    def _lock_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as e:
+            message = str(e.orig).lower()
+            if "locked" in message or "busy" in message:
+                raise StoreBusy(
+                    f"store {str(self.path)!r}: another process held SQLite's write lock for over "
+                    f"{db.SQLITE_BUSY_S:g} s (SQLite allows one writer at a time); retry, write in smaller "
+                    "batches, or use PostgreSQL (StoreConfig.database_url) for many concurrent writers"
+                ) from e
+            raise
+
+    def _apply(self, w: _Write) -> None:
+        """Bring the index to generation ``w.generation`` after ``w`` committed: directly from ``w`` when the
+        index was current, else (another process wrote in between) by catching up from SQL."""
+        if self.index.generation != w.base:
+            self._sync_index()
+            return
+        for scope in w.dropped:
+            self.index.drop_scope(scope)
+        for scope, ids in w.removed.items():
+            self.index.remove(scope, ids)
+        for scope, ids, vectors in w.added:
+            self.index.add(scope, ids, vectors)
+        self.index.generation = w.generation
+
+    def _sync_index(self) -> None:
+        """Catch the index up with every write committed to SQL, by any process: the log's removals of the
+        generations it missed, then the vectors those generations added. Rebuilt from SQL if the log no
+        longer reaches back that far (or the index is ahead of SQL: a database restored from a backup).
+
+        This is the consistency rule: the index at generation g holds exactly the vectors SQL held at g;
+        every search first brings it to the generation SQL is at when the search starts."""
         with self._lock, self._sessions() as s:
-            self.index.save(self._index_path, generation=db.generation(s))
+            head = db.generation(s)
+            have = self.index.generation
+            if head == have:
+                return
+            if head < have or have < db.log_floor(s):
+                log.info("index at generation %d, store at %d: rebuilding", have, head)
+                self.rebuild_index()
+                return
+            entries = s.scalars(
+                select(db.IndexLogRow)
+                .where(db.IndexLogRow.generation > have, db.IndexLogRow.generation <= head)
+                .order_by(db.IndexLogRow.generation)
+            ).all()
+            for entry in entries:  # removals first: a vector added in (have, head] and removed is gone
+                for scope in entry.dropped:
+                    self.index.drop_scope(scope)
+                for scope, ids in entry.removed.items():
+                    self.index.remove(scope, ids)
+            added = s.execute(
+                select(EmbeddingRow.scope, EmbeddingRow.id, EmbeddingRow.vector)
+                .where(EmbeddingRow.generation > have, EmbeddingRow.generation <= head)
+                .order_by(EmbeddingRow.id)
+            ).all()
+            self.index.add_rows(added)
+            self.index.generation = head
 
     def __enter__(self) -> OpticalMemory:
         return self
@@ -341,7 +481,8 @@ class OpticalMemory:
     def _check_render_config(self) -> None:
         """Pages' line geometry depends on the render config: refuse to mix two in one store."""
         wanted = json.dumps(self.config.render.__dict__, sort_keys=True, default=list)
-        with self._sessions.begin() as s:
+        with self._write() as w:
+            s = w.s
             row = s.get(db.Meta, "render_config")
             if row is None:
                 s.add(db.Meta(key="render_config", value=wanted))
@@ -351,29 +492,40 @@ class OpticalMemory:
                     f"but it was opened with {wanted}: open it with the same render settings"
                 )
 
-    def _load_or_rebuild_index(self) -> VectorIndex:
+    def _open_index(self) -> VectorIndex:
+        """The saved index caught up with SQL, or one rebuilt from SQL if the file is missing or damaged,
+        or holds other vectors than SQL does (checked by count when no writer moved the store meanwhile)."""
+        self.index = VectorIndex.load(self._index_path, dim=self.embedder.dim) or VectorIndex(
+            self.embedder.dim,
+            generation=-1,  # -1: older than any floor, so the first sync rebuilds
+        )
+        self._sync_index()
         with self._sessions() as s:
-            gen = db.generation(s)
             count = s.scalar(select(func.count(EmbeddingRow.id))) or 0
-        loaded = VectorIndex.load(self._index_path, dim=self.embedder.dim, generation=gen, count=count)
-        if loaded is not None:
-            return loaded
-        return self.rebuild_index()
+            unmoved = db.generation(s) == self.index.generation
+        if unmoved and len(self.index) != count:
+            log.warning(
+                "index file %s holds %d vectors, SQL %d: rebuilding", self._index_path, len(self.index), count
+            )
+            self.rebuild_index()
+        return self.index
 
     def rebuild_index(self) -> VectorIndex:
         """Rebuild the FAISS index from the vectors in SQL and save it."""
         with self._lock, self._sessions() as s:
-            index = VectorIndex(self.embedder.dim)
-            rows = s.execute(select(EmbeddingRow.scope, EmbeddingRow.id, EmbeddingRow.vector)).all()
-            by_scope: dict[str, list[tuple[int, bytes]]] = {}
-            for scope, eid, vec in rows:
-                by_scope.setdefault(scope, []).append((eid, vec))
-            for scope, pairs in by_scope.items():
-                ids = [eid for eid, _ in pairs]
-                vectors = np.frombuffer(b"".join(v for _, v in pairs), dtype="<f4").reshape(len(ids), -1)
-                index.add(scope, ids, vectors)
-            index.save(self._index_path, generation=db.generation(s))
-            log.info("rebuilt index: %d vectors in %d scopes", len(index), len(by_scope))
+            head = db.generation(s)
+            index = VectorIndex(self.embedder.dim, generation=head)
+            index.add_rows(
+                s.execute(
+                    select(EmbeddingRow.scope, EmbeddingRow.id, EmbeddingRow.vector)
+                    .where(EmbeddingRow.generation <= head)
+                    .order_by(EmbeddingRow.id)
+                ).all()
+            )
+            index.save(self._index_path)
+            log.info(
+                "rebuilt index: %d vectors in %d scopes at generation %d", len(index), index.n_scopes, head
+            )
             self.index = index
             return index
 
@@ -423,8 +575,12 @@ class OpticalMemory:
         _check_name(scope, "scope", max_len=255)
         if kind not in ("turn", "document"):
             raise InvalidInput(f"kind must be 'turn' or 'document', got {kind!r}")
-        if isinstance(items, (str, bytes)):
-            raise InvalidInput("add_many takes a list of items; use add() for a single text")
+        if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+            raise InvalidInput(
+                f"add_many takes a list of items, got {type(items).__name__}; use add() for a single text"
+            )
+        if progress is not None and not callable(progress):
+            raise InvalidInput(f"progress must be a callable or None, got {type(progress).__name__}")
         pending = [self._prepare(item, scope=scope, kind=kind) for item in items]
         if not pending:
             return []
@@ -504,47 +660,46 @@ class OpticalMemory:
         s.flush()
         return row
 
-    def _add_embeddings(self, s: Session, memory: MemoryRow, p: _Pending) -> list[tuple[int, np.ndarray]]:
+    def _add_embeddings(self, w: _Write, memory: MemoryRow, p: _Pending) -> None:
+        """Write a memory's gist vectors, tagged with the transaction's generation, for the index to add."""
         assert p.vectors is not None
         rows = [
             EmbeddingRow(
-                memory_id=memory.id, scope=p.scope, char_start=start, vector=vec.astype("<f4").tobytes()
+                memory_id=memory.id,
+                scope=p.scope,
+                char_start=start,
+                vector=vec.astype("<f4").tobytes(),
+                generation=w.generation,
             )
             for (start, _), vec in zip(p.chunks, p.vectors, strict=True)
         ]
-        s.add_all(rows)
-        s.flush()
-        return [(r.id, vec) for r, vec in zip(rows, p.vectors, strict=True)]
-
-    def _index_add(self, scope: str, added: list[tuple[int, np.ndarray]]) -> None:
-        if added:
-            self.index.add(scope, [i for i, _ in added], np.stack([v for _, v in added]))
+        w.s.add_all(rows)
+        w.s.flush()
+        w.added.append((p.scope, [r.id for r in rows], p.vectors))
 
     def _write_turns(self, pending: list[_Pending]) -> list[int]:
         scope = pending[0].scope
-        ids, added = [], []
-        with self._session() as s, s.begin():
+        ids = []
+        with self._write() as w:
+            s = w.s
             srow = self._ensure_scope(s, scope, pending[0].timestamp)
             for p in pending:
                 srow.turns += 1
                 memory = self._new_memory(s, p, turn_index=srow.turns, paged=False)
-                added.extend(self._add_embeddings(s, memory, p))
+                self._add_embeddings(w, memory, p)
                 ids.append(memory.id)
-            db.bump_generation(s)
-        self._index_add(scope, added)
         return ids
 
     def _write_document(self, p: _Pending) -> int:
         pages, spans = self.renderer.layout([(None, p.text)])
-        with self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             srow = self._ensure_scope(s, p.scope, p.timestamp)
             memory = self._new_memory(s, p, turn_index=srow.turns, paged=True)
             self._write_pages(s, p.scope, pages, spans, [memory], leave_last_open=False)
             if not self.config.retain_text:
                 memory.text = None
-            added = self._add_embeddings(s, memory, p)
-            db.bump_generation(s)
-        self._index_add(p.scope, added)
+            self._add_embeddings(w, memory, p)
         return memory.id
 
     def _write_pages(
@@ -615,18 +770,19 @@ class OpticalMemory:
         PDF and image pages keep their own pixels (fitted and padded to the top tier); their gist vector
         comes from the PDF's text layer or, failing that, from the reader.
         """
-        file = Path(path)
         _check_name(scope, "scope", max_len=255)
         meta = _check_metadata(metadata)
-        if not file.is_file():
-            raise InvalidInput(f"no such file: {str(file)!r}")
+        file = _check_file(path)
         suffix = file.suffix.lower()
-        meta = {"source": file.name, **meta}
+        # a name undecodable in the file system's encoding holds lone surrogates: no metadata may
+        meta = {"source": file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), **meta}
         if suffix in TEXT_FILE_SUFFIXES:
             try:
                 text = file.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
                 raise InvalidInput(f"{str(file)!r} is not UTF-8 text ({e})") from None
+            except OSError as e:
+                raise InvalidInput(f"cannot read {str(file)!r}: {e.strerror or e}") from None
             return [self.add(text, scope=scope, kind="document", metadata=meta)]
         if suffix != ".pdf" and suffix not in IMAGE_FILE_SUFFIXES:
             known = sorted(TEXT_FILE_SUFFIXES | IMAGE_FILE_SUFFIXES | {".pdf"})
@@ -655,7 +811,8 @@ class OpticalMemory:
         )
         p.vectors = self.embedder.embed([c for _, c in p.chunks])
         side = self.config.render.page_side
-        with self._lock, self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             srow = self._ensure_scope(s, scope, ts)
             memory = self._new_memory(s, p, turn_index=srow.turns, paged=True)
             blob = self.blobs.put(_png(image))
@@ -688,9 +845,7 @@ class OpticalMemory:
             )
             if not self.config.retain_text:
                 memory.text = None
-            added = self._add_embeddings(s, memory, p)
-            db.bump_generation(s)
-        self._index_add(scope, added)
+            self._add_embeddings(w, memory, p)
         return memory.id
 
     # -- aging ---------------------------------------------------------------------------------------------
@@ -727,9 +882,14 @@ class OpticalMemory:
         with self._session() as s:
             expired = MemoryRow.expires_at <= when  # NULL (never expires) is not <= anything
             ids = list(s.scalars(select(MemoryRow.id).where(expired).order_by(MemoryRow.id)))
+        deleted = 0
         for memory_id in ids:
-            self.delete(memory_id)
-        return len(ids)
+            try:
+                self.delete(memory_id)
+            except MemoryNotFound:
+                continue  # another process's age() deleted it first
+            deleted += 1
+        return deleted
 
     # -- vision tokens -------------------------------------------------------------------------------------
 
@@ -758,12 +918,22 @@ class OpticalMemory:
                 todo = [(pid, blob) for pid, blob in s.execute(query) if blob]
             done = 0
             for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                images = [Image.open(io.BytesIO(self.blobs.get(blob))) for _, blob in batch]
-                arrays = encoder.encode(images)
+                batch, images = [], []
+                for page_id, blob in todo[start : start + batch_size]:
+                    try:
+                        images.append(Image.open(io.BytesIO(self.blobs.get(blob))))
+                    except BlobError as e:  # moved by another process since listed, or damaged: verify()
+                        log.info("page %d: not encoded: %s", page_id, e)
+                        continue
+                    batch.append((page_id, blob))
+                arrays = encoder.encode(images) if images else []
                 stale: list[str] = []
-                with self._session() as s, s.begin():
+                with self._write() as w:
+                    s = w.s
                     for (page_id, page_blob), tokens in zip(batch, arrays, strict=True):
+                        page = s.get(PageRow, page_id)
+                        if page is None or page.blob != page_blob:
+                            continue  # deleted or moved by another process while it was encoded
                         buffer = io.BytesIO()
                         np.save(buffer, np.ascontiguousarray(tokens, dtype=np.float16), allow_pickle=False)
                         old = s.get(VisionRow, page_id)
@@ -800,7 +970,8 @@ class OpticalMemory:
                 return np.load(io.BytesIO(self.blobs.get(name)), allow_pickle=False)
             except BlobError as e:
                 log.warning("page %d: dropping unreadable vision tokens: %s", page_id, e)
-                with self._session() as s, s.begin():
+                with self._write() as w:
+                    s = w.s
                     stale = self._drop_vision(s, [page_id])
                 self._sweep(stale)
                 return None
@@ -816,9 +987,11 @@ class OpticalMemory:
     def _pack(self, scope: str, report: dict[str, int]) -> None:
         keep = self.config.aging.text_turns
         stale_blobs: list[str] = []
-        with self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             srow = s.get(ScopeRow, scope)
-            assert srow is not None
+            if srow is None:
+                return  # deleted by another process since age() listed the scopes
             candidates = list(
                 s.scalars(
                     select(MemoryRow)
@@ -905,7 +1078,8 @@ class OpticalMemory:
         sides = [t.side for t in policy.tiers]
         with self._session() as s:
             srow = s.get(ScopeRow, scope)
-            assert srow is not None
+            if srow is None:
+                return  # deleted by another process since age() listed the scopes
             members: dict[int, list[tuple[bool, float | None, float | None]]] = {}
             # only pages still holding an image can move: forgotten ones (most of a long history) are skipped
             for page_id, pinned, ttl_s, expires_at in s.execute(
@@ -952,9 +1126,11 @@ class OpticalMemory:
 
     def _move_page(self, page_id: int, side: int | None, report: dict[str, int]) -> None:
         stale: list[str] = []
-        with self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             page = s.get(PageRow, page_id)
-            assert page is not None and page.blob is not None
+            if page is None or page.blob is None or not self._deeper_tier(page.side, side):
+                return  # another process deleted, forgot or moved it since _tier_pages looked
             stale.append(page.blob)
             if page.is_open:
                 page.is_open = False
@@ -976,10 +1152,24 @@ class OpticalMemory:
             self._drop_closed_text(s, members)
         self._sweep(stale)
 
+    def _deeper_tier(self, current: int | None, target: int | None) -> bool:
+        """Whether moving a page at side ``current`` to ``target`` (None: forgotten) goes down the ladder."""
+        if current is None:
+            return False
+        if target is None:
+            return True
+        sides = [t.side for t in self.config.aging.tiers]
+        if current in sides and target in sides:
+            return sides.index(target) > sides.index(current)
+        return current != target
+
     def _sweep(self, names: Iterable[str]) -> None:
         """Delete blobs no page refers to any more (after the transaction that released them committed)."""
-        with self._session() as s:
-            for name in set(names):
+        names = {n for n in names if n}
+        if not names:
+            return
+        with self.blobs.sweeping(), self._session() as s:
+            for name in names:
                 if not name:
                     continue
                 used = s.scalar(select(func.count(PageRow.id)).where(PageRow.blob == name)) or s.scalar(
@@ -993,7 +1183,7 @@ class OpticalMemory:
     def _memory(self, s: Session, memory_id: object) -> MemoryRow:
         if not isinstance(memory_id, int) or isinstance(memory_id, bool):
             raise InvalidInput(f"memory id must be an int, got {type(memory_id).__name__} {memory_id!r}")
-        row = s.get(MemoryRow, memory_id)
+        row = s.get(MemoryRow, memory_id) if -_SQL_INT <= memory_id < _SQL_INT else None
         if row is None:
             raise MemoryNotFound(f"no memory with id {memory_id!r} in {str(self.path)!r}")
         return row
@@ -1008,7 +1198,10 @@ class OpticalMemory:
     def pin(self, memory_id: int, *, pinned: bool = True) -> None:
         """Pinned memories never age: a text-tier turn stays text, a paged memory's pages keep their tier.
         A pinned memory with a ttl still expires (clear it with ``set_ttl(memory_id, None)``)."""
-        with self._lock, self._session() as s, s.begin():
+        if not isinstance(pinned, bool):
+            raise InvalidInput(f"pinned must be a bool, got {type(pinned).__name__} {pinned!r:.200}")
+        with self._write() as w:
+            s = w.s
             self._memory(s, memory_id).pinned = pinned
 
     def set_ttl(
@@ -1023,7 +1216,8 @@ class OpticalMemory:
         """
         ttl_s = _check_ttl(ttl)
         when = _check_timestamp(now)
-        with self._lock, self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             memory = self._memory(s, memory_id)
             memory.ttl_s = ttl_s
             memory.expires_at = None if ttl_s is None else when + ttl_s
@@ -1034,7 +1228,8 @@ class OpticalMemory:
         memories, and pages holding nothing else are deleted with their blobs."""
         with self._lock:
             stale: list[str] = []
-            with self._session() as s, s.begin():
+            with self._write() as w:
+                s = w.s
                 memory = self._memory(s, memory_id)
                 scope = memory.scope
                 eids = list(s.scalars(select(EmbeddingRow.id).where(EmbeddingRow.memory_id == memory_id)))
@@ -1061,14 +1256,15 @@ class OpticalMemory:
                 s.execute(delete(SpanRow).where(SpanRow.memory_id == memory_id))
                 s.execute(delete(EmbeddingRow).where(EmbeddingRow.memory_id == memory_id))
                 s.delete(memory)
-                db.bump_generation(s)
-            self.index.remove(scope, eids)
+                if eids:
+                    w.removed[scope] = eids
             self._sweep(stale)
 
     def delete_scope(self, scope: str) -> int:
         """Delete every memory, page, vector and blob of ``scope``; returns how many memories went."""
         with self._lock:
-            with self._session() as s, s.begin():
+            with self._write() as w:
+                s = w.s
                 self._scope(s, scope)
                 blobs = [b for b in s.scalars(select(PageRow.blob).where(PageRow.scope == scope)) if b]
                 pids_list = list(s.scalars(select(PageRow.id).where(PageRow.scope == scope)))
@@ -1082,8 +1278,7 @@ class OpticalMemory:
                 s.execute(delete(PageRow).where(PageRow.scope == scope))
                 s.execute(delete(MemoryRow).where(MemoryRow.scope == scope))
                 s.execute(delete(ScopeRow).where(ScopeRow.name == scope))
-                db.bump_generation(s)
-            self.index.drop_scope(scope)
+                w.dropped.append(scope)
             self._sweep(blobs)
             return count
 
@@ -1133,8 +1328,12 @@ class OpticalMemory:
         for key, value in wanted.items():
             if value is not None and not isinstance(value, (str, int, float, bool)):
                 raise InvalidInput(
-                    f"memories() filters compare JSON scalars, got {type(value).__name__} {value!r} "
+                    f"memories() filters compare JSON scalars, got {type(value).__name__} {value!r:.200} "
                     f"for {key!r}"
+                )
+            if isinstance(value, int) and not -_SQL_INT <= value < _SQL_INT:
+                raise InvalidInput(
+                    f"memories() filters compare integers of at most 64 bits, got {value!r:.60} for {key!r}"
                 )
         count = _check_count(limit, "limit", allow_none=True)
         skip = _check_count(offset, "offset", allow_none=False)
@@ -1240,6 +1439,7 @@ class OpticalMemory:
             if scopes == []:
                 return []
             vector = self.embedder.embed([query])[0]
+            self._sync_index()
             fetch = k * (8 if wanted else 3)
             while True:
                 raw = self.index.search(vector, fetch, scopes)
@@ -1433,7 +1633,11 @@ class OpticalMemory:
             raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {mode!r}")
         if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
             raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
-        if not 0.0 <= recent_share <= 1.0:
+        if (
+            not isinstance(recent_share, (int, float))
+            or isinstance(recent_share, bool)
+            or not 0.0 <= recent_share <= 1.0
+        ):
             raise InvalidInput(f"recent_share must be within [0, 1], got {recent_share!r}")
         if page_form not in ("vision", "meanpool", "truncate"):
             raise InvalidInput(f"page_form must be 'vision', 'meanpool' or 'truncate', got {page_form!r}")
@@ -1544,6 +1748,10 @@ class OpticalMemory:
     def page_text(self, page_id: int) -> str | None:
         """The text a page shows, rebuilt from its memories' retained text (None unless all of it was
         retained: with ``retain_text=False`` only the pixels know)."""
+        if not isinstance(page_id, int) or isinstance(page_id, bool):
+            raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {page_id!r:.200}")
+        if not -_SQL_INT <= page_id < _SQL_INT:
+            return None  # no page has an id SQL cannot hold
         with self._lock, self._session() as s:
             spans = list(
                 s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
@@ -1791,40 +1999,34 @@ class OpticalMemory:
         index is rebuilt if it disagrees with SQL.
         """
         with self._lock:
-            missing: list[int] = []
-            corrupt: list[int] = []
             rerendered: list[int] = []
             lost: list[int] = []
             with self._session() as s:
                 pages = list(
                     s.execute(select(PageRow.id, PageRow.blob).where(PageRow.blob.is_not(None))).all()
                 )
-                count = s.scalar(select(func.count(EmbeddingRow.id))) or 0
-            for page_id, blob in pages:
-                assert blob is not None
-                problem = self.blobs.check(blob)
-                if problem == "missing":
-                    missing.append(page_id)
-                elif problem == "corrupt":
-                    corrupt.append(page_id)
-            with self._session() as s:
-                vision = list(s.execute(select(VisionRow.page_id, VisionRow.blob)).all())
+            suspects = [page_id for page_id, blob in pages if blob and self.blobs.check(blob)]
+            missing, corrupt = self._damaged_pages(suspects)
+            with self.blobs.sweeping():  # no writer is between writing a blob and committing its row
+                with self._session() as s:
+                    referenced = {b for b in s.scalars(select(PageRow.blob).where(PageRow.blob.is_not(None)))}
+                    vision = list(s.execute(select(VisionRow.page_id, VisionRow.blob)).all())
+                referenced |= {blob for _, blob in vision}
+                orphans = [n for n in self.blobs.names() if n not in referenced]
+                if repair:
+                    for name in orphans:
+                        self.blobs.delete(name)
             damaged_vision = [page_id for page_id, blob in vision if self.blobs.check(blob)]
-            referenced: set[str | None] = {blob for _, blob in pages} | {blob for _, blob in vision}
-            orphans = [n for n in self.blobs.names() if n not in referenced]
-            index_ok = len(self.index) == count
+            index_ok = self._index_matches_sql()
             if repair:
                 if damaged_vision:  # tokens are derived data: drop them, the next sync re-encodes
-                    with self._session() as s, s.begin():
-                        self._drop_vision(s, damaged_vision)
+                    with self._write() as w:
+                        stale = self._drop_vision(w.s, damaged_vision)
+                    self._sweep(stale)
                 for page_id in missing + corrupt:
                     (rerendered if self._heal_page(page_id) else lost).append(page_id)
-                for name in orphans:
-                    self.blobs.delete(name)
                 if not index_ok:
                     self.rebuild_index()
-            elif not index_ok:
-                log.warning("index holds %d vectors, SQL %d", len(self.index), count)
             return VerifyReport(
                 pages_checked=len(pages),
                 missing_blobs=missing,
@@ -1837,11 +2039,50 @@ class OpticalMemory:
                 repaired=repair,
             )
 
+    def _damaged_pages(self, suspects: list[int]) -> tuple[list[int], list[int]]:
+        """Of pages whose blob failed a check, those whose blob is still missing or corrupt once the write
+        lock is held (another process may have moved a page, and swept its old blob, since it was listed)."""
+        missing: list[int] = []
+        corrupt: list[int] = []
+        if not suspects:
+            return missing, corrupt
+        with self._write() as w:
+            for page_id in suspects:
+                page = w.s.get(PageRow, page_id)
+                problem = self.blobs.check(page.blob) if page is not None and page.blob else None
+                if problem == "missing":
+                    missing.append(page_id)
+                elif problem == "corrupt":
+                    corrupt.append(page_id)
+        return missing, corrupt
+
+    def _index_matches_sql(self) -> bool:
+        """Whether the index, caught up, holds exactly SQL's vector ids, each under its own scope (checked
+        under the write lock, so no writer moves SQL meanwhile)."""
+        with self._write() as w:
+            self._sync_index()
+            in_sql: dict[str, set[int]] = {}
+            for scope, vid in w.s.execute(select(EmbeddingRow.scope, EmbeddingRow.id)):
+                in_sql.setdefault(scope, set()).add(vid)
+            in_index = {scope: ids for scope, ids in self.index.ids().items() if ids}
+            if in_index != in_sql:
+                log.warning(
+                    "index holds %d vectors in %d scopes, SQL %d in %d",
+                    sum(map(len, in_index.values())),
+                    len(in_index),
+                    sum(map(len, in_sql.values())),
+                    len(in_sql),
+                )
+                return False
+            return True
+
     def _heal_page(self, page_id: int) -> bool:
-        with self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             stale = self._drop_vision(s, [page_id])
         self._sweep(stale)
-        with self._session() as s, s.begin():
+        with self._write() as w:
+            s = w.s
             page = s.get(PageRow, page_id)
             assert page is not None
             spans = list(
@@ -1898,12 +2139,35 @@ def _strip_label(text: str, role: str | None) -> str:
     return tail.lstrip() if sep and len(head) <= 64 and " " not in head.strip() else text
 
 
+def _check_file(path: object) -> Path:
+    """``path`` as the Path of a regular file, or ``InvalidInput`` saying why not (missing, a folder, a
+    symlink loop, a name too long, a NUL in it, not a path at all)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidInput(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r:.200}")
+    try:
+        file = Path(path)  # a PathLike giving bytes raises TypeError
+        file.stat()  # follows symlinks: a loop raises here
+    except FileNotFoundError:
+        raise InvalidInput(f"no such file: {str(path)[:300]!r}") from None
+    except (OSError, ValueError, TypeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise InvalidInput(f"cannot read path {str(path)[:300]!r}: {reason}") from None
+    if not file.is_file():
+        raise InvalidInput(f"path {str(file)[:300]!r} is not a regular file (a folder, a device or a pipe)")
+    return file
+
+
 def _pdf_texts(path: Path) -> list[str]:
     import pypdfium2 as pdfium
 
-    pdf = pdfium.PdfDocument(str(path))
+    try:
+        pdf = pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as e:  # e.g. an image named .pdf
+        raise InvalidInput(f"cannot read PDF {str(path)!r}: {e}") from None
     try:
         return [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
+    except pdfium.PdfiumError as e:
+        raise InvalidInput(f"cannot read the text of PDF {str(path)!r}: {e}") from None
     finally:
         pdf.close()
 
@@ -1936,7 +2200,17 @@ def open_store(path: str | os.PathLike[str], **options: Any) -> OpticalMemory:
     elif not isinstance(config, StoreConfig):
         raise InvalidInput(f"config must be a StoreConfig, got {type(config).__name__}")
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInput(f"path must be a folder path, got {type(path).__name__} {path!r}")
+        raise InvalidInput(f"path must be a folder path, got {type(path).__name__} {path!r:.200}")
+    try:
+        Path(path).stat()  # a NUL, an over-long name, a loop, a file as a parent folder raise here
+    except FileNotFoundError:
+        pass  # a new store: its folder is created
+    except (OSError, ValueError, TypeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise InvalidInput(f"cannot open a store at {str(path)[:300]!r}: {reason}") from None
+    else:
+        if not Path(path).is_dir():
+            raise InvalidInput(f"store path {str(path)[:300]!r} exists and is not a folder")
     return OpticalMemory(path, config=config, **backends)
 
 
