@@ -30,9 +30,27 @@ from .config import StoreConfig
 from .errors import OpticalMemoryError
 
 WORDS = (
-    "harbour lantern copper meadow violet engine quarry saddle thimble orchard falcon pebble "
-    "glacier tundra walnut cinder marble ferry beacon lichen"
-).split()
+    "harbour",
+    "lantern",
+    "copper",
+    "meadow",
+    "violet",
+    "engine",
+    "quarry",
+    "saddle",
+    "thimble",
+    "orchard",
+    "falcon",
+    "pebble",
+    "glacier",
+    "tundra",
+    "walnut",
+    "cinder",
+    "marble",
+    "ferry",
+    "beacon",
+    "lichen",
+)
 
 
 def _config(database_url: str | None) -> StoreConfig:

@@ -74,11 +74,13 @@ def test_a_stale_index_file_is_caught_up_from_the_log_not_rebuilt(tmp_path, embe
         store.delete_scope("u")
         store.add("a turn about copper", scope="u")
     (path / "index.faiss").write_bytes(old)  # as if this host last saved it four generations ago
-    with caplog.at_level(logging.INFO, logger="optical_memory"):
-        with om.open(path, config=StoreConfig.tiny(), embedder=embedder) as store:
-            assert store._index_matches_sql()
-            assert [h.id for h in store.search("lanterns", scope="v", k=1)] == [added]
-            assert len(store.index) == 2
+    with (
+        caplog.at_level(logging.INFO, logger="optical_memory"),
+        om.open(path, config=StoreConfig.tiny(), embedder=embedder) as store,
+    ):
+        assert store._index_matches_sql()
+        assert [h.id for h in store.search("lanterns", scope="v", k=1)] == [added]
+        assert len(store.index) == 2
     assert not any("rebuil" in r.getMessage() for r in caplog.records)
 
 
