@@ -1,6 +1,11 @@
-"""Shared fixtures: the real backends, each built once per test session (the models take seconds to load)."""
+"""Shared fixtures: the real backends, each built once per test session (the models take seconds to load),
+and the SQL database a store is opened on (SQLite, or PostgreSQL at ``OPTICAL_MEMORY_TEST_PG_URL``)."""
 
 from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,3 +33,52 @@ def reader() -> RapidOCRReader:
 def counter() -> TiktokenCounter:
     """The offline cl100k_base token counter."""
     return TiktokenCounter()
+
+
+#: A PostgreSQL server the tests may create and drop databases on (`.ci/run` starts one); None: no server.
+PG_URL = os.environ.get("OPTICAL_MEMORY_TEST_PG_URL")
+NO_PG = "OPTICAL_MEMORY_TEST_PG_URL is not set (no PostgreSQL server)"
+
+
+def _fresh_pg_database() -> Iterator[str]:
+    """A new, empty database on the server for one test (about 20 ms to create), dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    assert PG_URL is not None
+    name = f"om_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as con:
+            con.execute(text(f'CREATE DATABASE "{name}"'))
+        yield PG_URL.rsplit("/", 1)[0] + "/" + name
+        with admin.connect() as con:  # FORCE: a store the test left open must not keep it alive
+            con.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database for one test; skips without a server."""
+    if not PG_URL:
+        pytest.skip(NO_PG)
+    yield from _fresh_pg_database()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param(
+            "postgres",
+            id="postgres",
+            marks=[pytest.mark.postgres, pytest.mark.skipif(not PG_URL, reason=NO_PG)],
+        ),
+    ]
+)
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The ``database_url`` to open a store with: None (a SQLite file in the store folder), or a fresh
+    PostgreSQL database dropped after the test."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        yield from _fresh_pg_database()

@@ -1,12 +1,13 @@
-"""The store end to end on tiny pages: real SQLite file, real FAISS, real MiniLM embedder, real RapidOCR."""
+"""The store end to end on tiny pages: real SQLite file or PostgreSQL database (the ``backend`` fixture),
+real FAISS, real MiniLM embedder, real RapidOCR."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,28 @@ from optical_memory.config import AgingPolicy, StoreConfig, Tier
 SCOPE = "user-1"
 
 
-def tiny(tmp_path: Path, embedder, **options) -> om.OpticalMemory:
-    return om.open(tmp_path / "store", config=StoreConfig.tiny(**options), embedder=embedder)
+def tiny(tmp_path: Path, embedder, database_url: str | None = None, **options) -> om.OpticalMemory:
+    """A tiny store in ``tmp_path / "store"``; ``database_url`` None keeps its SQL in a SQLite file there."""
+    config = StoreConfig.tiny(database_url=database_url, **options)
+    return om.open(tmp_path / "store", config=config, embedder=embedder)
+
+
+def sql_engine(tmp_path: Path, database_url: str | None):
+    """An engine on the SQL database of the tiny store in ``tmp_path`` (to inspect or damage it closed)."""
+    from sqlalchemy import create_engine
+
+    return create_engine(database_url or f"sqlite:///{tmp_path / 'store' / 'memory.db'}")
+
+
+def sql_rows(tmp_path: Path, database_url: str | None, query: str) -> list[tuple]:
+    from sqlalchemy import text
+
+    engine = sql_engine(tmp_path, database_url)
+    try:
+        with engine.connect() as con:
+            return [tuple(row) for row in con.execute(text(query))]
+    finally:
+        engine.dispose()
 
 
 def _all_page_blobs(store: om.OpticalMemory) -> set[str]:
@@ -37,8 +58,8 @@ def turn(i: int) -> str:
 
 
 @pytest.fixture
-def store(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as s:
+def store(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as s:
         yield s
 
 
@@ -107,9 +128,9 @@ def test_age_packs_old_turns_into_pages_and_is_idempotent(store):
     assert all(t == "256" for t in tiers[:4])
 
 
-def test_ladder_downsamples_and_forgets(tmp_path, embedder):
+def test_ladder_downsamples_and_forgets(tmp_path, embedder, backend):
     policy = AgingPolicy(text_turns=0, tiers=StoreConfig.tiny().aging.tiers)
-    with tiny(tmp_path, embedder, retain_text=True, aging=policy) as store:
+    with tiny(tmp_path, embedder, backend, retain_text=True, aging=policy) as store:
         old = store.add(turn(0), scope=SCOPE, role="user")
         store.age()
         [page] = store.page_image(old)
@@ -130,9 +151,9 @@ def test_ladder_downsamples_and_forgets(tmp_path, embedder):
         assert old in [h.id for h in store.search(turn(0), scope=SCOPE, k=3)]
 
 
-def test_downsampled_page_really_loses_pixels(tmp_path, embedder):
+def test_downsampled_page_really_loses_pixels(tmp_path, embedder, backend):
     policy = AgingPolicy(text_turns=0, tiers=StoreConfig.tiny().aging.tiers)
-    with tiny(tmp_path, embedder, aging=policy) as store:
+    with tiny(tmp_path, embedder, backend, aging=policy) as store:
         mid = store.add(turn(0), scope=SCOPE, role="user")
         store.age()
         [full] = page_blobs(store, mid)
@@ -147,9 +168,9 @@ def test_downsampled_page_really_loses_pixels(tmp_path, embedder):
         assert blob_files(store) == _all_page_blobs(store)  # one blob per page, no stale tiers
 
 
-def test_wall_clock_aging(tmp_path, embedder):
+def test_wall_clock_aging(tmp_path, embedder, backend):
     policy = AgingPolicy(text_turns=0, tiers=(Tier(side=256, max_age_s=100), Tier(side=128, max_age_s=1000)))
-    with tiny(tmp_path, embedder, aging=policy) as store:
+    with tiny(tmp_path, embedder, backend, aging=policy) as store:
         mid = store.add(turn(0), scope=SCOPE, timestamp=1_000.0)
         store.age(now=1_050.0)
         assert store.recall(mid).tier == "256"
@@ -169,27 +190,23 @@ def test_pinned_memory_never_ages(store):
     assert (r.tier, r.source, r.text) == ("text", "retained", turn(0))
 
 
-def test_text_is_dropped_once_rendered_unless_retained(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_text_is_dropped_once_rendered_unless_retained(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         ids = store.add_many([turn(i) for i in range(12)], scope=SCOPE)
         store.age()
-        db_file = tmp_path / "store" / "memory.db"
-    with sqlite3.connect(db_file) as con:
-        texts = dict(con.execute("select id, text from memories").fetchall())
+    texts = dict(sql_rows(tmp_path, backend, "select id, text from memories"))
     assert texts[ids[0]] is None  # on a closed page: only hash, gist vector and pixels remain
     assert texts[ids[-1]] == turn(11)  # still in the text tier
 
 
-def test_packed_turns_keep_their_text_until_their_last_page_closes(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_packed_turns_keep_their_text_until_their_last_page_closes(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         ids = store.add_many([turn(i) for i in range(40)], scope=SCOPE)
         store.age()
-        db_file = tmp_path / "store" / "memory.db"
-    with sqlite3.connect(db_file) as con:
-        texts = dict(con.execute("select id, text from memories").fetchall())
-        spans = con.execute(
-            "select s.memory_id, p.is_open from spans s join pages p on p.id = s.page_id"
-        ).fetchall()
+    texts = dict(sql_rows(tmp_path, backend, "select id, text from memories"))
+    spans = sql_rows(
+        tmp_path, backend, "select s.memory_id, p.is_open from spans s join pages p on p.id = s.page_id"
+    )
     on_open = {m for m, is_open in spans if is_open}
     closed_only = {m for m, _ in spans} - on_open
     assert on_open and len(closed_only) > 10  # several closed pages and one open page
@@ -202,7 +219,7 @@ def test_packed_turns_keep_their_text_until_their_last_page_closes(tmp_path, emb
 
 
 @pytest.mark.slow
-def test_recall_reads_page_at_full_tier(tmp_path, embedder):
+def test_recall_reads_page_at_full_tier(tmp_path, embedder, backend):
     """Default 1024px pages read back by RapidOCR with CER <= 1% (one page of ~1,000 tokens)."""
     from optical_memory.metrics import cer
 
@@ -214,7 +231,7 @@ def test_recall_reads_page_at_full_tier(tmp_path, embedder):
         "Thanks! Next week we fly to Reykjavik on FI 615, leaving Copenhagen at 07:40 on a Tuesday.",
     ]
     policy = AgingPolicy(text_turns=0)
-    with om.open(tmp_path / "s", embedder=embedder, aging=policy) as store:
+    with om.open(tmp_path / "s", embedder=embedder, aging=policy, database_url=backend) as store:
         ids = [
             store.add(t, scope=SCOPE, role=r)
             for t, r in zip(texts, ["user", "assistant", "user"], strict=True)
@@ -236,7 +253,7 @@ def test_recall_reads_page_at_full_tier(tmp_path, embedder):
 
 
 @pytest.mark.slow
-def test_search_finds_planted_fact_among_thousands(tmp_path, embedder):
+def test_search_finds_planted_fact_among_thousands(tmp_path, embedder, backend):
     from optical_memory.demo import TOPICS
 
     rng = np.random.default_rng(0)
@@ -247,7 +264,7 @@ def test_search_finds_planted_fact_among_thousands(tmp_path, embedder):
         words = [str(rng.choice(bank[k])) for k in ("verb", "thing", "detail")]
         filler.append(f"Let us {words[0]} {words[1]} {words[2]}.")
     fact = "The combination for my locker at the climbing gym is 31-07-22."
-    with tiny(tmp_path, embedder) as store:
+    with tiny(tmp_path, embedder, backend) as store:
         store.add_many(filler[:1000], scope=SCOPE)
         planted = store.add(fact, scope=SCOPE, role="user")
         store.add_many(filler[1000:], scope=SCOPE)
@@ -338,9 +355,10 @@ def test_search_over_several_scopes(store):
 # -- time to live
 
 
-def test_document_with_ttl_walks_the_ladder_and_is_deleted_at_expiry(tmp_path, embedder):
+def test_document_with_ttl_walks_the_ladder_and_is_deleted_at_expiry(tmp_path, embedder, backend):
     t0 = float(int(time.time()))
-    with tiny(tmp_path, embedder, retain_text=True) as store:  # retained text: recall() reads no pages
+    # retained text: recall() reads no pages
+    with tiny(tmp_path, embedder, backend, retain_text=True) as store:
         keep = store.add("a document that never expires", scope=SCOPE, kind="document", timestamp=t0)
         mid = store.add("an hour to live", scope=SCOPE, kind="document", ttl=3600, timestamp=t0)
         assert store.memories(scope=SCOPE)[0].expires_at == t0 + 3600
@@ -372,8 +390,8 @@ def test_memory_info_names_the_scope_without_reading_pages(store):
         store.memory_info("1")  # type: ignore[arg-type]
 
 
-def test_expired_memories_are_hidden_before_they_are_swept(tmp_path, embedder):
-    with tiny(tmp_path, embedder, retain_text=True) as store:
+def test_expired_memories_are_hidden_before_they_are_swept(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend, retain_text=True) as store:
         live = store.add("the ferry leaves at nine", scope=SCOPE, role="user", ttl=3600)
         past = time.time() - 60
         gone = store.add("the ferry left at eight", scope=SCOPE, role="user", timestamp=past, ttl=30)
@@ -391,9 +409,9 @@ def test_expired_memories_are_hidden_before_they_are_swept(tmp_path, embedder):
             store.recall(gone)
 
 
-def test_set_ttl_extends_clears_and_never_restores_pixels(tmp_path, embedder):
+def test_set_ttl_extends_clears_and_never_restores_pixels(tmp_path, embedder, backend):
     t0 = float(int(time.time()))
-    with tiny(tmp_path, embedder, retain_text=True) as store:
+    with tiny(tmp_path, embedder, backend, retain_text=True) as store:
         mid = store.add("a note to refresh", scope=SCOPE, kind="document", ttl=400, timestamp=t0)
         store.age(now=t0 + 150)  # past the first quarter: 128px
         assert store.recall(mid).tier == "128"
@@ -408,10 +426,10 @@ def test_set_ttl_extends_clears_and_never_restores_pixels(tmp_path, embedder):
             store.set_ttl(4242, 10)
 
 
-def test_a_shared_page_waits_for_its_memories_without_ttl(tmp_path, embedder):
+def test_a_shared_page_waits_for_its_memories_without_ttl(tmp_path, embedder, backend):
     policy = AgingPolicy(text_turns=0, tiers=StoreConfig.tiny().aging.tiers)
     t0 = float(int(time.time()))
-    with tiny(tmp_path, embedder, retain_text=True, aging=policy) as store:
+    with tiny(tmp_path, embedder, backend, retain_text=True, aging=policy) as store:
         brief = store.add("a turn with a minute to live", scope=SCOPE, ttl=60, timestamp=t0)
         lasting = store.add("a turn that stays", scope=SCOPE, timestamp=t0)
         store.age(now=t0 + 1)
@@ -439,32 +457,43 @@ def test_ttl_tier_rule_is_equal_slices_of_the_lifetime():
     assert keep.ttl_tier_index(elapsed_s=90.0, ttl_s=100.0) == 2
 
 
-def test_schema_2_store_opens_and_migrates_to_3(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_schema_2_store_opens_and_migrates_to_3(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         old = store.add("written before expiry existed", scope=SCOPE)
-    db_file = tmp_path / "store" / "memory.db"
-    with sqlite3.connect(db_file) as con:  # make it the version-2 layout: no expiry columns or index
-        con.execute("drop index ix_memories_expires_at")
-        con.execute("alter table memories drop column expires_at")
-        con.execute("alter table memories drop column ttl_s")
-        con.execute("update meta set value='2' where key='schema_version'")
-    with tiny(tmp_path, embedder) as store:
+    from sqlalchemy import inspect, text
+
+    engine = sql_engine(tmp_path, backend)
+    with engine.begin() as con:  # make it the version-2 layout: no expiry columns or index
+        con.execute(text("drop index ix_memories_expires_at"))
+        con.execute(text("alter table memories drop column expires_at"))
+        con.execute(text("alter table memories drop column ttl_s"))
+        con.execute(text("update meta set value='2' where key='schema_version'"))
+    engine.dispose()
+    with tiny(tmp_path, embedder, backend) as store:
         assert store.recall(old).text == "written before expiry existed"
         assert store.memories()[0].expires_at is None
         new = store.add("written after", scope=SCOPE, ttl=60)
         assert store.memories(filters={})[0].id == new
-    with sqlite3.connect(db_file) as con:
-        assert con.execute("select value from meta where key='schema_version'").fetchone() == ("3",)
-        columns = {row[1] for row in con.execute("pragma table_info(memories)")}
-        indexes = {row[1] for row in con.execute("pragma index_list(memories)")}
+        assert store.set_ttl(old, 60) is not None
+    from optical_memory.db import SCHEMA_VERSION  # 3 added the expiry columns; later steps run too
+
+    assert sql_rows(tmp_path, backend, "select value from meta where key='schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    engine = sql_engine(tmp_path, backend)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("memories")}
+        indexes = {i["name"] for i in inspect(engine).get_indexes("memories")}
+    finally:
+        engine.dispose()
     assert {"expires_at", "ttl_s"} <= columns and "ix_memories_expires_at" in indexes
 
 
 # -- delete
 
 
-def test_delete_removes_rows_vectors_and_blobs(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_delete_removes_rows_vectors_and_blobs(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         doc = store.add("A document that sits alone on its page.", scope=SCOPE, kind="document")
         assert len(blob_files(store)) == 1 and len(store.index) == 1
         store.delete(doc)
@@ -474,8 +503,8 @@ def test_delete_removes_rows_vectors_and_blobs(tmp_path, embedder):
         assert store.search("document alone", scope=SCOPE) == []
 
 
-def test_delete_blanks_lines_on_a_shared_page(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_delete_blanks_lines_on_a_shared_page(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         ids = store.add_many([turn(i) for i in range(6)], scope=SCOPE)
         store.age()
         [page_before] = store.page_image(ids[0])
@@ -488,8 +517,8 @@ def test_delete_blanks_lines_on_a_shared_page(tmp_path, embedder):
         assert ids[0] not in {h.id for h in store.search(turn(0), scope=SCOPE, k=6)}
 
 
-def test_delete_scope_removes_everything_of_that_scope_only(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_delete_scope_removes_everything_of_that_scope_only(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         store.add_many([turn(i) for i in range(10)], scope="a")
         keep = store.add_many([turn(i + 100) for i in range(10)], scope="b")
         store.age()
@@ -522,11 +551,15 @@ from hypothesis import strategies as st  # noqa: E402
     ),
     query=st.sampled_from(["cats", "money", "railway", "dinner"]),
 )
-def test_scope_isolation(tmp_path_factory, embedder, data, query):
-    with tiny(tmp_path_factory.mktemp("iso"), embedder) as store:
+def test_scope_isolation(tmp_path, embedder, backend, data, query):
+    # One store (folder and database) for all examples, a fresh set of scopes for each: a PostgreSQL database
+    # per example would cost more than the example.
+    tag = uuid.uuid4().hex[:8]
+    with tiny(tmp_path, embedder, backend) as store:
         owner = {}
-        for scope, topic in data:
-            owner[store.add(f"{scope} says something about {topic}", scope=scope)] = scope
+        for name, topic in data:
+            scope = f"{name}-{tag}"
+            owner[store.add(f"{name} says something about {topic}", scope=scope)] = scope
         store.age()
         for scope in set(owner.values()):
             hits = store.search(query, scope=scope, k=20)
@@ -538,9 +571,9 @@ def test_scope_isolation(tmp_path_factory, embedder, data, query):
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt", "stale"])
-def test_index_is_rebuilt_when_missing_corrupt_or_stale(tmp_path, embedder, damage):
+def test_index_is_rebuilt_when_missing_corrupt_or_stale(tmp_path, embedder, backend, damage):
     path = tmp_path / "store"
-    with tiny(tmp_path, embedder) as store:
+    with tiny(tmp_path, embedder, backend) as store:
         ids = store.add_many([turn(i) for i in range(20)], scope=SCOPE)
     index_file = path / "index.faiss"
     if damage == "delete":
@@ -551,10 +584,10 @@ def test_index_is_rebuilt_when_missing_corrupt_or_stale(tmp_path, embedder, dama
         index_file.write_bytes(bytes(data))
     else:  # an older index file beside a newer database
         old = index_file.read_bytes()
-        with tiny(tmp_path, embedder) as store:
+        with tiny(tmp_path, embedder, backend) as store:
             ids.append(store.add("a late addition about violins", scope=SCOPE))
         index_file.write_bytes(old)
-    with tiny(tmp_path, embedder) as store:
+    with tiny(tmp_path, embedder, backend) as store:
         assert len(store.index) == len(ids)
         assert store.search(turn(7), scope=SCOPE, k=1)[0].id == ids[7]
         if damage == "stale":
@@ -630,33 +663,39 @@ def test_unknown_ids_and_scopes(store):
     assert isinstance(om.MemoryNotFound("x"), KeyError)
 
 
-def test_newer_schema_is_refused(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_newer_schema_is_refused(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         store.add("hello", scope=SCOPE)
-    with sqlite3.connect(tmp_path / "store" / "memory.db") as con:
-        con.execute("update meta set value='999' where key='schema_version'")
+    from sqlalchemy import text
+
+    engine = sql_engine(tmp_path, backend)
+    with engine.begin() as con:
+        con.execute(text("update meta set value='999' where key='schema_version'"))
+    engine.dispose()
     with pytest.raises(om.SchemaVersionError, match="999"):
-        tiny(tmp_path, embedder)
+        tiny(tmp_path, embedder, backend)
 
 
-def test_second_process_gets_a_clear_lock_error(tmp_path, embedder):
-    with tiny(tmp_path, embedder):
+def test_a_second_process_shares_the_open_store(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
+        mine = store.add("The boiler was serviced in March.", scope=SCOPE)
         code = (
-            "import optical_memory as om, sys\n"
-            "try:\n"
-            f"    om.open({str(tmp_path / 'store')!r}, embedder=None)\n"
-            "except om.StoreLocked as e:\n"
-            "    print('LOCKED', e); sys.exit(0)\n"
-            "sys.exit(1)\n"
+            "import optical_memory as om\n"
+            "from optical_memory.config import StoreConfig\n"
+            f"config = StoreConfig.tiny(database_url={backend!r})\n"
+            f"with om.open({str(tmp_path / 'store')!r}, config=config) as s:\n"
+            f"    print([h.id for h in s.search('boiler service', scope={SCOPE!r}, k=1)])\n"
+            f"    print(s.add('The gutters were cleared in May.', scope={SCOPE!r}))\n"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0 and "LOCKED" in out.stdout, out.stderr
-    with tiny(tmp_path, embedder):  # released on close
-        pass
+        assert out.returncode == 0, out.stderr
+        seen, theirs = out.stdout.split("\n")[:2]
+        assert seen == f"[{mine}]"  # the other process's index caught up with ours from SQL
+        assert [h.id for h in store.search("gutter cleaning", scope=SCOPE, k=1)] == [int(theirs)]
 
 
-def test_corrupt_blob_is_named_by_recall_and_healed_by_verify(tmp_path, embedder):
-    with tiny(tmp_path, embedder, retain_text=True) as store:
+def test_corrupt_blob_is_named_by_recall_and_healed_by_verify(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend, retain_text=True) as store:
         mid = store.add("a page whose pixels will be damaged", scope=SCOPE, kind="document")
         [name] = blob_files(store)
         store.blobs.path(name).write_bytes(b"not a png")
@@ -670,8 +709,8 @@ def test_corrupt_blob_is_named_by_recall_and_healed_by_verify(tmp_path, embedder
         assert store.recall(mid).text == "a page whose pixels will be damaged"
 
 
-def test_missing_blob_without_text_is_marked_lost(tmp_path, embedder):
-    with tiny(tmp_path, embedder) as store:
+def test_missing_blob_without_text_is_marked_lost(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend) as store:
         mid = store.add("a page that will vanish", scope=SCOPE, kind="document")
         [name] = blob_files(store)
         store.blobs.path(name).unlink()
@@ -686,8 +725,8 @@ def test_missing_blob_without_text_is_marked_lost(tmp_path, embedder):
 # -- context
 
 
-def test_build_context_text_and_image(tmp_path, embedder):
-    with tiny(tmp_path, embedder, retain_text=True) as store:
+def test_build_context_text_and_image(tmp_path, embedder, backend):
+    with tiny(tmp_path, embedder, backend, retain_text=True) as store:
         store.add_many([{"text": turn(i), "role": "user"} for i in range(10)], scope=SCOPE)
         store.age()
         ctx = store.build_context(turn(1), budget_tokens=300, scope=SCOPE)
@@ -709,7 +748,7 @@ def test_build_context_text_and_image(tmp_path, embedder):
 # -- files
 
 
-def test_add_file_text_pdf_and_image(tmp_path, embedder):
+def test_add_file_text_pdf_and_image(tmp_path, embedder, backend):
     note = tmp_path / "note.md"
     note.write_text("# Shopping\n\nOat milk, lentils and a new kettle.\n")
     image = Image.new("L", (300, 200), 255)
@@ -717,7 +756,7 @@ def test_add_file_text_pdf_and_image(tmp_path, embedder):
     image.save(png)
     pdf = tmp_path / "two.pdf"
     image.convert("RGB").save(pdf, save_all=True, append_images=[image.convert("RGB")])
-    with tiny(tmp_path, embedder) as store:
+    with tiny(tmp_path, embedder, backend) as store:
         [doc] = store.add_file(note, scope=SCOPE)
         assert store.search("kettle", scope=SCOPE, k=1)[0].id == doc
         assert len(store.add_file(pdf, scope=SCOPE)) == 2
@@ -769,6 +808,7 @@ def test_public_api_is_pinned():
             "ScopeNotFound",
             "Stats",
             "StoreConfig",
+            "StoreBusy",
             "StoreLocked",
             "TextLine",
             "Tier",
@@ -861,7 +901,7 @@ def test_gist_must_be_known() -> None:
         StoreConfig(gist="words")
 
 
-def test_sentence_gists_find_a_fact_inside_a_long_turn_among_near_duplicates(tmp_path, embedder):
+def test_sentence_gists_find_a_fact_inside_a_long_turn_among_near_duplicates(tmp_path, embedder, backend):
     """The recall experiment's hard case: facts from one template, each stated inside a long turn."""
     from optical_memory.demo import ASSISTANT_TEMPLATES, TOPICS
     from optical_memory.recall_experiment import make_facts
@@ -879,7 +919,7 @@ def test_sentence_gists_find_a_fact_inside_a_long_turn_among_near_duplicates(tmp
     turns = [f"{f.statement} {filler(4)}" for f in facts] + [filler(5) for _ in range(200)]
     at1, at5 = {}, {}
     for gist in ("chunks", "sentences"):
-        with tiny(tmp_path / gist, embedder, gist=gist) as store:
+        with tiny(tmp_path / gist, embedder, backend, gist=gist) as store:
             ids = store.add_many(turns, scope=SCOPE)
             ranks = []
             for f, planted in zip(facts, ids, strict=False):
@@ -889,5 +929,6 @@ def test_sentence_gists_find_a_fact_inside_a_long_turn_among_near_duplicates(tmp
             at5[gist] = sum(r is not None for r in ranks)
             if gist == "sentences":
                 assert len(store.index) > 4 * len(turns)  # a vector per sentence: the price of the option
+            store.delete_scope(SCOPE)  # on PostgreSQL the next store opens on this same database
     assert at5["sentences"] == len(facts) and at1["sentences"] >= len(facts) - 1
     assert at1["chunks"] < at1["sentences"]  # why the option exists: whole-turn vectors blur the fact
