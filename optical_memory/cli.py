@@ -450,6 +450,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OpticalMemoryError as e:
         print(f"optical-memory: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # the file system said no (a --out that is a file, no space left, no permission)
+        print(f"optical-memory: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

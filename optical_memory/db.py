@@ -6,6 +6,7 @@ The FAISS index is a cache of the ``embeddings`` table; page pixels live in the 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -132,7 +133,8 @@ class EmbeddingRow(Base):
 
 
 class IndexLogRow(Base):
-    """What a generation removed from the index: vector ids per scope, and scopes dropped whole.
+    """What a generation removed from the index: vector ids per scope, and scopes dropped whole. Scopes
+    are named by :func:`scope_key`, not by name: a deleted scope's name (often a user's id) is not kept.
 
     Additions need no log (the rows carry their generation); removals do, since their rows are gone. A
     process whose index is at generation g catches up by applying the log of (g, head] and then adding the
@@ -142,8 +144,8 @@ class IndexLogRow(Base):
 
     __tablename__ = "index_log"
     generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    removed: Mapped[dict[str, list[int]]] = mapped_column(JSON, default=dict)  # {scope: [vector ids]}
-    dropped: Mapped[list[str]] = mapped_column(JSON, default=list)  # scopes deleted whole
+    removed: Mapped[dict[str, list[int]]] = mapped_column(JSON, default=dict)  # {scope key: [vector ids]}
+    dropped: Mapped[list[str]] = mapped_column(JSON, default=list)  # keys of scopes deleted whole
 
 
 class RecallRow(Base):
@@ -192,6 +194,7 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA secure_delete=ON")  # deleted memories are zeroed, not left in free pages
             cursor.close()
 
     reads = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
@@ -204,6 +207,22 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return reads, writes
+
+
+def scrub_wal(engine: Engine) -> None:
+    """After a deletion on SQLite: copy the write-ahead log into the database and truncate it, so the
+    deleted rows' old page images do not linger in the log file. Best effort: it waits at most 100 ms for
+    other processes' readers and otherwise leaves it to SQLite's next automatic checkpoint."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA busy_timeout=100")
+        try:
+            busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+        finally:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+    if busy:
+        log.debug("write-ahead log not truncated: another process is reading")
 
 
 SQLITE_BUSY_S = 30.0  # how long a SQLite writer waits for another process's write transaction
@@ -304,11 +323,17 @@ def commit_generation(
     """Record generation ``new`` (the locked one plus one) and what it removed from the index."""
     session.execute(update(Meta).where(Meta.key == "index_generation").values(value=str(new)))
     if removed or dropped:
-        session.add(IndexLogRow(generation=new, removed=removed, dropped=dropped))
+        keyed = {scope_key(scope): ids for scope, ids in removed.items()}
+        session.add(IndexLogRow(generation=new, removed=keyed, dropped=[scope_key(s) for s in dropped]))
     if new % LOG_PRUNE_EVERY == 0 and new > LOG_KEEP:
         floor = new - LOG_KEEP
         session.execute(delete(IndexLogRow).where(IndexLogRow.generation <= floor))
         session.execute(update(Meta).where(Meta.key == "index_log_floor").values(value=str(floor)))
+
+
+def scope_key(scope: str) -> str:
+    """How the index log names a scope: enough of its sha256 that two scopes never share a key."""
+    return hashlib.sha256(scope.encode()).hexdigest()[:32]
 
 
 LOG_KEEP = 100_000  # generations of index log kept: an index further behind is rebuilt from SQL

@@ -63,6 +63,9 @@ class VectorIndex:
     def n_scopes(self) -> int:
         return len(self._scopes)
 
+    def scopes(self) -> list[str]:
+        return list(self._scopes)
+
     def ids(self) -> dict[str, set[int]]:
         """Every vector id, per scope (for consistency checks against SQL)."""
         return {name: set(faiss.vector_to_array(sub.id_map).tolist()) for name, sub in self._scopes.items()}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps, ImageSequence
 
 from .config import RenderConfig
 from .errors import InvalidInput, UnrenderableText
@@ -45,6 +45,12 @@ CJK_FONT_GLOBS = (
     "~/.local/share/fonts/**/NotoSansCJK*-Regular.[ot]t[cf]",
 )
 CJK_TTC_INDEX = 2  # NotoSansCJK-Regular.ttc holds JP, KR, SC, TC, HK (then the Mono cuts): 2 is SC
+
+# A file's pages are all decoded before any is stored: bound what a small file can make us decode. A PDF
+# can list one page object 100,000 times in 600 kB; Pillow refuses images over twice MAX_IMAGE_PIXELS but
+# only warns (and decodes) between once and twice, so a 97 kB PNG would decode to 10,000 x 10,000 pixels.
+MAX_FILE_PAGES = 1000  # pages of a PDF, frames of a TIFF
+MAX_PAGE_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS default: a page scanned at 9,000 x 9,000 fits
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # category Cc except \t \n \r
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -488,14 +494,18 @@ def _pdf_pages(file: Path, side: int) -> list[Image.Image]:
         pdf = pdfium.PdfDocument(str(file))
     except pdfium.PdfiumError as e:
         raise InvalidInput(f"cannot read PDF {str(file)!r}: {e}") from None
+    out: list[Image.Image] = []
     try:
-        out = []
+        if len(pdf) > MAX_FILE_PAGES:
+            raise InvalidInput(f"PDF {str(file)!r} has {len(pdf)} pages, at most {MAX_FILE_PAGES} allowed")
         for i in range(len(pdf)):
             page = pdf[i]
             width, height = page.get_size()  # points
             out.append(page.render(scale=side / max(width, height, 1e-6)).to_pil())
             page.close()
         return out
+    except pdfium.PdfiumError as e:  # a page the document lists but cannot load or draw
+        raise InvalidInput(f"cannot read PDF {str(file)!r}: page {len(out) + 1}: {e}") from None
     finally:
         pdf.close()
 
@@ -503,16 +513,28 @@ def _pdf_pages(file: Path, side: int) -> list[Image.Image]:
 def _image_pages(file: Path) -> list[Image.Image]:
     try:
         with Image.open(file) as image:
-            frames = ImageSequence.all_frames(image) if image.format == "TIFF" else [image]
+            frame_count = getattr(image, "n_frames", 1)
+            if image.format == "TIFF" and frame_count > MAX_FILE_PAGES:
+                raise InvalidInput(
+                    f"{str(file)!r} has {frame_count} frames, at most {MAX_FILE_PAGES} allowed"
+                )
+            frames = ImageSequence.Iterator(image) if image.format == "TIFF" else [image]
             out = []
             for frame in frames:
+                if frame.width * frame.height > MAX_PAGE_PIXELS:  # checked before a pixel is decoded
+                    raise InvalidInput(
+                        f"{str(file)!r} is {frame.width} x {frame.height} pixels, at most "
+                        f"{MAX_PAGE_PIXELS:,} allowed (a decompression bomb?)"
+                    )
                 frame = ImageOps.exif_transpose(frame)
                 if frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info:
                     rgba = frame.convert("RGBA")  # transparent pixels are paper, not black
                     frame = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
                 out.append(frame.convert("L"))
             return out
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+    except InvalidInput:
+        raise
+    except Exception as e:  # Pillow's plugins raise a zoo on damaged files (OSError, KeyError, TypeError...)
         raise InvalidInput(f"cannot read {str(file)!r} as an image or PDF: {e}") from None
 
 

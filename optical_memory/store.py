@@ -74,9 +74,19 @@ def _png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _shown(value: object, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a megabyte-long argument must not
+    make a megabyte-long message), and safe where repr raises (ints over 4,300 digits, deep nesting)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<a {type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_name(value: object, what: str, *, max_len: int) -> str:
     if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a str, got {type(value).__name__} {value!r:.200}")
+        raise InvalidInput(f"{what} must be a str, got {type(value).__name__} {_shown(value)}")
     if not value.strip():
         raise InvalidInput(f"{what} must be a non-empty string, got {value[:40]!r}")
     if len(value) > max_len:
@@ -93,16 +103,16 @@ def _check_metadata(metadata: object) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__} {metadata!r:.200}")
+        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__} {_shown(metadata)}")
     for key in metadata:
         if not isinstance(key, str):
-            raise InvalidInput(f"metadata keys must be str, got {key!r:.80} in {metadata!r:.200}")
+            raise InvalidInput(f"metadata keys must be str, got {_shown(key)} in {_shown(metadata)}")
     try:
         plain = dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
     except RecursionError:
         raise InvalidInput(f"metadata is nested more than {_METADATA_DEPTH} levels deep") from None
     except (TypeError, ValueError) as e:
-        raise InvalidInput(f"metadata must be JSON-serialisable, got {metadata!r:.200} ({e})") from None
+        raise InvalidInput(f"metadata must be JSON-serialisable, got {_shown(metadata)} ({e})") from None
     _check_json_strings(plain, metadata)
     return plain
 
@@ -112,11 +122,11 @@ def _check_json_strings(obj: object, metadata: object, depth: int = 0) -> None:
     read a row holding them (every metadata filter on its scope would fail). Refuse nesting deeper than
     ``_METADATA_DEPTH`` too: the JSON parsers on the way (SQLAlchemy's, the databases') recurse."""
     if depth > _METADATA_DEPTH:
-        raise InvalidInput(f"metadata is nested more than {_METADATA_DEPTH} levels deep: {metadata!r:.200}")
+        raise InvalidInput(f"metadata is nested more than {_METADATA_DEPTH} levels deep: {_shown(metadata)}")
     if isinstance(obj, str):
         if "\x00" in obj or any(0xD800 <= ord(c) <= 0xDFFF for c in obj):
             raise InvalidInput(
-                f"metadata string {obj[:40]!r} holds a NUL character or a lone surrogate: {metadata!r:.200}"
+                f"metadata string {obj[:40]!r} holds a NUL character or a lone surrogate: {_shown(metadata)}"
             )
     elif isinstance(obj, list):
         for item in obj:
@@ -127,6 +137,18 @@ def _check_json_strings(obj: object, metadata: object, depth: int = 0) -> None:
             _check_json_strings(value, metadata, depth + 1)
 
 
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float; None for a non-number (a bool is not one), NaN, inf, or an int beyond
+    float's range (``math.isfinite(2**1024)`` raises OverflowError)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _check_timestamp(timestamp: object) -> float:
     if timestamp is None:
         return _now()
@@ -134,19 +156,21 @@ def _check_timestamp(timestamp: object) -> float:
         try:
             return timestamp.timestamp()
         except (ValueError, OverflowError, OSError) as e:  # e.g. datetime.min, naive: local time is year 0
-            raise InvalidInput(f"timestamp {timestamp!r} has no epoch seconds ({e})") from None
-    if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool) and math.isfinite(timestamp):
-        return float(timestamp)
-    raise InvalidInput(f"timestamp must be epoch seconds or a datetime, got {timestamp!r}")
+            raise InvalidInput(f"timestamp {_shown(timestamp)} has no epoch seconds ({e})") from None
+    number = _finite(timestamp)
+    if number is not None:
+        return number
+    raise InvalidInput(f"timestamp must be epoch seconds or a datetime, got {_shown(timestamp)}")
 
 
 def _check_ttl(ttl: object) -> float | None:
     """A time to live in seconds: None (never expires) or a positive finite number."""
     if ttl is None:
         return None
-    if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) and math.isfinite(ttl) and ttl > 0:
-        return float(ttl)
-    raise InvalidInput(f"ttl must be None or a positive finite number of seconds, got {ttl!r}")
+    number = _finite(ttl)
+    if number is not None and number > 0:
+        return number
+    raise InvalidInput(f"ttl must be None or a positive finite number of seconds, got {_shown(ttl)}")
 
 
 def _check_count(value: object, what: str, *, allow_none: bool) -> int | None:
@@ -154,7 +178,7 @@ def _check_count(value: object, what: str, *, allow_none: bool) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         none = "None or " if allow_none else ""
-        raise InvalidInput(f"{what} must be {none}a non-negative int, got {value!r:.200}")
+        raise InvalidInput(f"{what} must be {none}a non-negative int, got {_shown(value)}")
     return min(value, _SQL_INT - 1)  # beyond SQL's 64-bit integers: as good as no bound
 
 
@@ -221,6 +245,13 @@ class _Pending:
     ttl_s: float | None = None
 
 
+class _PageMoved(Exception):
+    """A page changed under a read: another process moved, redacted or deleted it. Read it again."""
+
+
+_READ_ATTEMPTS = 4  # reads of a page that keeps changing under them before the error is raised
+
+
 @dataclass
 class _Write:
     """One write transaction: its session, the generation it locked, and what it changes in the index."""
@@ -262,8 +293,12 @@ class OpticalMemory:
 
         self.path = Path(path)
         self.config = config or StoreConfig()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError) as e:  # a file in the way, no permission, a NUL in the path
+            raise InvalidInput(f"cannot use {str(path)!r} as a store folder: {e}") from None
         self._lock = threading.RLock()
+        self._in_write = False  # inside _write (the lock makes it one thread's at a time)
         # Every process holds LOCK shared for the store's lifetime; a schema migration needs it exclusive.
         self._lockfile = open(self.path / "LOCK", "a+")  # noqa: SIM115  (held for the store's lifetime)
         try:
@@ -393,12 +428,18 @@ class OpticalMemory:
         """
         if getattr(self, "_closed", False):
             raise InvalidInput(f"store {str(self.path)!r} is closed")
-        with self._lock, self.blobs.writing(), self._lock_errors():
-            with self._writes() as s, s.begin():
-                w = _Write(s, db.lock_generation(s))
-                yield w
-                if w.changes_index:
-                    db.commit_generation(s, w.generation, removed=w.removed, dropped=w.dropped)
+        with self._lock:
+            # one at a time per thread: a nested one would wait forever on the outer one's locks
+            assert not self._in_write, "nested write transaction"
+            self._in_write = True
+            try:
+                with self.blobs.writing(), self._lock_errors(), self._writes() as s, s.begin():
+                    w = _Write(s, db.lock_generation(s))
+                    yield w
+                    if w.changes_index:
+                        db.commit_generation(s, w.generation, removed=w.removed, dropped=w.dropped)
+            finally:
+                self._in_write = False
             if w.changes_index:
                 self._apply(w)
 
@@ -451,11 +492,14 @@ class OpticalMemory:
                 .where(db.IndexLogRow.generation > have, db.IndexLogRow.generation <= head)
                 .order_by(db.IndexLogRow.generation)
             ).all()
+            names = {db.scope_key(name): name for name in self.index.scopes()} if entries else {}
             for entry in entries:  # removals first: a vector added in (have, head] and removed is gone
-                for scope in entry.dropped:
-                    self.index.drop_scope(scope)
-                for scope, ids in entry.removed.items():
-                    self.index.remove(scope, ids)
+                for key in entry.dropped:
+                    if key in names:
+                        self.index.drop_scope(names[key])
+                for key, ids in entry.removed.items():
+                    if key in names:
+                        self.index.remove(names[key], ids)
             added = s.execute(
                 select(EmbeddingRow.scope, EmbeddingRow.id, EmbeddingRow.vector)
                 .where(EmbeddingRow.generation > have, EmbeddingRow.generation <= head)
@@ -574,7 +618,7 @@ class OpticalMemory:
         """
         _check_name(scope, "scope", max_len=255)
         if kind not in ("turn", "document"):
-            raise InvalidInput(f"kind must be 'turn' or 'document', got {kind!r}")
+            raise InvalidInput(f"kind must be 'turn' or 'document', got {_shown(kind)}")
         if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
             raise InvalidInput(
                 f"add_many takes a list of items, got {type(items).__name__}; use add() for a single text"
@@ -865,6 +909,8 @@ class OpticalMemory:
         after every write.
         """
         when = _check_timestamp(now)
+        if progress is not None and not callable(progress):
+            raise InvalidInput(f"progress must be a callable taking a count, got {_shown(progress)}")
         report = {"expired": 0, "packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
         with self._lock:
             report["expired"] = self._expire(when)
@@ -885,10 +931,12 @@ class OpticalMemory:
         deleted = 0
         for memory_id in ids:
             try:
-                self.delete(memory_id)
+                self._delete(memory_id)
             except MemoryNotFound:
                 continue  # another process's age() deleted it first
             deleted += 1
+        if deleted:
+            db.scrub_wal(self._engine)
         return deleted
 
     # -- vision tokens -------------------------------------------------------------------------------------
@@ -914,7 +962,10 @@ class OpticalMemory:
                     .order_by(PageRow.id)
                 )
                 if page_ids is not None:
-                    query = query.where(PageRow.id.in_(list(page_ids)))
+                    wanted = list(page_ids)
+                    if not all(isinstance(i, int) and not isinstance(i, bool) for i in wanted):
+                        raise InvalidInput(f"page_ids must be ints, got {_shown(wanted)}")
+                    query = query.where(PageRow.id.in_([i for i in wanted if -_SQL_INT <= i < _SQL_INT]))
                 todo = [(pid, blob) for pid, blob in s.execute(query) if blob]
             done = 0
             for start in range(0, len(todo), batch_size):
@@ -959,6 +1010,10 @@ class OpticalMemory:
         """A page's stored vision tokens, float16 (positions, dim), or None when it has none (no encoder,
         not synced yet, or forgotten). Tokens whose blob is missing or corrupt are dropped (they are derived
         data: the next :meth:`sync_vision` encodes the page again) and None is returned."""
+        if not isinstance(page_id, int) or isinstance(page_id, bool):
+            raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {_shown(page_id)}")
+        if not -_SQL_INT <= page_id < _SQL_INT:
+            return None  # no page has an id SQL cannot hold
         with self._lock:
             with self._session() as s:
                 row = s.get(VisionRow, page_id)
@@ -1030,6 +1085,7 @@ class OpticalMemory:
                 for span in open_spans:
                     s.delete(span)
                 s.execute(delete(RecallRow).where(RecallRow.page_id == open_page.id))
+                stale_blobs += self._drop_vision(s, [open_page.id])  # else its .npy outlives the page
                 s.delete(open_page)
                 s.flush()
             for memory in candidates:
@@ -1182,10 +1238,11 @@ class OpticalMemory:
 
     def _memory(self, s: Session, memory_id: object) -> MemoryRow:
         if not isinstance(memory_id, int) or isinstance(memory_id, bool):
-            raise InvalidInput(f"memory id must be an int, got {type(memory_id).__name__} {memory_id!r}")
+            kind = type(memory_id).__name__
+            raise InvalidInput(f"memory id must be an int, got {kind} {_shown(memory_id)}")
         row = s.get(MemoryRow, memory_id) if -_SQL_INT <= memory_id < _SQL_INT else None
         if row is None:
-            raise MemoryNotFound(f"no memory with id {memory_id!r} in {str(self.path)!r}")
+            raise MemoryNotFound(f"no memory with id {_shown(memory_id)} in {str(self.path)!r}")
         return row
 
     def _scope(self, s: Session, scope: object) -> ScopeRow:
@@ -1199,7 +1256,7 @@ class OpticalMemory:
         """Pinned memories never age: a text-tier turn stays text, a paged memory's pages keep their tier.
         A pinned memory with a ttl still expires (clear it with ``set_ttl(memory_id, None)``)."""
         if not isinstance(pinned, bool):
-            raise InvalidInput(f"pinned must be a bool, got {type(pinned).__name__} {pinned!r:.200}")
+            raise InvalidInput(f"pinned must be a bool, got {type(pinned).__name__} {_shown(pinned)}")
         with self._write() as w:
             s = w.s
             self._memory(s, memory_id).pinned = pinned
@@ -1225,7 +1282,13 @@ class OpticalMemory:
 
     def delete(self, memory_id: int) -> None:
         """Delete a memory: its row, vectors and spans; its lines are blanked on pages it shares with other
-        memories, and pages holding nothing else are deleted with their blobs."""
+        memories, and pages holding nothing else are deleted with their blobs. On SQLite its bytes are
+        zeroed in the database file (``secure_delete``) and the write-ahead log is emptied when no other
+        process is reading (else at SQLite's next checkpoint)."""
+        self._delete(memory_id)
+        db.scrub_wal(self._engine)
+
+    def _delete(self, memory_id: int) -> None:
         with self._lock:
             stale: list[str] = []
             with self._write() as w:
@@ -1280,6 +1343,7 @@ class OpticalMemory:
                 s.execute(delete(ScopeRow).where(ScopeRow.name == scope))
                 w.dropped.append(scope)
             self._sweep(blobs)
+            db.scrub_wal(self._engine)
             return count
 
     # -- search --------------------------------------------------------------------------------------------
@@ -1301,7 +1365,7 @@ class OpticalMemory:
         known = set(s.scalars(select(ScopeRow.name).where(ScopeRow.name.in_(names))))
         missing = [name for name in names if name not in known]
         if missing:
-            raise ScopeNotFound(f"no memories were ever stored in scope(s) {missing!r}")
+            raise ScopeNotFound(f"no memories were ever stored in scope(s) {_shown(missing)}")
         return names
 
     def memories(
@@ -1328,12 +1392,13 @@ class OpticalMemory:
         for key, value in wanted.items():
             if value is not None and not isinstance(value, (str, int, float, bool)):
                 raise InvalidInput(
-                    f"memories() filters compare JSON scalars, got {type(value).__name__} {value!r:.200} "
-                    f"for {key!r}"
+                    f"memories() filters compare JSON scalars, got {type(value).__name__} {_shown(value)} "
+                    f"for {_shown(key)}"
                 )
             if isinstance(value, int) and not -_SQL_INT <= value < _SQL_INT:
                 raise InvalidInput(
-                    f"memories() filters compare integers of at most 64 bits, got {value!r:.60} for {key!r}"
+                    f"memories() filters compare integers of at most 64 bits, got {_shown(value)} "
+                    f"for {_shown(key)}"
                 )
         count = _check_count(limit, "limit", allow_none=True)
         skip = _check_count(offset, "offset", allow_none=False)
@@ -1359,7 +1424,7 @@ class OpticalMemory:
         with self._lock, self._session() as s:
             row = self._memory(s, memory_id)
             if row.expires_at is not None and row.expires_at <= _now():
-                raise MemoryNotFound(f"memory {memory_id!r} has expired")
+                raise MemoryNotFound(f"memory {_shown(memory_id)} has expired")
             return self._infos(s, [row])[0]
 
     def _infos(self, s: Session, rows: list[MemoryRow]) -> list[MemoryInfo]:
@@ -1429,9 +1494,9 @@ class OpticalMemory:
         or metadata keys equal the given values. Expired memories are never returned.
         """
         if not isinstance(query, str) or not query.strip():
-            raise InvalidInput(f"query must be a non-empty string, got {query!r}")
+            raise InvalidInput(f"query must be a non-empty string, got {_shown(query)}")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise InvalidInput(f"k must be a positive int, got {k!r}")
+            raise InvalidInput(f"k must be a positive int, got {_shown(k)}")
         wanted = _check_metadata(filters)
         with self._lock:
             with self._session() as s:
@@ -1540,6 +1605,14 @@ class OpticalMemory:
         Raises ``MemoryNotFound`` for an unknown id and ``BlobError`` naming the page when a page image is
         missing or corrupt (``verify(repair=True)`` heals what can be healed).
         """
+        for _ in range(_READ_ATTEMPTS - 1):
+            try:
+                return self._recall(memory_id, read=read)
+            except _PageMoved:
+                continue  # another process aged or redacted a page while it was read
+        return self._recall(memory_id, read=read, last_try=True)
+
+    def _recall(self, memory_id: int, *, read: bool, last_try: bool = False) -> Recall:
         with self._lock, self._session() as s:
             memory = self._memory(s, memory_id)
             spans = list(
@@ -1557,7 +1630,7 @@ class OpticalMemory:
                 page = pages[sp.page_id]
                 if page.side is None or page.blob is None:
                     continue  # forgotten (or lost): nothing left to read
-                lines = self._page_lines(s, page, memory_id)
+                lines = self._page_lines(s, page, memory_id, last_try=last_try)
                 parts.append(_assemble(sp, lines, memory.role))
             if not parts:
                 return Recall(id=memory.id, text="", tier=tier, source=FORGOTTEN, role=memory.role)
@@ -1567,8 +1640,12 @@ class OpticalMemory:
     def _memory_tier(self, memory: MemoryRow, pages: Mapping[int, PageRow]) -> str:
         return _tier_of(memory.paged, [p.side for p in pages.values()])
 
-    def _page_lines(self, s: Session, page: PageRow, memory_id: int) -> dict[int, str]:
-        """Reader output for a page at its current tier, by line index; cached in SQL per tier."""
+    def _page_lines(
+        self, s: Session, page: PageRow, memory_id: int, *, last_try: bool = False
+    ) -> dict[int, str]:
+        """Reader output for a page at its current tier, by line index; cached in SQL per tier, and only while
+        the page still shows what was read (checked under the write lock: a concurrent redaction or move
+        must not be cached over with the old pixels' text)."""
         assert page.side is not None and page.blob is not None
         cached = s.get(RecallRow, (page.id, page.side, self.reader.name))
         if cached is not None:
@@ -1576,6 +1653,8 @@ class OpticalMemory:
         try:
             image = Image.open(io.BytesIO(self.blobs.get(page.blob)))
         except BlobError as e:
+            if not last_try and self._page_blob(page.id) != page.blob:
+                raise _PageMoved from None
             raise BlobError(
                 f"cannot recall memory {memory_id}: page {page.id}: {e}; "
                 "run verify(repair=True) to heal what can be healed"
@@ -1593,16 +1672,38 @@ class OpticalMemory:
                     index, x = self.renderer.line_at((t.box[1] + t.box[3]) / 2, image.height), t.box[0]
                 placed.setdefault(index, []).append((x, t.text))
             lines = {i: " ".join(text for _, text in sorted(v)) for i, v in placed.items()}
-        s.merge(
-            RecallRow(
-                page_id=page.id,
-                side=page.side,
-                reader=self.reader.name,
-                lines={str(k): v for k, v in lines.items()},
-            )
-        )
-        s.commit()
+        with self._write() as w:
+            now = w.s.get(PageRow, page.id)
+            if now is not None and (now.blob, now.side) == (page.blob, page.side):
+                w.s.merge(
+                    RecallRow(
+                        page_id=page.id,
+                        side=page.side,
+                        reader=self.reader.name,
+                        lines={str(k): v for k, v in lines.items()},
+                    )
+                )
         return lines
+
+    def _page_blob(self, page_id: int) -> str | None:
+        """A page's blob as SQL has it now (None: deleted or forgotten)."""
+        with self._session() as s:
+            return s.scalar(select(PageRow.blob).where(PageRow.id == page_id))
+
+    def _page_bytes(self, page_id: int, blob: str) -> bytes | None:
+        """A page image's bytes, following the page if another process moves it meanwhile (None once it is
+        deleted or forgotten); ``BlobError`` if its blob is really missing or corrupt."""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return self.blobs.get(blob)
+            except BlobError:
+                now = self._page_blob(page_id)
+                if now is None:
+                    return None
+                if now == blob or attempt == _READ_ATTEMPTS - 1:
+                    raise
+                blob = now
+        return None
 
     # -- context -------------------------------------------------------------------------------------------
 
@@ -1630,19 +1731,23 @@ class OpticalMemory:
         first that-many text tokens), for experiments; both need ``retain_text=True``.
         """
         if mode not in ("text", "image", "vision"):
-            raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {mode!r}")
+            raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {_shown(mode)}")
         if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
-            raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
+            raise InvalidInput(f"budget_tokens must be a positive int, got {_shown(budget_tokens)}")
         if (
             not isinstance(recent_share, (int, float))
             or isinstance(recent_share, bool)
             or not 0.0 <= recent_share <= 1.0
         ):
-            raise InvalidInput(f"recent_share must be within [0, 1], got {recent_share!r}")
+            raise InvalidInput(f"recent_share must be within [0, 1], got {_shown(recent_share)}")
         if page_form not in ("vision", "meanpool", "truncate"):
-            raise InvalidInput(f"page_form must be 'vision', 'meanpool' or 'truncate', got {page_form!r}")
+            raise InvalidInput(
+                f"page_form must be 'vision', 'meanpool' or 'truncate', got {_shown(page_form)}"
+            )
         if page_form != "vision" and mode != "vision":
-            raise InvalidInput(f"page_form={page_form!r} applies to mode='vision' only, not {mode!r}")
+            raise InvalidInput(
+                f"page_form={_shown(page_form)} applies to mode='vision' only, not {_shown(mode)}"
+            )
         if mode == "vision":
             return self._vision_context(query, budget_tokens, scope, k, recent_share, page_form)
         with self._lock:
@@ -1725,7 +1830,7 @@ class OpticalMemory:
     def recent_turns(self, scope: str, *, limit: int | None = None) -> list[Recall]:
         """The turns of ``scope`` still in the text tier, verbatim, oldest first (the newest ``limit``)."""
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-            raise InvalidInput(f"limit must be None or a non-negative int, got {limit!r}")
+            raise InvalidInput(f"limit must be None or a non-negative int, got {_shown(limit)}")
         with self._lock:
             rows = self._text_tier_turns(scope)[:limit]
             return [
@@ -1749,7 +1854,7 @@ class OpticalMemory:
         """The text a page shows, rebuilt from its memories' retained text (None unless all of it was
         retained: with ``retain_text=False`` only the pixels know)."""
         if not isinstance(page_id, int) or isinstance(page_id, bool):
-            raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {page_id!r:.200}")
+            raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {_shown(page_id)}")
         if not -_SQL_INT <= page_id < _SQL_INT:
             return None  # no page has an id SQL cannot hold
         with self._lock, self._session() as s:
@@ -1905,7 +2010,9 @@ class OpticalMemory:
             page = s.get(PageRow, page_id)
             if page is None or page.blob is None or page.side is None:
                 return None, None, 0
-            data = self.blobs.get(page.blob)
+            data = self._page_bytes(page_id, page.blob)
+        if data is None:
+            return None, None, 0
         url = "data:image/png;base64," + base64.b64encode(data).decode()
         return {"type": "image_url", "image_url": {"url": url}}, page.side, page.text_tokens
 
@@ -1921,13 +2028,14 @@ class OpticalMemory:
             )
             if page_id is not None:
                 if page_id not in page_ids:
-                    raise InvalidInput(f"page {page_id!r} does not hold memory {memory_id}")
+                    raise InvalidInput(f"page {_shown(page_id)} does not hold memory {memory_id}")
                 page_ids = [page_id]
             blobs = {
                 pid: blob
                 for pid, blob in s.execute(select(PageRow.id, PageRow.blob).where(PageRow.id.in_(page_ids)))
             }
-        return [Image.open(io.BytesIO(self.blobs.get(b))) for b in (blobs.get(i) for i in page_ids) if b]
+        found = [self._page_bytes(i, b) for i, b in ((i, blobs.get(i)) for i in page_ids) if b]
+        return [Image.open(io.BytesIO(data)) for data in found if data is not None]
 
     # -- stats / verify ------------------------------------------------------------------------------------
 
@@ -2111,9 +2219,19 @@ def _matches(hit: Hit, wanted: Mapping[str, Any]) -> bool:
         if key in ("kind", "role", "tier"):
             if getattr(hit, key) != value:
                 return False
-        elif hit.metadata.get(key) != value:
+        elif key not in hit.metadata or not _json_equal(hit.metadata[key], value):
             return False
     return True
+
+
+def _json_equal(found: object, wanted: object) -> bool:
+    """Equality as ``memories(filters=...)`` compares in SQL: typed (the string "1" is not the number 1,
+    true is not 1, null matches only a key that is there and null), numbers by value (1 matches 1.0)."""
+    if isinstance(found, bool) or isinstance(wanted, bool):
+        return isinstance(found, bool) and isinstance(wanted, bool) and found == wanted
+    if isinstance(found, (int, float)) and isinstance(wanted, (int, float)):
+        return found == wanted
+    return type(found) is type(wanted) and found == wanted
 
 
 def _assemble(span: SpanRow, lines: Mapping[int, str], role: str | None) -> str:
@@ -2143,7 +2261,7 @@ def _check_file(path: object) -> Path:
     """``path`` as the Path of a regular file, or ``InvalidInput`` saying why not (missing, a folder, a
     symlink loop, a name too long, a NUL in it, not a path at all)."""
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInput(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r:.200}")
+        raise InvalidInput(f"path must be a str or os.PathLike, got {type(path).__name__} {_shown(path)}")
     try:
         file = Path(path)  # a PathLike giving bytes raises TypeError
         file.stat()  # follows symlinks: a loop raises here
@@ -2200,7 +2318,7 @@ def open_store(path: str | os.PathLike[str], **options: Any) -> OpticalMemory:
     elif not isinstance(config, StoreConfig):
         raise InvalidInput(f"config must be a StoreConfig, got {type(config).__name__}")
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInput(f"path must be a folder path, got {type(path).__name__} {path!r:.200}")
+        raise InvalidInput(f"path must be a folder path, got {type(path).__name__} {_shown(path)}")
     try:
         Path(path).stat()  # a NUL, an over-long name, a loop, a file as a parent folder raise here
     except FileNotFoundError:

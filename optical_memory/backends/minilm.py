@@ -127,6 +127,9 @@ class MiniLMEmbedder:
         if not texts:
             return out
         self._load()
+        # Only the first max_seq_length tokens count, and no WordPiece token spans 64 characters: cut before
+        # tokenising, or a megabyte-long query costs seconds of tokenising for nothing.
+        texts = [t[: self._max_length * 64] for t in texts]
         import torch
 
         with torch.inference_mode():
