@@ -197,9 +197,9 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
             cursor.execute("PRAGMA secure_delete=ON")  # deleted memories are zeroed, not left in free pages
             cursor.close()
 
-    reads = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S})
+    reads = create_engine(url, connect_args={"timeout": WRITE_LOCK_WAIT_S})
     pragmas(reads)
-    writes = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S, "isolation_level": None})
+    writes = create_engine(url, connect_args={"timeout": WRITE_LOCK_WAIT_S, "isolation_level": None})
     pragmas(writes)
 
     @event.listens_for(writes, "begin")
@@ -220,12 +220,14 @@ def scrub_wal(engine: Engine) -> None:
         try:
             busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
         finally:
-            connection.exec_driver_sql(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={int(WRITE_LOCK_WAIT_S * 1000)}")
     if busy:
         log.debug("write-ahead log not truncated: another process is reading")
 
 
-SQLITE_BUSY_S = 30.0  # how long a SQLite writer waits for another process's write transaction
+# How long a writer waits for another process's write transaction (SQLite's busy timeout; PostgreSQL's
+# lock_timeout on the store's write lock) before it gives up with StoreBusy.
+WRITE_LOCK_WAIT_S = 30.0
 
 
 def _add_vision_table(session: Session) -> None:
@@ -312,7 +314,10 @@ def lock_generation(session: Session) -> int:
     """Take the store's write lock in the caller's transaction and return the current generation.
 
     Every write transaction calls this first, so writers queue on one row (SQLite's ``BEGIN IMMEDIATE``
-    has already serialised them) and generations are handed out in commit order."""
+    has already serialised them) and generations are handed out in commit order. On PostgreSQL a writer
+    waits at most ``WRITE_LOCK_WAIT_S`` for it."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SET LOCAL lock_timeout = '{int(WRITE_LOCK_WAIT_S * 1000)}ms'"))
     row = session.execute(select(Meta.value).where(Meta.key == "index_generation").with_for_update())
     return int(row.scalar_one())
 

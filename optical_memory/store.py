@@ -449,11 +449,17 @@ class OpticalMemory:
             yield
         except OperationalError as e:
             message = str(e.orig).lower()
-            if "locked" in message or "busy" in message:
+            if "database is locked" in message or "database is busy" in message:
                 raise StoreBusy(
                     f"store {str(self.path)!r}: another process held SQLite's write lock for over "
-                    f"{db.SQLITE_BUSY_S:g} s (SQLite allows one writer at a time); retry, write in smaller "
-                    "batches, or use PostgreSQL (StoreConfig.database_url) for many concurrent writers"
+                    f"{db.WRITE_LOCK_WAIT_S:g} s (SQLite allows one writer at a time); retry, write "
+                    "in smaller batches, or use PostgreSQL (StoreConfig.database_url) for many concurrent "
+                    "writers"
+                ) from e
+            if "lock timeout" in message:
+                raise StoreBusy(
+                    f"store {str(self.path)!r}: another transaction held the store's write lock for over "
+                    f"{db.WRITE_LOCK_WAIT_S:g} s; nothing was written, retry"
                 ) from e
             raise
 

@@ -105,7 +105,7 @@ def test_an_index_older_than_the_pruned_log_is_rebuilt(tmp_path, embedder, monke
 
 
 def test_sqlite_writer_gets_a_clear_busy_error_and_nothing_is_written(tmp_path, embedder, monkeypatch):
-    monkeypatch.setattr(db, "SQLITE_BUSY_S", 0.3)
+    monkeypatch.setattr(db, "WRITE_LOCK_WAIT_S", 0.3)
     with om.open(tmp_path / "s", config=StoreConfig.tiny(), embedder=embedder) as store:
         kept = store.add("kept", scope="u")
         other = sqlite3.connect(tmp_path / "s" / "memory.db", isolation_level=None)
@@ -114,6 +114,24 @@ def test_sqlite_writer_gets_a_clear_busy_error_and_nothing_is_written(tmp_path, 
             store.add("blocked", scope="u")
         assert [h.id for h in store.search("blocked", scope="u", k=5)] == [kept]
         other.execute("ROLLBACK")
+        other.close()
+        store.add("now it goes in", scope="u")
+        assert len(store.memories(scope="u")) == 2
+
+
+@pytest.mark.postgres
+def test_postgres_writer_gets_a_clear_busy_error_and_nothing_is_written(
+    tmp_path, embedder, pg_url, monkeypatch
+):
+    monkeypatch.setattr(db, "WRITE_LOCK_WAIT_S", 0.3)
+    with om.open(tmp_path / "s", config=StoreConfig.tiny(database_url=pg_url), embedder=embedder) as store:
+        kept = store.add("kept", scope="u")
+        other = create_engine(pg_url).connect()
+        other.execute(text("SELECT value FROM meta WHERE key = 'index_generation' FOR UPDATE"))  # a writer
+        with pytest.raises(om.StoreBusy, match=r"write lock for over 0.3 s; nothing was written"):
+            store.add("blocked", scope="u")
+        assert [h.id for h in store.search("blocked", scope="u", k=5)] == [kept]
+        other.rollback()
         other.close()
         store.add("now it goes in", scope="u")
         assert len(store.memories(scope="u")) == 2
