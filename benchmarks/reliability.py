@@ -10,8 +10,9 @@ duplicate, no page with a missing or corrupt blob, the index equal to SQL, ``ver
 ``stress``: processes x threads adding, searching, recalling, deleting and aging on one store at once,
 then the same audit. ``fuzz``: the hypothesis fuzz and isolation suites (tests/test_fuzz.py,
 tests/test_isolation.py) at ``--scale`` times their default case counts, counting the cases they ran.
-Each part runs on SQLite, and on PostgreSQL when OPTICAL_MEMORY_TEST_PG_URL names a server (as
-`.ci/postgres.sh` sets it; or ``--pg-url``).
+Crash and stress run on SQLite, and on PostgreSQL when OPTICAL_MEMORY_TEST_PG_URL names a server (as
+`.ci/postgres.sh` sets it; or ``--pg-url``); the fuzz and isolation suites then run their PostgreSQL cases
+too.
 
 Prints a table and merges its figures into benchmarks/results/reliability.json (one run may do one part).
 """
@@ -45,6 +46,7 @@ def _crash(url: str | None, kills: int, seed: int, embedder: object) -> dict[str
     def progress(kill: Kill) -> None:
         if not kill.audit.ok:
             failed.append(repr(kill))
+            print(f"  FAILED: {kill.audit}")
         print(f"  kill {len(phases) + 1}: during {kill.phase} after {kill.after_s:.2f} s, ok={kill.audit.ok}")
         phases.append(kill.phase)
 
@@ -158,9 +160,9 @@ def main() -> None:
                 f"stress, {name}: {args.processes} processes x {args.threads} threads x {args.ops} operations"
             )
             entry["stress"] = _stress(url, args.processes, args.threads, args.ops, args.seed, embedder)
-        if "fuzz" in parts:
-            print(f"fuzz and isolation, {name}: scale {args.scale}")
-            entry["fuzz"] = _fuzz(url, args.scale)
+    if "fuzz" in parts:  # once: the suites run their PostgreSQL cases themselves when a server is given
+        print(f"fuzz and isolation: scale {args.scale}")
+        report["fuzz"] = _fuzz(args.pg_url, args.scale)
     report["commands"] = {
         **report.get("commands", {}),
         args.parts: ".venv/bin/python benchmarks/reliability.py " + shlex.join(sys.argv[1:]),
@@ -173,7 +175,7 @@ def main() -> None:
     rows = []
     for name, _ in backends:
         entry = report.get(name, {})
-        crash, stress, fuzz = entry.get("crash", {}), entry.get("stress", {}), entry.get("fuzz", {})
+        crash, stress, fuzz = entry.get("crash", {}), entry.get("stress", {}), report.get("fuzz", {})
         rows.append(
             [
                 name,

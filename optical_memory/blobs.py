@@ -16,6 +16,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,7 +72,8 @@ class BlobStore:
         name = hashlib.sha256(data).hexdigest() + suffix
         target = self.path(name)
         if target.exists() and self.check(name) is None:
-            return name  # already stored (a damaged copy is overwritten below)
+            os.utime(target)  # already stored: now young again, so no sweep's grace period has run out on it
+            return name  # (a damaged copy is overwritten below)
         target.parent.mkdir(exist_ok=True)
         atomic_write(target, data)
         return name
@@ -104,6 +106,13 @@ class BlobStore:
                 for f in sorted(sub.iterdir()):
                     if not f.name.startswith(".tmp-"):
                         yield f.name
+
+    def age_s(self, name: str) -> float:
+        """Seconds since the blob was last stored (0 if it is gone)."""
+        try:
+            return max(0.0, time.time() - self.path(name).stat().st_mtime)
+        except FileNotFoundError:
+            return 0.0
 
     def size(self, name: str) -> int:
         try:

@@ -87,30 +87,42 @@ class Audit:
 
 
 def audit(
-    path: Path, database_url: str | None, acked: dict[int, str], deleted: set[int], *, embedder: Any = None
+    path: Path,
+    database_url: str | None,
+    acked: dict[int, str],
+    deleted: set[int],
+    *,
+    deleting: set[int] | None = None,
+    embedder: Any = None,
 ) -> Audit:
     """Reopen the store and check it against the ids acknowledged to its writers.
 
     ``acked`` maps each acknowledged id to the tag (metadata ``seq``) it was written with; ``deleted``
-    holds ids whose deletion was acknowledged. Memories never acknowledged (the kill landed between commit
-    and the acknowledgement) may or may not be there; either is correct.
+    holds ids whose deletion was acknowledged, ``deleting`` those whose deletion was under way when the
+    writer died. Memories never acknowledged (the kill landed between commit and the acknowledgement) may
+    or may not be there, as may those being deleted; either is correct.
     """
-    from .store import OpticalMemory
+    from .store import ORPHAN_GRACE_S, OpticalMemory
 
+    deleting = deleting or set()
     with OpticalMemory(path, config=_config(database_url), embedder=embedder) as store:
         live = {m.id: m.metadata.get("seq") for m in store.memories(limit=None)}
-        result = Audit(acknowledged=len(set(acked) - deleted))
-        result.missing = sorted(i for i in acked if i not in deleted and i not in live)
-        result.missing += sorted(i for i in acked if i in live and i not in deleted and live[i] != acked[i])
+        result = Audit(acknowledged=len(set(acked) - deleted - deleting))
+        kept = [i for i in acked if i not in deleted and i not in deleting]
+        result.missing = sorted(i for i in kept if i not in live)
+        result.missing += sorted(i for i in kept if i in live and live[i] != acked[i])
         result.resurrected = sorted(i for i in deleted if i in live)
         tags = Counter(tag for tag in live.values() if tag is not None)
         result.duplicated = sorted(tag for tag, n in tags.items() if n > 1)
         result.index_consistent = store._index_matches_sql()
-        report = store.verify()
+        # A dead SQLite writer never commits, so its blobs are orphans at once; a PostgreSQL one may have
+        # sent its COMMIT, so its blobs get verify()'s grace period.
+        grace = 0.0 if database_url is None else ORPHAN_GRACE_S
+        report = store.verify(orphan_grace_s=grace)
         result.damaged_pages = sorted(report.missing_blobs + report.corrupt_blobs)
         result.orphan_blobs = len(report.orphan_blobs)
-        store.verify(repair=True)
-        result.clean_after_repair = store.verify().ok
+        store.verify(repair=True, orphan_grace_s=grace)
+        result.clean_after_repair = store.verify(orphan_grace_s=grace).ok
     return result
 
 
@@ -140,6 +152,7 @@ def crash_run(
     rng = random.Random(seed)
     acked: dict[int, str] = {}
     deleted: set[int] = set()
+    deleting: set[int] = set()
     results = []
     for number in range(kills):
         lines: list[str] = []
@@ -161,11 +174,15 @@ def crash_run(
             if kind == "ack":
                 tag, memory_id = rest.split()
                 acked[int(memory_id)] = tag
+            elif kind == "deleting":
+                deleting.add(int(rest))
             elif kind == "del":
                 deleted.add(int(rest))
+                deleting.discard(int(rest))
             elif kind == "phase":
                 phase = rest
-        kill = Kill(phase, delay, len(acked), audit(path, database_url, acked, deleted, embedder=embedder))
+        found = audit(path, database_url, acked, deleted, deleting=deleting, embedder=embedder)
+        kill = Kill(phase, delay, len(acked), found)
         results.append(kill)
         if on_kill:
             on_kill(kill)
@@ -235,6 +252,7 @@ def _crash_worker(store_path: str, database_url: str | None, seed: int, run: int
             elif mine:
                 print("phase delete", flush=True)
                 memory_id = mine.pop(rng.randrange(len(mine)))
+                print(f"deleting {memory_id}", flush=True)  # from here until "del", it may go either way
                 store.delete(memory_id)
                 print(f"del {memory_id}", flush=True)
 

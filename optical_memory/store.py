@@ -249,6 +249,7 @@ class _PageMoved(Exception):
     """A page changed under a read: another process moved, redacted or deleted it. Read it again."""
 
 
+ORPHAN_GRACE_S = 60.0  # how old an unreferenced blob must be before verify() calls it an orphan
 _READ_ATTEMPTS = 4  # reads of a page that keeps changing under them before the error is raised
 
 
@@ -2105,12 +2106,16 @@ class OpticalMemory:
             tiers=tiers,
         )
 
-    def verify(self, *, repair: bool = False) -> VerifyReport:
+    def verify(self, *, repair: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S) -> VerifyReport:
         """Check every page blob against its hash, look for orphan blobs, and check the index against SQL.
 
         With ``repair=True``: a damaged page whose memories all retain their text is re-rendered (and
         downsampled to its tier); one that cannot be healed is marked lost; orphan blobs are deleted; the
         index is rebuilt if it disagrees with SQL.
+
+        An unreferenced blob is an orphan only once it is ``orphan_grace_s`` old: a PostgreSQL client that
+        died with its COMMIT already sent may still commit a row that refers to it (its blob lock died with
+        it). With SQLite, where a dead writer never commits, 0 is safe.
         """
         with self._lock:
             rerendered: list[int] = []
@@ -2126,7 +2131,11 @@ class OpticalMemory:
                     referenced = {b for b in s.scalars(select(PageRow.blob).where(PageRow.blob.is_not(None)))}
                     vision = list(s.execute(select(VisionRow.page_id, VisionRow.blob)).all())
                 referenced |= {blob for _, blob in vision}
-                orphans = [n for n in self.blobs.names() if n not in referenced]
+                orphans = [
+                    n
+                    for n in self.blobs.names()
+                    if n not in referenced and self.blobs.age_s(n) >= orphan_grace_s
+                ]
                 if repair:
                     for name in orphans:
                         self.blobs.delete(name)

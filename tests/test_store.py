@@ -4,6 +4,7 @@ real FAISS, real MiniLM embedder, real RapidOCR."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -717,9 +718,23 @@ def test_missing_blob_without_text_is_marked_lost(tmp_path, embedder, backend):
         with pytest.raises(om.BlobError, match="missing"):
             store.recall(mid)
         orphan = store.blobs.put(b"orphan bytes")
-        report = store.verify(repair=True)
-        assert report.marked_lost and report.orphan_blobs == [orphan]
+        young = store.verify(repair=True)  # a blob this young may be a dying client's, in flight
+        assert young.marked_lost and young.orphan_blobs == [] and store.blobs.check(orphan) is None
+        report = store.verify(repair=True, orphan_grace_s=0)
+        assert report.orphan_blobs == [orphan] and store.blobs.check(orphan) == "missing"
         assert store.verify().ok and store.recall(mid).tier == "forgotten"
+
+
+def test_storing_a_blob_again_restarts_its_grace_period(tmp_path):
+    from optical_memory.blobs import BlobStore
+
+    blobs = BlobStore(tmp_path / "blobs")
+    name = blobs.put(b"page bytes")
+    old = time.time() - 3600
+    os.utime(blobs.path(name), (old, old))
+    assert blobs.age_s(name) > 3500
+    assert blobs.put(b"page bytes") == name  # a new transaction refers to the same bytes
+    assert blobs.age_s(name) < 60
 
 
 # -- context
