@@ -3,6 +3,7 @@ and the SQL database a store is opened on (SQLite, or PostgreSQL at ``OPTICAL_ME
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -40,19 +41,23 @@ PG_URL = os.environ.get("OPTICAL_MEMORY_TEST_PG_URL")
 NO_PG = "OPTICAL_MEMORY_TEST_PG_URL is not set (no PostgreSQL server)"
 
 
-def _fresh_pg_database() -> Iterator[str]:
-    """A new, empty database on the server for one test (about 20 ms to create), dropped afterwards."""
+@contextlib.contextmanager
+def pg_database(prefix: str = "om_test") -> Iterator[str]:
+    """A new, empty database on the server (about 20 ms to create), dropped afterwards, even if a store the
+    test left open still holds a connection to it."""
     from sqlalchemy import create_engine, text
 
     assert PG_URL is not None
-    name = f"om_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as con:
             con.execute(text(f'CREATE DATABASE "{name}"'))
-        yield PG_URL.rsplit("/", 1)[0] + "/" + name
-        with admin.connect() as con:  # FORCE: a store the test left open must not keep it alive
-            con.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        try:
+            yield PG_URL.rsplit("/", 1)[0] + "/" + name
+        finally:
+            with admin.connect() as con:
+                con.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
 
@@ -62,7 +67,8 @@ def pg_url() -> Iterator[str]:
     """The URL of a fresh PostgreSQL database for one test; skips without a server."""
     if not PG_URL:
         pytest.skip(NO_PG)
-    yield from _fresh_pg_database()
+    with pg_database() as url:
+        yield url
 
 
 @pytest.fixture(
@@ -81,4 +87,5 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.param == "sqlite":
         yield None
     else:
-        yield from _fresh_pg_database()
+        with pg_database() as url:
+            yield url

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -34,6 +33,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pytest
+from conftest import PG_URL, pg_database
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -45,7 +45,6 @@ from optical_memory.config import AgingPolicy, StoreConfig, Tier
 from optical_memory.index import VectorIndex
 
 SCALE = max(1, int(os.environ.get("OM_RELIABILITY_SCALE", "1")))
-PG_URL = os.environ.get("OPTICAL_MEMORY_TEST_PG_URL")
 CASES: Counter[str] = Counter()  # hypothesis examples actually run, per test
 
 # A short ladder, so a few dozen turns spread pages over every tier and past it:
@@ -134,24 +133,6 @@ def open_store(path: Path, embedder: Any, **options: Any) -> om.OpticalMemory:
 def sql_engine(store: om.OpticalMemory) -> Engine:
     """An engine of our own on the store's database (read-only use; the store keeps its own)."""
     return create_engine(store.config.database_url or f"sqlite:///{store.path / 'memory.db'}")
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for one example, dropped afterwards."""
-    assert PG_URL is not None
-    name = f"om_iso_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as con:
-            con.execute(sql(f'CREATE DATABASE "{name}"'))
-        try:
-            yield PG_URL.rsplit("/", 1)[0] + "/" + name
-        finally:
-            with admin.connect() as con:
-                con.execute(sql(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
 
 
 # -- the world a plan builds, and what it should look like ---------------------------------------------------
@@ -861,7 +842,7 @@ def test_repacking_the_open_page_sweeps_its_vision_tokens(tmp_path, embedder, ch
 def test_deletion_leaves_nothing_behind_on_postgres(tmp_path_factory, embedder, plan, ops, retain):
     CASES["deletion_postgres"] += 1
     path = tmp_path_factory.mktemp("pgdel") / "store"
-    with pg_database() as url:
+    with pg_database("om_iso") as url:
         options = {"retain_text": retain, "database_url": url}
         with open_store(path, embedder, **options) as store:
             gone = run_deletions(store, plan, ops, sqlite=False)
