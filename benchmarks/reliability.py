@@ -20,6 +20,7 @@ Prints a table and merges its figures into benchmarks/results/reliability.json (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import table  # benchmarks/ is on sys.path when a script runs
@@ -37,6 +40,27 @@ from optical_memory.reliability import Kill, crash_run, stress_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def _fresh(url: str | None) -> Iterator[str | None]:
+    """A new database on the server at ``url`` for one run, dropped afterwards (None: SQLite, nothing to do).
+    Never the server's own database: a store left there by an earlier run would fail the audit."""
+    if url is None:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+
+    name = f"om_reliability_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as con:
+        con.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as con:
+            con.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _crash(url: str | None, kills: int, seed: int, embedder: object) -> dict[str, object]:
@@ -51,7 +75,7 @@ def _crash(url: str | None, kills: int, seed: int, embedder: object) -> dict[str
         phases.append(kill.phase)
 
     phases: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _fresh(url) as url:
         results = crash_run(
             Path(tmp) / "store", kills=kills, database_url=url, seed=seed, embedder=embedder, on_kill=progress
         )
@@ -75,7 +99,7 @@ def _crash(url: str | None, kills: int, seed: int, embedder: object) -> dict[str
 def _stress(
     url: str | None, processes: int, threads: int, ops: int, seed: int, embedder: object
 ) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _fresh(url) as url:
         run = stress_run(
             Path(tmp) / "store",
             processes=processes,
@@ -135,6 +159,9 @@ def main() -> None:
     p.add_argument("--kills", type=int, default=100, help="SIGKILLs on SQLite")
     p.add_argument("--pg-kills", type=int, default=30, help="SIGKILLs on PostgreSQL")
     p.add_argument("--pg-url", default=os.environ.get("OPTICAL_MEMORY_TEST_PG_URL"))
+    p.add_argument(
+        "--backends", default="sqlite,postgres", help="crash and stress on these (postgres: a URL)"
+    )
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--ops", type=int, default=100, help="operations per thread")
@@ -143,9 +170,10 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    backends: list[tuple[str, str | None]] = [("sqlite", None)] + (
-        [("postgres", args.pg_url)] if args.pg_url else []
-    )
+    wanted = set(args.backends.split(","))
+    backends: list[tuple[str, str | None]] = [("sqlite", None)] if "sqlite" in wanted else []
+    if "postgres" in wanted and args.pg_url:
+        backends.append(("postgres", args.pg_url))
     embedder = make_embedder("minilm")
     path = args.out / "reliability.json"
     report = json.loads(path.read_text()) if path.exists() else {}
@@ -173,8 +201,8 @@ def main() -> None:
         "platform": platform.platform(),
     }
     rows = []
-    for name, _ in backends:
-        entry = report.get(name, {})
+    for name in [n for n in ("sqlite", "postgres") if n in report]:
+        entry = report[name]
         crash, stress, fuzz = entry.get("crash", {}), entry.get("stress", {}), report.get("fuzz", {})
         rows.append(
             [
