@@ -127,28 +127,28 @@ def _stress(
 
 
 def _fuzz(url: str | None, scale: int) -> dict[str, object]:
-    """Run the fuzz and isolation suites at ``scale`` and collect the case counts they write."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "counts.json"
-        env = {**os.environ, "OM_RELIABILITY_SCALE": str(scale), "OM_RELIABILITY_OUT": str(out)}
-        env.pop("OPTICAL_MEMORY_TEST_PG_URL", None)
-        if url:
-            env["OPTICAL_MEMORY_TEST_PG_URL"] = url
-        t0 = time.perf_counter()
-        tests = ["tests/test_fuzz.py", "tests/test_isolation.py"]
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        counts = json.loads(out.read_text()) if out.exists() else {}
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+    """Run the fuzz and isolation suites at ``scale`` and collect the case counts each writes."""
+    found: dict[str, object] = {}
+    t0 = time.perf_counter()
+    for test in ("tests/test_fuzz.py", "tests/test_isolation.py"):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "counts.json"
+            env = {**os.environ, "OM_RELIABILITY_SCALE": str(scale), "OM_RELIABILITY_OUT": str(out)}
+            env.pop("OPTICAL_MEMORY_TEST_PG_URL", None)
+            if url:
+                env["OPTICAL_MEMORY_TEST_PG_URL"] = url
+            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+            counts = json.loads(out.read_text()) if out.exists() else {}
+        summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
+        found[Path(test).stem] = {**counts, "pytest": summary, "passed": done.returncode == 0}
+    fuzz, isolation = found["test_fuzz"], found["test_isolation"]
+    assert isinstance(fuzz, dict) and isinstance(isolation, dict)
     return {
-        **counts,
-        "pytest": summary,
-        "passed": done.returncode == 0,
+        "fuzz_cases": fuzz.get("fuzz_cases"),
+        "isolation_cases": isolation.get("isolation_cases"),
+        "passed": fuzz["passed"] and isolation["passed"],
+        **found,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -191,10 +191,12 @@ def main() -> None:
     if "fuzz" in parts:  # once: the suites run their PostgreSQL cases themselves when a server is given
         print(f"fuzz and isolation: scale {args.scale}")
         report["fuzz"] = _fuzz(args.pg_url, args.scale)
-    report["commands"] = {
-        **report.get("commands", {}),
-        args.parts: ".venv/bin/python benchmarks/reliability.py " + shlex.join(sys.argv[1:]),
-    }
+    command = ".venv/bin/python benchmarks/reliability.py " + shlex.join(sys.argv[1:])
+    commands = report.setdefault("commands", {})
+    for part in sorted(parts - {"fuzz"}):
+        commands.update({f"{part} on {name}": command for name, _ in backends})
+    if "fuzz" in parts:
+        commands["fuzz"] = command
     report["machine"] = {
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
