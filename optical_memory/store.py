@@ -2147,7 +2147,9 @@ class OpticalMemory:
                         stale = self._drop_vision(w.s, damaged_vision)
                     self._sweep(stale)
                 for page_id in missing + corrupt:
-                    (rerendered if self._heal_page(page_id) else lost).append(page_id)
+                    healed = self._heal_page(page_id)
+                    if healed is not None:  # None: another process deleted or healed it meanwhile
+                        (rerendered if healed else lost).append(page_id)
                 if not index_ok:
                     self.rebuild_index()
             return VerifyReport(
@@ -2199,7 +2201,9 @@ class OpticalMemory:
                 return False
             return True
 
-    def _heal_page(self, page_id: int) -> bool:
+    def _heal_page(self, page_id: int) -> bool | None:
+        """Re-render a damaged page (True), or mark it lost (False); None if, once the write lock is held,
+        it is gone or no longer damaged (another process deleted, moved or healed it)."""
         with self._write() as w:
             s = w.s
             stale = self._drop_vision(s, [page_id])
@@ -2207,7 +2211,8 @@ class OpticalMemory:
         with self._write() as w:
             s = w.s
             page = s.get(PageRow, page_id)
-            assert page is not None
+            if page is None or page.blob is None or self.blobs.check(page.blob) is None:
+                return None
             spans = list(
                 s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
             )

@@ -12,11 +12,12 @@ import logging
 import sqlite3
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 import optical_memory as om
 from optical_memory import db
 from optical_memory.config import StoreConfig
+from optical_memory.db import PageRow, SpanRow
 from optical_memory.reliability import crash_run, stress_run
 
 pytestmark = pytest.mark.slow
@@ -160,3 +161,22 @@ def test_an_exclusive_holder_gets_a_clear_lock_error(tmp_path, embedder):
         fcntl.flock(migrating, fcntl.LOCK_EX)
         with pytest.raises(om.StoreLocked, match="held exclusively by another process"):
             om.open(path, config=StoreConfig.tiny(), embedder=embedder)
+
+
+def test_healing_a_page_another_process_deleted_or_healed_is_a_no_op(tmp_path, embedder):
+    config = StoreConfig.tiny(retain_text=True)
+    with (
+        om.open(tmp_path / "s", config=config, embedder=embedder) as a,
+        om.open(tmp_path / "s", config=config, embedder=embedder) as b,
+    ):
+        gone = a.add("a page about saddles", scope="u", kind="document")
+        kept = a.add("a page about thimbles", scope="u", kind="document")
+        with a._session() as s:
+            page_of = dict(s.execute(select(SpanRow.memory_id, SpanRow.page_id)).all())
+            blob_of = dict(s.execute(select(PageRow.id, PageRow.blob)).all())
+        for memory_id in (gone, kept):
+            a.blobs.path(blob_of[page_of[memory_id]]).write_bytes(b"damaged")
+        b.delete(gone)  # another process deletes one damaged page...
+        assert b.verify(repair=True).rerendered == [page_of[kept]]  # ...and heals the other
+        assert a._heal_page(page_of[gone]) is None and a._heal_page(page_of[kept]) is None
+        assert a.verify().ok and a.recall(kept).text == "a page about thimbles"
