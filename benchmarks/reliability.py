@@ -29,14 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from common import table  # benchmarks/ is on sys.path when a script runs
 
 from optical_memory.backends import make_embedder
-from optical_memory.reliability import Kill, crash_run, stress_run
+from optical_memory.reliability import Kill, crash_run, scratch_database, stress_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,23 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def _fresh(url: str | None) -> Iterator[str | None]:
-    """A new database on the server at ``url`` for one run, dropped afterwards (None: SQLite, nothing to do).
-    Never the server's own database: a store left there by an earlier run would fail the audit."""
+    """A scratch database on the server at ``url`` for one run (None: SQLite, nothing to do)."""
     if url is None:
         yield None
-        return
-    from sqlalchemy import create_engine, text
-
-    name = f"om_reliability_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as con:
-        con.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with admin.connect() as con:
-            con.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    else:
+        with scratch_database(url, "om_reliability") as scratch:
+            yield scratch
 
 
 def _crash(url: str | None, kills: int, seed: int, embedder: object) -> dict[str, object]:

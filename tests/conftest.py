@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +13,7 @@ from optical_memory.backends import make_embedder, make_reader
 from optical_memory.backends.minilm import MiniLMEmbedder
 from optical_memory.backends.rapidocr_reader import RapidOCRReader
 from optical_memory.backends.tiktoken_counter import TiktokenCounter
+from optical_memory.reliability import scratch_database
 
 
 @pytest.fixture(scope="session")
@@ -41,25 +41,10 @@ PG_URL = os.environ.get("OPTICAL_MEMORY_TEST_PG_URL")
 NO_PG = "OPTICAL_MEMORY_TEST_PG_URL is not set (no PostgreSQL server)"
 
 
-@contextlib.contextmanager
-def pg_database(prefix: str = "om_test") -> Iterator[str]:
-    """A new, empty database on the server (about 20 ms to create), dropped afterwards, even if a store the
-    test left open still holds a connection to it."""
-    from sqlalchemy import create_engine, text
-
+def pg_database(prefix: str = "om_test") -> contextlib.AbstractContextManager[str]:
+    """A scratch database on the test server, dropped afterwards."""
     assert PG_URL is not None
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as con:
-            con.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield PG_URL.rsplit("/", 1)[0] + "/" + name
-        finally:
-            with admin.connect() as con:
-                con.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    return scratch_database(PG_URL, prefix)
 
 
 @pytest.fixture
