@@ -182,6 +182,14 @@ def _check_count(value: object, what: str, *, allow_none: bool) -> int | None:
     return min(value, _SQL_INT - 1)  # beyond SQL's 64-bit integers: as good as no bound
 
 
+def _page_id_fits(page_id: object) -> bool:
+    """Whether ``page_id`` could be a page's id; False for an int SQL cannot hold (no page has it),
+    ``InvalidInput`` for anything but an int."""
+    if not isinstance(page_id, int) or isinstance(page_id, bool):
+        raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {_shown(page_id)}")
+    return -_SQL_INT <= page_id < _SQL_INT
+
+
 def _tier_of(paged: bool, sides: Sequence[int | None]) -> str:
     """A memory's tier: "text" until paged; forgotten if any of its pages is; else its smallest page side."""
     if not paged:
@@ -427,8 +435,7 @@ class OpticalMemory:
         ``verify`` delete unreferenced blobs only under the blob lock, which writers hold shared, so a
         blob is never swept between its write and the commit of the row that refers to it.
         """
-        if getattr(self, "_closed", False):
-            raise InvalidInput(f"store {str(self.path)!r} is closed")
+        self._check_open()
         with self._lock:
             # one at a time per thread: a nested one would wait forever on the outer one's locks
             assert not self._in_write, "nested write transaction"
@@ -525,9 +532,12 @@ class OpticalMemory:
         return f"OpticalMemory({str(self.path)!r})"
 
     def _session(self) -> Session:
+        self._check_open()
+        return self._sessions()
+
+    def _check_open(self) -> None:
         if getattr(self, "_closed", False):
             raise InvalidInput(f"store {str(self.path)!r} is closed")
-        return self._sessions()
 
     def _check_render_config(self) -> None:
         """Pages' line geometry depends on the render config: refuse to mix two in one store."""
@@ -1017,10 +1027,8 @@ class OpticalMemory:
         """A page's stored vision tokens, float16 (positions, dim), or None when it has none (no encoder,
         not synced yet, or forgotten). Tokens whose blob is missing or corrupt are dropped (they are derived
         data: the next :meth:`sync_vision` encodes the page again) and None is returned."""
-        if not isinstance(page_id, int) or isinstance(page_id, bool):
-            raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {_shown(page_id)}")
-        if not -_SQL_INT <= page_id < _SQL_INT:
-            return None  # no page has an id SQL cannot hold
+        if not _page_id_fits(page_id):
+            return None
         with self._lock:
             with self._session() as s:
                 row = s.get(VisionRow, page_id)
@@ -1233,8 +1241,6 @@ class OpticalMemory:
             return
         with self.blobs.sweeping(), self._session() as s:
             for name in names:
-                if not name:
-                    continue
                 used = s.scalar(select(func.count(PageRow.id)).where(PageRow.blob == name)) or s.scalar(
                     select(func.count(VisionRow.page_id)).where(VisionRow.blob == name)
                 )
@@ -1860,10 +1866,8 @@ class OpticalMemory:
     def page_text(self, page_id: int) -> str | None:
         """The text a page shows, rebuilt from its memories' retained text (None unless all of it was
         retained: with ``retain_text=False`` only the pixels know)."""
-        if not isinstance(page_id, int) or isinstance(page_id, bool):
-            raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {_shown(page_id)}")
-        if not -_SQL_INT <= page_id < _SQL_INT:
-            return None  # no page has an id SQL cannot hold
+        if not _page_id_fits(page_id):
+            return None
         with self._lock, self._session() as s:
             spans = list(
                 s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
@@ -2204,34 +2208,35 @@ class OpticalMemory:
     def _heal_page(self, page_id: int) -> bool | None:
         """Re-render a damaged page (True), or mark it lost (False); None if, once the write lock is held,
         it is gone or no longer damaged (another process deleted, moved or healed it)."""
-        with self._write() as w:
-            s = w.s
-            stale = self._drop_vision(s, [page_id])
-        self._sweep(stale)
-        with self._write() as w:
-            s = w.s
-            page = s.get(PageRow, page_id)
-            if page is None or page.blob is None or self.blobs.check(page.blob) is None:
-                return None
-            spans = list(
-                s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
-            )
-            memories = [s.get(MemoryRow, sp.memory_id) for sp in spans]
-            if page.render_side == 0 or not spans or any(m is None or m.text is None for m in memories):
-                page.lost, page.side, page.blob, page.blob_bytes = True, None, None, 0
-                return False
-            items = [
-                (m.role if sp.char_start == 0 else None, m.text[sp.char_start : sp.char_end])  # type: ignore[union-attr,index]
-                for sp, m in zip(spans, memories, strict=True)
-            ]
-            pages, _ = self.renderer.layout(items)
-            image = self.renderer.draw(pages[0])
-            if page.side is not None and page.side != image.width:
-                image = image.resize((page.side, page.side), Image.Resampling.LANCZOS)
-            page.blob = self.blobs.put(_png(image))
-            page.blob_bytes = self.blobs.size(page.blob)
-            s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))
-            return True
+        stale: list[str] = []
+        try:
+            with self._write() as w:
+                s = w.s
+                page = s.get(PageRow, page_id)
+                if page is None or page.blob is None or self.blobs.check(page.blob) is None:
+                    return None
+                stale += self._drop_vision(s, [page_id])  # tokens of damaged pixels are not to be trusted
+                spans = list(
+                    s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
+                )
+                memories = [s.get(MemoryRow, sp.memory_id) for sp in spans]
+                if page.render_side == 0 or not spans or any(m is None or m.text is None for m in memories):
+                    page.lost, page.side, page.blob, page.blob_bytes = True, None, None, 0
+                    return False
+                items = [
+                    (m.role if sp.char_start == 0 else None, m.text[sp.char_start : sp.char_end])  # type: ignore[union-attr,index]
+                    for sp, m in zip(spans, memories, strict=True)
+                ]
+                pages, _ = self.renderer.layout(items)
+                image = self.renderer.draw(pages[0])
+                if page.side is not None and page.side != image.width:
+                    image = image.resize((page.side, page.side), Image.Resampling.LANCZOS)
+                page.blob = self.blobs.put(_png(image))
+                page.blob_bytes = self.blobs.size(page.blob)
+                s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))
+                return True
+        finally:
+            self._sweep(stale)  # after the commit: the tokens' blobs are unreferenced by then
 
 
 def _matches(hit: Hit, wanted: Mapping[str, Any]) -> bool:
