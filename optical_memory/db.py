@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import (
@@ -191,7 +193,7 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA secure_delete=ON")  # deleted memories are zeroed, not left in free pages
@@ -207,6 +209,22 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return reads, writes
+
+
+def _wal(cursor: Any) -> None:
+    """Put the database in WAL mode (kept in the file: a no-op once it is). While another process is
+    truncating the log (``scrub_wal``), SQLite can answer a new connection's pragma "database is locked" at
+    once, without waiting on its busy timeout (seen in CI under the stress test): retry for as long as that
+    timeout would have waited."""
+    deadline = time.monotonic() + WRITE_LOCK_WAIT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def scrub_wal(engine: Engine) -> None:
