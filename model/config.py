@@ -126,3 +126,39 @@ class OCRConfig:
                 image_token_id=300,
             ),
         )
+
+    @classmethod
+    def mini(cls, *, vocab_size: int = 4096, image_token_id: int = 3) -> OCRConfig:
+        """The optical-mini model this project trains and ships (``optical_memory.training``): DeepEncoder's
+        structure (windowed SAM blocks with one global block, neck, the 16x compressor, a CLIP transformer,
+        the linear projector) and a DeepSeek MoE decoder (a dense first layer, then routed plus shared
+        experts), at sizes a CPU trains in hours and reads a page with in about a second. Every vision
+        token still covers 64 x 64 pixels, so the ladder's token counts (256/100/64/36/16) are unchanged."""
+        return cls(
+            sam=SamConfig(
+                embed_dim=96,
+                depth=4,
+                num_heads=4,
+                global_attn_indexes=(
+                    3,
+                ),  # one global block: attention over 4,096 patches is the cost at 1024 px
+                out_chans=96,
+                net_2_chans=192,
+                net_3_chans=256,
+            ),
+            clip=ClipConfig(hidden_size=256, num_layers=2, num_heads=4, intermediate_size=768),
+            decoder=DecoderConfig(
+                vocab_size=vocab_size,  # a byte-level BPE trained on the training prose (see training.py)
+                hidden_size=256,
+                num_layers=4,
+                num_heads=4,
+                head_dim=64,
+                intermediate_size=768,
+                moe_intermediate_size=256,
+                n_routed_experts=8,
+                num_experts_per_tok=2,
+                n_shared_experts=1,
+                max_position_embeddings=4096,
+                image_token_id=image_token_id,  # the tokenizer puts its special tokens first
+            ),
+        )

@@ -1,0 +1,590 @@
+"""Train optical-mini, the small optical compressor this project ships: one command, seeded, resumable.
+
+    python -m optical_memory.training                  # train (or resume) in build/optical-mini, then export
+    python -m optical_memory.training --minutes 10     # one ~10 minute run that checkpoints; run it again
+
+Model. ``OCRConfig.mini()``: DeepEncoder's structure (windowed SAM blocks and a global one, neck, the 16x
+convolutional compressor, a CLIP transformer, the projector, the newline and view-separator embeddings) and
+a DeepSeek MoE decoder, at 12M parameters. It is trained end to end from random weights.
+
+Data, generated on the fly by the store's own ``Renderer``, never stored:
+
+* prose: the docstrings of two packages this project installs, NumPy (BSD-3-Clause) and SQLAlchemy (MIT),
+  read from their source files with ``ast`` (nothing is imported), prose paragraphs only (the filter of
+  ``experiments``: no headings, no indented code or tables, ASCII, at least 8 words);
+* synthetic conversations: user and assistant turns (with the store's speaker labels) built from those
+  sentences and from templates filled with random names, numbers, dates and identifiers.
+
+Held out: ``experiments.forgetting`` measures the model on the Python Language Reference topics
+(``pydoc_data``, PSF License), a different source; any training paragraph that also occurs there is
+dropped. Every sample is a page at one side of the forgetting ladder (1024, 640, 512, 384, 256 px), shrunk
+by the same Lanczos chain as the store's aging, so one model serves every tier. A curriculum grows the
+text on a page from a few lines to a full page over the first 60% of training.
+
+Tokenizer: a byte-level BPE of 4,096 ids trained here on the training text (special tokens first, so
+``<image>`` is id 3). cl100k_base would cost 100k x 256 x 2 embedding rows, 51 MB in bfloat16, more than the
+whole model may weigh; bytes alone would make a page ~4x longer to generate. Trained on the training
+prose only, so it has seen no held-out text.
+
+Runs. Everything is seeded: sample ``i`` of the stream is drawn from ``Random(seed, i)``, so a resumed run
+sees exactly the data an uninterrupted one would. A run ends at ``--minutes`` or at ``--steps`` and leaves
+``state.pt`` (weights, optimiser, step) in the run folder; the next run resumes from it. ``log.jsonl``
+records every step (loss, learning rate, side, lines, tokens, seconds) and the held-out loss per side;
+``run.json`` the hardware and versions. ``export`` writes the official checkpoint layout (config.json,
+safetensors, tokenizer) that ``model.from_pretrained`` loads strictly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import random
+import re
+import string
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import AgingPolicy, RenderConfig
+from .experiments import _prose_paragraphs, shrink_chain
+from .model import DeepseekOCR, OCRConfig
+from .model.loading import config_to_json
+from .model.preprocess import get_mode, prepare, prompt_ids
+from .model.testing import BOS, EOS, EXTRA_SPECIALS, PAD
+from .render import Line, Renderer
+
+log = logging.getLogger(__name__)
+
+TRAIN_PACKAGES = ("numpy", "sqlalchemy")
+TRAIN_SOURCE = "docstrings of NumPy and SQLAlchemy (the installed versions), prose paragraphs only"
+TRAIN_LICENCE = "NumPy: BSD-3-Clause; SQLAlchemy: MIT"
+PROMPT = "<image>\nFree OCR."  # the official OCR prompt, as the deepseek-ocr reader sends it
+SPECIALS = (BOS, EOS, PAD, "<image>", *EXTRA_SPECIALS)  # ids 0, 1, 2, 3, ...
+VOCAB_SIZE = 4096
+LADDER = tuple(t.side for t in AgingPolicy().tiers if t.side)  # 1024, 640, 512, 384, 256
+# How often each side is drawn, and pages per batch there (a batch is one side: DeepEncoder takes one size).
+SIDE_WEIGHTS = {1024: 0.15, 640: 0.3, 512: 0.25, 384: 0.2, 256: 0.1}
+BATCH = {1024: 1, 640: 2, 512: 2, 384: 3, 256: 4}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    seed: int = 0
+    steps: int = 4500  # the schedule's length: warmup, then cosine decay to 10% at `steps`
+    lr: float = 1e-3
+    warmup: int = 150
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    curriculum: float = 0.6  # share of `steps` over which pages grow from a few lines to full
+    min_lines: int = 3  # the most lines a page holds at step 0
+    conversation_share: float = 0.35
+    eval_every: int = 250
+    checkpoint_minutes: float = 5.0
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+
+def training_paragraphs() -> list[str]:
+    """Prose paragraphs of the training packages' docstrings, minus any that the held-out corpus holds."""
+    from pydoc_data.topics import topics
+
+    held_out = {p for doc in topics.values() for p in _prose_paragraphs(doc)}
+    out: list[str] = []
+    for package in TRAIN_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise RuntimeError(f"the training prose comes from {package!r}, which is not installed")
+        root = Path(spec.origin).parent
+        for path in sorted(root.rglob("*.py")):
+            if "tests" in path.relative_to(root).parts:
+                continue
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    doc = ast.get_docstring(node)
+                    if doc:
+                        out.extend(p for p in _prose_paragraphs(doc) if p not in held_out)
+    return out
+
+
+_NAMES = ("Ada", "Bo", "Chen", "Dara", "Emeka", "Farah", "Goran", "Hana", "Ines", "Jun", "Kofi", "Lena")
+_ASKS = (
+    "Can you remind me what we decided about {x}?",
+    "What was the number {name} gave for {x}?",
+    "Please summarise the thread on {x} before {date}.",
+    "I moved the meeting with {name} to {date} at {time}.",
+    "The build {id} failed again at step {n}; the log says {x}.",
+    "Order #{n} for {name} ships on {date}, tracking {id}.",
+    "Remember that {name} prefers {x} over the old approach.",
+    "Set the budget to ${n}.{cents} and the limit to {n2} requests per minute.",
+)
+
+
+def _fill(template: str, rng: random.Random, topic: str) -> str:
+    return template.format(
+        x=topic,
+        name=rng.choice(_NAMES),
+        date=f"{rng.randint(2020, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        time=f"{rng.randint(0, 23):02d}:{rng.choice(('00', '15', '30', '45'))}",
+        id="".join(rng.choices(string.ascii_lowercase + string.digits, k=rng.randint(6, 10))),
+        n=rng.randint(2, 99999),
+        n2=rng.randint(2, 999),
+        cents=f"{rng.randint(0, 99):02d}",
+    )
+
+
+def _sentences(paragraph: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", paragraph) if s]
+
+
+def conversation(paragraphs: Sequence[str], rng: random.Random, turns: int) -> list[tuple[str, str]]:
+    """A synthetic chat of ``turns`` (speaker, text) items: questions from templates, answers from prose."""
+    items: list[tuple[str, str]] = []
+    for i in range(turns):
+        para = rng.choice(paragraphs)
+        words = para.split()
+        k = rng.randint(0, max(0, len(words) - 3))
+        topic = " ".join(words[k : k + rng.randint(1, 3)]).strip(".,;:()")
+        if i % 2 == 0:
+            items.append(("user", _fill(rng.choice(_ASKS), rng, topic)))
+        else:
+            sents = _sentences(para)
+            j = rng.randrange(len(sents))
+            items.append(("assistant", " ".join(sents[j : j + rng.randint(1, 4)])))
+    return items
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Image.Image  # at ``side``
+    side: int
+    text: str  # the page's lines joined by "\n", what a perfect reader returns
+    lines: int
+
+
+class PageStream:
+    """Sample ``i`` (deterministic in ``seed`` and ``i``): a page of prose or chat at one ladder side."""
+
+    def __init__(self, paragraphs: Sequence[str], config: TrainConfig, *, render: RenderConfig | None = None):
+        if not paragraphs:
+            raise ValueError("no training paragraphs")
+        self.paragraphs = list(paragraphs)
+        self.config = config
+        self.renderer = Renderer(render or RenderConfig())
+        self.full = self.renderer.lines_per_page
+
+    def max_lines(self, step: int) -> int:
+        """The curriculum: the most lines a page may hold at ``step``."""
+        cfg = self.config
+        grow = min(1.0, step / max(1, cfg.curriculum * cfg.steps))
+        return round(cfg.min_lines + grow * (self.full - cfg.min_lines))
+
+    def side(self, step: int) -> int:
+        rng = random.Random(f"{self.config.seed}:side:{step}")
+        return rng.choices(list(SIDE_WEIGHTS), weights=list(SIDE_WEIGHTS.values()))[0]
+
+    def page_lines(self, rng: random.Random, n_lines: int) -> list[Line]:
+        items: list[tuple[str | None, str]]
+        if rng.random() < self.config.conversation_share:
+            items = list(conversation(self.paragraphs, rng, turns=rng.randint(2, 24)))
+        else:
+            start = rng.randrange(len(self.paragraphs))
+            text = "\n".join(self.paragraphs[start : start + 12])
+            items = [(None, text)]
+        items = [(speaker, self.renderer.normalise(text)) for speaker, text in items]
+        pages, _ = self.renderer.layout(items)
+        return pages[0][:n_lines]
+
+    def sample(self, step: int, index: int, side: int) -> Sample:
+        rng = random.Random(f"{self.config.seed}:page:{step}:{index}")
+        n_lines = rng.randint(1, self.max_lines(step))
+        lines = self.page_lines(rng, n_lines)
+        page = self.renderer.draw(lines)
+        image = shrink_chain(page, [side])[side] if side != page.width else page
+        return Sample(image, side, "\n".join(line.text for line in lines), len(lines))
+
+    def batch(self, step: int) -> list[Sample]:
+        side = self.side(step)
+        return [self.sample(step, i, side) for i in range(BATCH[side])]
+
+
+def held_out_samples(pages: int = 2, *, seed: int = 0) -> list[Sample]:
+    """Full pages of the held-out corpus (``experiments.build_corpus``) at every ladder side."""
+    from .experiments import build_corpus
+
+    renderer = Renderer(RenderConfig())
+    out = []
+    for b in build_corpus(pages, seed=seed, renderer=renderer):
+        lines = renderer.paginate_document(b.text)[0][0]
+        page = renderer.draw(lines)
+        text = "\n".join(line.text for line in lines)
+        for side, image in shrink_chain(page, list(LADDER)).items():
+            out.append(Sample(image, side, text, len(lines)))
+    return out
+
+
+# -- tokenizer -----------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(texts: Iterator[str] | Sequence[str], folder: Path, vocab_size: int = VOCAB_SIZE) -> Any:
+    """A byte-level BPE over ``texts`` with the official special tokens first; written to ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": BOS,
+                "eos_token": EOS,
+                "pad_token": PAD,
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 1_000_000,
+            },
+            indent=1,
+        )
+    )
+    fast = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    for i, token in enumerate(SPECIALS):
+        assert fast.convert_tokens_to_ids(token) == i, (token, i)
+    return fast
+
+
+# -- training ------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """One run folder: the tokenizer, ``state.pt`` (resumable), ``log.jsonl``, ``run.json``."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        config: TrainConfig = TrainConfig(),
+        *,
+        model_config: OCRConfig | None = None,
+        device: str = "auto",
+        paragraphs: Sequence[str] | None = None,
+        vocab_size: int = VOCAB_SIZE,
+    ) -> None:
+        """``model_config`` defaults to ``OCRConfig.mini()``; its decoder's ``vocab_size`` and
+        ``image_token_id`` are set to the tokenizer's. ``paragraphs`` defaults to ``training_paragraphs()``.
+        Tests pass small ones of both, and a small ``vocab_size`` for the tokenizer."""
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        torch.manual_seed(config.seed)
+        paragraphs = list(paragraphs) if paragraphs is not None else training_paragraphs()
+        self.stream = PageStream(paragraphs, config)
+        if (self.folder / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.folder), local_files_only=True)
+        else:
+            rng = random.Random(config.seed)
+            chats = [
+                "\n".join(f"{s}: {t}" for s, t in conversation(paragraphs, rng, 12)) for _ in range(2000)
+            ]
+            self.tokenizer = train_tokenizer([*paragraphs, *chats], self.folder, vocab_size)
+        decoder = (model_config or OCRConfig.mini()).decoder
+        self.model_config = dataclasses.replace(
+            model_config or OCRConfig.mini(),
+            decoder=dataclasses.replace(
+                decoder, vocab_size=len(self.tokenizer), image_token_id=SPECIALS.index("<image>")
+            ),
+        )
+        self.model = DeepseekOCR(self.model_config, tokenizer=self.tokenizer).to(self.device)
+        self._init_weights()
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=(0.9, 0.95),
+            fused=self.device.type == "cuda",
+        )
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all runs
+        self._resume()
+        self._prompts: dict[int, list[int]] = {}
+
+    def _init_weights(self) -> None:
+        """N(0, 0.02) for linear and embedding weights (GPT-2's scheme); the modules' own init elsewhere."""
+        for module in self.model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                torch.nn.init.normal_(module.weight, 0.0, 0.02)
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    torch.nn.init.zeros_(module.bias)
+
+    # -- state ------------------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.folder / "state.pt"
+
+    def _resume(self) -> None:
+        if not self.state_path.is_file():
+            return
+        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        if state["train_config"] != dataclasses.asdict(self.config):
+            raise ValueError(
+                f"{self.state_path} was trained with {state['train_config']}, not "
+                f"{dataclasses.asdict(self.config)}: resume with the same settings or use a new folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        log.info("resumed %s at step %d (%.0f s trained)", self.folder, self.step, self.elapsed)
+
+    def save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "train_config": dataclasses.asdict(self.config),
+            },
+            tmp,
+        )
+        os.replace(tmp, self.state_path)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with (self.folder / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _write_run_info(self) -> None:
+        info = {
+            "device": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "train_source": TRAIN_SOURCE,
+            "train_licence": TRAIN_LICENCE,
+            "train_packages": {p: importlib.metadata.version(p) for p in TRAIN_PACKAGES},
+            "train_config": dataclasses.asdict(self.config),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "vocab_size": len(self.tokenizer),
+        }
+        runs = []
+        path = self.folder / "run.json"
+        if path.is_file():
+            runs = json.loads(path.read_text()).get("runs", [])
+        runs.append(
+            {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "step": self.step}
+        )
+        path.write_text(json.dumps({**info, "runs": runs}, indent=1))
+
+    # -- one step -----------------------------------------------------------------------------------------
+
+    def lr(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def _prompt(self, n_image: int) -> list[int]:
+        if n_image not in self._prompts:
+            d = self.model_config.decoder
+            self._prompts[n_image] = prompt_ids(
+                self.tokenizer,
+                PROMPT,
+                [n_image],
+                image_token_id=d.image_token_id,
+                bos_token_id=d.bos_token_id,
+            )
+        return self._prompts[n_image]
+
+    def loss(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, int]:
+        """Mean next-token loss over the samples' text and EOS, their pages as the image; and the count."""
+        side = samples[0].side
+        assert all(s.side == side for s in samples)
+        model = self.model.model
+        pixels = torch.stack([prepare(s.image, get_mode(side)).global_view for s in samples]).to(self.device)
+        feats = model.encode_views(pixels)  # (B, q*q, H)
+        rows, targets = [], []
+        eos = self.model_config.decoder.eos_token_id
+        for feat, s in zip(feats, samples, strict=True):
+            vision = model.layout(feat, None, (1, 1))  # (q*(q+1)+1, H): newlines and the separator
+            ids = self._prompt(vision.shape[0])
+            text_ids = [*self.tokenizer.encode(s.text, add_special_tokens=False), eos]
+            idx = torch.tensor(ids + text_ids, device=self.device)
+            emb = model.embed_tokens(idx)  # (T, H)
+            is_image = idx == self.model_config.decoder.image_token_id
+            emb = emb.masked_scatter(is_image[:, None], vision.to(emb.dtype))
+            rows.append(emb)
+            target = torch.full((len(idx),), -100, dtype=torch.long)
+            target[len(ids) - 1 : -1] = torch.tensor(text_ids)  # position t predicts token t + 1
+            targets.append(target)
+        T = max(r.shape[0] for r in rows)
+        H = rows[0].shape[1]
+        batch = torch.zeros(len(rows), T, H, device=self.device, dtype=rows[0].dtype)
+        mask = torch.zeros(len(rows), T, dtype=torch.long, device=self.device)
+        labels = torch.full((len(rows), T), -100, dtype=torch.long)
+        for i, (r, t) in enumerate(zip(rows, targets, strict=True)):
+            batch[i, : r.shape[0]] = r  # right padding: the mask hides it, the labels ignore it
+            mask[i, : r.shape[0]] = 1
+            labels[i, : t.shape[0]] = t
+        logits = self.model(batch, attention_mask=mask)  # (B, T, V)
+        labels = labels.to(self.device)
+        n = int((labels != -100).sum())
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), n
+
+    def train(
+        self, *, minutes: float | None = None, max_steps: int | None = None, progress: bool = False
+    ) -> dict[str, Any]:
+        """Train until ``config.steps``, or until this run has taken ``minutes`` or ``max_steps`` steps,
+        checkpointing every ``config.checkpoint_minutes`` and at the end."""
+        cfg = self.config
+        stop = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
+        if self.step >= stop:
+            return {"step": self.step, "elapsed_s": self.elapsed, "done": self.step >= cfg.steps}
+        self._write_run_info()
+        self.model.train()
+        start = time.monotonic()
+        last_save = start
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else None
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step")
+        held_out = held_out_samples() if cfg.eval_every else []
+        while self.step < stop:
+            if minutes is not None and time.monotonic() - start >= minutes * 60:
+                break
+            t0 = time.monotonic()
+            samples = self.stream.batch(self.step)
+            lr = self.lr(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if autocast is not None:
+                with autocast:
+                    loss, n = self.loss(samples)
+            else:
+                loss, n = self.loss(samples)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            dt = time.monotonic() - t0
+            self.elapsed += dt
+            self.step += 1
+            record: dict[str, Any] = {
+                "step": self.step,
+                "loss": round(loss.item(), 4),
+                "lr": lr,
+                "grad_norm": round(float(norm), 3),
+                "side": samples[0].side,
+                "pages": len(samples),
+                "lines": sum(s.lines for s in samples),
+                "tokens": n,
+                "seconds": round(dt, 3),
+                "elapsed_s": round(self.elapsed, 1),
+            }
+            if held_out and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                record["held_out_loss"] = self.evaluate(held_out)
+                self.model.train()
+            self._log(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", side=samples[0].side)
+            if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
+                self.save()
+                last_save = time.monotonic()
+        self.save()
+        if bar is not None:
+            bar.close()
+        return {"step": self.step, "elapsed_s": self.elapsed, "done": self.step >= cfg.steps}
+
+    @torch.no_grad()
+    def evaluate(self, samples: Sequence[Sample]) -> dict[int, float]:
+        """Held-out loss per side (full pages of the evaluation corpus)."""
+        self.model.eval()
+        out: dict[int, float] = {}
+        for side in LADDER:
+            group = [s for s in samples if s.side == side]
+            if group:
+                out[side] = round(float(self.loss(group)[0]), 4)
+        return out
+
+    def export(self, folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.bfloat16) -> Path:
+        """The official layout: config.json, one safetensors file, tokenizer.json and its config."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps(config_to_json(self.model_config), indent=1))
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / "model-00001-of-000001.safetensors"), metadata={"format": "pt"})
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (folder / name).write_bytes((self.folder / name).read_bytes())
+        return folder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m optical_memory.training", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument(
+        "--run", default="build/optical-mini", help="run folder (resumed if it holds state.pt)"
+    )
+    parser.add_argument("--export", default=None, help="write the checkpoint here when the run ends")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--minutes", type=float, default=None, help="end this run after this long")
+    parser.add_argument("--max-steps", type=int, default=None, help="end this run after this many steps")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = TrainConfig(seed=args.seed, steps=args.steps, lr=args.lr)
+    trainer = Trainer(args.run, config, device=args.device)
+    result = trainer.train(minutes=args.minutes, max_steps=args.max_steps, progress=True)
+    if args.export:
+        trainer.export(args.export)
+    print(json.dumps({**result, "run": str(trainer.folder), "export": args.export}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

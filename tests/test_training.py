@@ -1,0 +1,171 @@
+"""optical_memory.training on a toy model of the same architecture: the data stream (real renderer, real
+docstring prose), the tokenizer, that training learns, that a resumed run equals an uninterrupted one, and
+that an export loads through the strict ``from_pretrained`` path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from optical_memory.experiments import _prose_paragraphs
+from optical_memory.model import GenerationConfig, from_pretrained
+from optical_memory.model.config import ClipConfig, DecoderConfig, OCRConfig, SamConfig
+from optical_memory.training import (
+    LADDER,
+    SPECIALS,
+    PageStream,
+    TrainConfig,
+    Trainer,
+    conversation,
+    training_paragraphs,
+)
+
+
+def toy_config() -> OCRConfig:
+    """The mini's structure at toy sizes: windowed and global SAM blocks, compressor, CLIP, MoE decoder."""
+    return OCRConfig(
+        sam=SamConfig(
+            img_size=128,
+            embed_dim=16,
+            depth=2,
+            num_heads=2,
+            window_size=8,
+            global_attn_indexes=(1,),
+            out_chans=8,
+            net_2_chans=16,
+            net_3_chans=32,
+        ),
+        clip=ClipConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, image_size=56),
+        decoder=DecoderConfig(
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            head_dim=16,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            max_position_embeddings=2048,
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def paragraphs():
+    return training_paragraphs()
+
+
+@pytest.fixture(scope="module")
+def few(paragraphs):
+    return paragraphs[:300]
+
+
+def make_trainer(folder, few, **config):
+    config = {"steps": 40, "eval_every": 0, "min_lines": 2, "warmup": 2, **config}
+    torch.manual_seed(0)
+    return Trainer(
+        folder, TrainConfig(**config), model_config=toy_config(), device="cpu", paragraphs=few, vocab_size=400
+    )
+
+
+def test_training_prose_is_real_and_held_out(paragraphs):
+    from pydoc_data.topics import topics
+
+    assert len(paragraphs) > 5000  # NumPy's and SQLAlchemy's docstrings: ~13,000 paragraphs
+    assert all(p.isascii() and len(p.split()) >= 8 for p in paragraphs)
+    held_out = {p for doc in topics.values() for p in _prose_paragraphs(doc)}
+    assert not held_out & set(paragraphs)
+    assert any("array" in p for p in paragraphs) and any("SELECT" in p for p in paragraphs)
+
+
+def test_stream_is_seeded_at_every_ladder_side_with_a_growing_curriculum(few):
+    config = TrainConfig(steps=100, min_lines=3)
+    stream, again = PageStream(few, config), PageStream(few, config)
+    a, b = stream.sample(7, 1, 640), again.sample(7, 1, 640)
+    assert a.text == b.text and a.image.tobytes() == b.image.tobytes()
+    assert a.image.size == (640, 640)
+    assert stream.sample(8, 1, 640).text != a.text
+    assert stream.max_lines(0) == 3 and stream.max_lines(60) == stream.full == 51
+    assert all(stream.sample(0, i, 256).lines <= 3 for i in range(10))
+    assert {stream.side(step) for step in range(200)} == set(LADDER)
+    batch = stream.batch(11)
+    assert len({s.side for s in batch}) == 1  # DeepEncoder takes one size per batch
+    other = PageStream(few, TrainConfig(steps=100, min_lines=3, seed=1))
+    assert other.sample(7, 1, 640).text != a.text
+
+
+def test_conversations_carry_the_store_speaker_labels(few):
+    import random
+
+    turns = conversation(few, random.Random(0), 6)
+    assert [s for s, _ in turns] == ["user", "assistant"] * 3
+    stream = PageStream(few, TrainConfig(conversation_share=1.0))
+    text = stream.sample(0, 0, 1024).text
+    assert text.startswith("user: ") and "assistant: " in text
+
+
+def test_tokenizer_puts_the_special_tokens_first_and_round_trips(tmp_path, few):
+    trainer = make_trainer(tmp_path, few)
+    tok = trainer.tokenizer
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIALS] == list(range(len(SPECIALS)))
+    assert len(tok) == 400
+    text = "user: The array's shape is (3, 4); call np.reshape(a, -1) ... 42%"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert trainer.model_config.decoder.vocab_size == 400
+    assert trainer.model_config.decoder.image_token_id == SPECIALS.index("<image>") == 3
+
+
+def test_training_learns_a_batch(tmp_path, few):
+    trainer = make_trainer(tmp_path, few, lr=3e-3)
+    samples = trainer.stream.batch(0)
+    first = trainer.loss(samples)[0].item()
+    for _ in range(60):
+        loss, n = trainer.loss(samples)
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+    assert n > 0
+    assert trainer.loss(samples)[0].item() < 0.5 * first
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, few):
+    whole = make_trainer(tmp_path / "whole", few, steps=4)
+    assert whole.train()["done"]
+    cut = make_trainer(tmp_path / "part", few, steps=4)
+    assert not cut.train(max_steps=2)["done"]  # a run that ends early, as a ten-minute run does
+    resumed = make_trainer(tmp_path / "part", few, steps=4)
+    assert resumed.step == 2
+    assert resumed.train()["done"] and resumed.step == 4
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    log = [json.loads(line) for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {"loss", "lr", "side", "lines", "tokens", "seconds", "elapsed_s"} <= set(log[0])
+    assert [r["step"] for r in json.loads((tmp_path / "part" / "run.json").read_text())["runs"]] == [0, 2]
+    with pytest.raises(ValueError, match="resume with the same settings"):
+        make_trainer(tmp_path / "part", few, steps=5)
+
+
+def test_held_out_loss_is_logged_per_side(tmp_path, few):
+    trainer = make_trainer(tmp_path, few, steps=1, eval_every=1)
+    trainer.train()
+    [record] = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert set(record["held_out_loss"]) == {str(s) for s in LADDER}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["train_licence"] and run["parameters"] > 0 and run["runs"][0]["step"] == 0
+
+
+def test_export_loads_through_the_strict_path_and_reads(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=1)
+    trainer.train()
+    folder = trainer.export(tmp_path / "export")
+    model = from_pretrained(folder, dtype=torch.float32)
+    assert model.config == trainer.model_config
+    for key, value in trainer.model.state_dict().items():
+        assert torch.allclose(value.bfloat16().float(), model.state_dict()[key]), key
+    page = trainer.stream.sample(0, 0, 384).image
+    [text] = model.read([page], 384, config=GenerationConfig(max_new_tokens=5))
+    assert isinstance(text, str)
