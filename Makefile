@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-vllm lint bench clean
+.PHONY: demo test test-fast test-vllm lint bench train clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ $(VLLM_STAMP): pyproject.toml
 
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/pytest -m vllm -s tests/test_vllm_backend.py
+
+# Train optical-mini (or resume the run in build/optical-mini), then export it in the official layout. On a GPU,
+# ten-minute runs that checkpoint and resume: make train TRAIN_ARGS="--minutes 10". Copy the export into
+# optical_memory/weights/optical-mini only when it measures materially better (benchmarks/bench_mini.py).
+TRAIN_ARGS ?=
+train: $(STAMP)
+	$(BIN)/python -m optical_memory.training --run build/optical-mini --export build/optical-mini/export $(TRAIN_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_store.py

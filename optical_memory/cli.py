@@ -86,6 +86,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(_table(["question", "planted", "tier", "score", "recalled", "answer"], rows))
     found = sum(a.found for a in report.answers)
     print(f"\n{found}/{len(report.answers)} answers read back from their page images.")
+    if report.readers:
+        names = list(report.readers[0])
+        print("\nThe same pages read by each reader (answer found, seconds for the memory's pages):\n")
+        rows = [
+            [a.fact.answer, a.tier] + [f"{'yes' if r[n].found else 'no'} {r[n].seconds:.1f}s" for n in names]
+            for a, r in zip(report.answers, report.readers, strict=True)
+        ]
+        print(_table(["answer", "tier", *names], rows))
+    for name, why in report.readers_not_run.items():
+        print(f"  {name} not run: {why}")
     print(f"\nContext for {demo_module.FACTS[0].question!r} within {demo_module.CONTEXT_BUDGET:,} tokens:")
     for mode, (items, used, saved) in report.contexts.items():
         print(f"  {mode:>5} mode: {items} memories, {used:,} tokens used, {saved:,} saved against plain text")
@@ -296,11 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", default=DEFAULT_STORE, help="store folder (default: %(default)s, or $OPTICAL_MEMORY_STORE)"
     )
     p.add_argument(
-        "--model", choices=["deepseek-ocr"], help="read pages with DeepSeek-OCR (needs a checkpoint)"
+        "--model",
+        choices=["deepseek-ocr", "optical-mini"],
+        help="read pages (and keep vision tokens) with DeepSeek-OCR (needs a checkpoint) or the shipped "
+        "optical-mini",
     )
     p.add_argument(
         "--model-dir",
-        help="DeepSeek-OCR checkpoint folder (implies --model; default $OPTICAL_MEMORY_MODEL_DIR)",
+        help="checkpoint folder (implies --model deepseek-ocr unless --model is given; default "
+        "$OPTICAL_MEMORY_MODEL_DIR, or the shipped weights for optical-mini)",
     )
     p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -144,6 +144,10 @@ class AgingPolicy:
         return None if self.forget else n - 1
 
 
+#: Models a store can use as its reader and encoder (``StoreConfig.model``).
+MODELS = ("deepseek-ocr", "optical-mini")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StoreConfig:
     """Everything ``optical_memory.open(path, **options)`` accepts besides backend objects."""
@@ -154,17 +158,21 @@ class StoreConfig:
     retain_text: bool = False
     database_url: str | None = None  # None: SQLite file inside the store folder
     embedder: str = "minilm"
-    reader: str | None = None  # None: "deepseek-ocr" when a model is configured, else "rapidocr"
-    # DeepSeek-OCR: model="deepseek-ocr" reads pages back through its MoE decoder. model_dir is the
-    # checkpoint folder (None: $OPTICAL_MEMORY_MODEL_DIR); nothing is ever downloaded.
+    reader: str | None = None  # None: the model's reader when a model is configured, else "rapidocr"
+    # model="deepseek-ocr" reads pages back through DeepSeek-OCR's MoE decoder and keeps their vision tokens;
+    # model_dir is the checkpoint folder (None: $OPTICAL_MEMORY_MODEL_DIR); nothing is ever downloaded.
+    # model="optical-mini" does the same with the small model of that architecture that ships in this
+    # package (model_dir None: the shipped weights), on any CPU.
     model: str | None = None
     model_dir: str | None = None
-    encoder: str | None = None  # None: "deepseek-ocr" when a model is configured, else no vision tokens
+    encoder: str | None = None  # None: the model's encoder when a model is configured, else no vision tokens
     # reader="vllm-server": the OpenAI-compatible ``vllm serve`` endpoint; the served model's name is
     # model_dir when given (``vllm serve <folder>`` serves it under that name), else the hub id.
     model_url: str | None = None
     model_device: str = "cpu"
-    model_dtype: str = "bfloat16"
+    # None: the model's own default: bfloat16 for DeepSeek-OCR, float32 for optical-mini (small matmuls in
+    # bfloat16 run ~10x slower than float32 on CPUs without bfloat16 units; measured 94 vs 7 ms a token)
+    model_dtype: str | None = None
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
     chunk_words: int = 160
     # "chunks": one vector per chunk_words words of a memory. "sentences": one per sentence (longer ones
@@ -183,13 +191,15 @@ class StoreConfig:
             raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
         if self.gist not in ("chunks", "sentences"):
             raise InvalidInput(f"gist must be 'chunks' or 'sentences', got {self.gist!r}")
-        if self.model not in (None, "deepseek-ocr"):
-            raise InvalidInput(f"unknown model {self.model!r}; known: 'deepseek-ocr' (or None for none)")
+        if self.model not in (None, *MODELS):
+            raise InvalidInput(
+                f"unknown model {self.model!r}; known: {', '.join(map(repr, MODELS))} (or None for none)"
+            )
         if self.reader == "vllm-server" and not self.model_url:
             raise InvalidInput(
                 "reader='vllm-server' needs model_url='http://<host>:<port>' (the vllm serve endpoint)"
             )
-        if self.model_dtype not in ("bfloat16", "float16", "float32"):
+        if self.model_dtype not in (None, "bfloat16", "float16", "float32"):
             raise InvalidInput(
                 f"model_dtype must be 'bfloat16', 'float16' or 'float32', got {self.model_dtype!r}"
             )
@@ -199,14 +209,14 @@ class StoreConfig:
         """The reader backend in effect: ``reader`` if named, else the model's when one is configured."""
         if self.reader is not None:
             return self.reader
-        return "deepseek-ocr" if self.model else "rapidocr"
+        return self.model or "rapidocr"
 
     @property
     def encoder_name(self) -> str | None:
         """The vision-token encoder in effect: ``encoder`` if named, else the model's, else none."""
         if self.encoder is not None:
             return self.encoder
-        return "deepseek-ocr" if self.model else None
+        return self.model
 
     @classmethod
     def tiny(cls, **overrides: object) -> StoreConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +295,16 @@ class Answer:
 
 
 @dataclass
+class ReaderRun:
+    """One reader on one answer's page images: did its text hold the answer, and how long it took."""
+
+    reader: str
+    found: bool
+    seconds: float
+    pages: int
+
+
+@dataclass
 class DemoReport:
     store_path: Path
     turns: int
@@ -304,6 +315,9 @@ class DemoReport:
     page_images: dict[str, Path] = field(default_factory=dict)
     # mode -> (items, tokens used, tokens saved) of build_context for the first question
     contexts: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # per answer (in FACTS order), each compared reader's read of the memory's page images
+    readers: list[dict[str, ReaderRun]] = field(default_factory=list)
+    readers_not_run: dict[str, str] = field(default_factory=dict)
 
 
 def run(
@@ -373,6 +387,7 @@ def run(
                     recall.text,
                 )
             )
+        report.readers, report.readers_not_run = compare_readers(store, report.answers, progress=progress)
         report.page_images = _export_tier_pages(store, out / "pages")
         for mode in ("text", "image"):
             context = store.build_context(
@@ -380,6 +395,43 @@ def run(
             )
             report.contexts[mode] = (len(context.items), context.used_tokens, context.saved_tokens)
     return report
+
+
+#: The readers the demo runs side by side: the OCR engine, and the shipped optical-mini (DeepSeek-OCR's
+#: architecture at 12M parameters, trained by this project: its MoE decoder reads the vision tokens).
+COMPARED_READERS = ("rapidocr", "optical-mini")
+
+
+def compare_readers(
+    store: OpticalMemory,
+    answers: Sequence[Answer],
+    *,
+    readers: Sequence[str] = COMPARED_READERS,
+    progress: bool = False,
+) -> tuple[list[dict[str, ReaderRun]], dict[str, str]]:
+    """Each reader on the page images (at their current tier) of each answer's memory: found and seconds.
+    A reader that cannot run here is left out and named, with why, in the second value."""
+    from .backends import make_reader
+    from .errors import MissingDependency
+
+    opened, not_run = {}, {}
+    for name in readers:
+        try:
+            opened[name] = make_reader(name)
+        except MissingDependency as e:
+            not_run[name] = str(e)
+    rows: list[dict[str, ReaderRun]] = []
+    for a in tqdm(answers, desc="comparing readers", unit="question", disable=not progress):
+        images = store.page_image(a.memory_id) if a.memory_id is not None else []
+        row = {}
+        for name, reader in opened.items():
+            t0 = time.perf_counter()
+            text = " ".join(line.text for page in reader.read(images) for line in page)
+            row[name] = ReaderRun(
+                name, a.fact.answer.lower() in text.lower(), time.perf_counter() - t0, len(images)
+            )
+        rows.append(row)
+    return rows, not_run
 
 
 def _export_tier_pages(store: OpticalMemory, folder: Path) -> dict[str, Path]:

@@ -100,7 +100,7 @@ MIN_WORDS = 8  # shorter paragraphs are mostly captions and list stubs
 
 #: Readers this experiment knows. "meanpool" and "truncate" are the text baselines of
 #: ``backends.baselines``: they need the DeepSeek-OCR decoder to turn their vectors back into text.
-READERS = ("rapidocr", "tesseract", "deepseek-ocr", "meanpool", "truncate")
+READERS = ("rapidocr", "tesseract", "deepseek-ocr", "optical-mini", "meanpool", "truncate")
 _NEEDS_DECODER = ("meanpool", "truncate")
 
 #: DeepSeek-OCR paper, Table 2 (Fox, English pages):

@@ -331,13 +331,15 @@ class OpticalMemory:
                         f"{what}= must be a name or implement optical_memory.protocols.{protocol.__name__}, "
                         f"got {type(obj).__name__}"
                     )
-            needs_model = (reader is None and self.config.reader_name in ("deepseek-ocr", "vllm")) or (
-                encoder is None and self.config.encoder_name == "deepseek-ocr"
-            )
-            if needs_model:
-                from .backends.deepseek import resolve_model_dir
+            needs = {self.config.reader_name} if reader is None else set()
+            if encoder is None and self.config.encoder_name is not None:
+                needs.add(self.config.encoder_name)
+            if needs & {"deepseek-ocr", "vllm", "optical-mini"}:
+                from .backends.deepseek import MINI_NAME, MODEL_NAME, resolve_model_dir
 
-                resolve_model_dir(self.config.model_dir)  # a missing checkpoint fails now, not at recall
+                for name in sorted(needs & {"deepseek-ocr", "vllm", "optical-mini"}):
+                    model = MINI_NAME if name == MINI_NAME else MODEL_NAME
+                    resolve_model_dir(self.config.model_dir, model=model)  # fails now, not at recall
             self.embedder = embedder or make_embedder(self.config.embedder)
             self._reader = reader
             cfg = self.config
@@ -1913,8 +1915,8 @@ class OpticalMemory:
         decoder = self.encoder
         if not isinstance(decoder, VisionContext):
             raise InvalidInput(
-                "mode='vision' needs a DeepSeek-OCR model: open the store with model='deepseek-ocr' and "
-                "model_dir=<checkpoint folder>"
+                "mode='vision' needs a DeepSeek-OCR-architecture model: open the store with "
+                "model='optical-mini' (shipped), or model='deepseek-ocr' and model_dir=<checkpoint folder>"
             )
         with self._lock:
             question = f"{query}\n"
@@ -2320,7 +2322,8 @@ def open_store(path: str | os.PathLike[str], **options: Any) -> OpticalMemory:
 
     Options are ``StoreConfig`` fields (``retain_text=True``, ``database_url=...``,
     ``render=RenderConfig(...)``, ``aging=AgingPolicy(...)``, ``reader="tesseract"``,
-    ``model="deepseek-ocr", model_dir=...``), ``config=StoreConfig(...)`` whole, or backend objects
+    ``model="optical-mini"``, ``model="deepseek-ocr", model_dir=...``), ``config=StoreConfig(...)`` whole,
+    or backend objects
     ``embedder=``, ``reader=``, ``counter=`` implementing the protocols in ``optical_memory.protocols``.
     """
     # a backend named by a string ("tesseract") is a config field; an object is used as it is

