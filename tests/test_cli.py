@@ -77,3 +77,8 @@ def test_demo_job_runs_end_to_end_on_small_pages(tmp_path, embedder):
     assert len(report.answers) == len(demo.FACTS) and sum(a.found for a in report.answers) >= 4
     assert report.page_images and all(p.exists() for p in report.page_images.values())
     assert set(report.contexts) == {"text", "image"}
+    # the shipped optical-mini reads the same pages beside RapidOCR
+    assert not report.readers_not_run and len(report.readers) == len(report.answers)
+    for answer, row in zip(report.answers, report.readers, strict=True):
+        assert set(row) == {"rapidocr", "optical-mini"} and all(r.seconds > 0 for r in row.values())
+        assert row["rapidocr"].found == answer.found or answer.tier == "text"

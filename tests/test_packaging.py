@@ -69,6 +69,9 @@ def test_built_wheel_maps_model_and_adapters(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "optical_memory/model/__init__.py" in names and "optical_memory/adapters/__init__.py" in names
     assert not [n for n in names if n.startswith(("model/", "adapters/"))]
+    mini = "optical_memory/weights/optical-mini/"
+    shipped = ("config.json", "model-00001-of-000001.safetensors", "tokenizer.json", "README.md")
+    assert {mini + name for name in shipped} <= set(names)
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
