@@ -116,6 +116,11 @@ def write_tokenizer(folder: Path, cfg: OCRConfig) -> None:
         [AddedToken(t, special=True, normalized=False) for t in (BOS, EOS, PAD, *specials)]
     )
     tokenizer.save(str(folder / "tokenizer.json"))
+    write_tokenizer_config(folder)
+
+
+def write_tokenizer_config(folder: Path) -> None:
+    """``tokenizer_config.json`` beside a ``tokenizer.json`` holding the official special tokens."""
     (folder / "tokenizer_config.json").write_text(
         json.dumps(
             {

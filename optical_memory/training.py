@@ -65,7 +65,7 @@ from .experiments import _prose_paragraphs, shrink_chain
 from .model import DeepseekOCR, OCRConfig
 from .model.loading import config_to_json
 from .model.preprocess import get_mode, prepare, prompt_ids
-from .model.testing import BOS, EOS, EXTRA_SPECIALS, PAD
+from .model.testing import BOS, EOS, EXTRA_SPECIALS, PAD, write_tokenizer_config
 from .render import Line, Renderer
 
 log = logging.getLogger(__name__)
@@ -283,20 +283,7 @@ def train_tokenizer(texts: Iterator[str] | Sequence[str], folder: Path, vocab_si
     tokenizer.train_from_iterator(texts, trainer=trainer)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": BOS,
-                "eos_token": EOS,
-                "pad_token": PAD,
-                "add_bos_token": True,
-                "add_eos_token": False,
-                "model_max_length": 1_000_000,
-            },
-            indent=1,
-        )
-    )
+    write_tokenizer_config(folder)
     fast = PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
     for i, token in enumerate(SPECIALS):
         assert fast.convert_tokens_to_ids(token) == i, (token, i)
