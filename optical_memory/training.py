@@ -62,9 +62,10 @@ from PIL import Image
 
 from .config import AgingPolicy, RenderConfig
 from .experiments import _prose_paragraphs, shrink_chain
-from .model import DeepseekOCR, OCRConfig
+from .model import DEFAULT_PROMPT, DeepseekOCR, OCRConfig
+from .model.generation import left_pad
 from .model.loading import config_to_json
-from .model.preprocess import get_mode, prepare, prompt_ids
+from .model.preprocess import get_mode, prepare
 from .model.testing import BOS, EOS, EXTRA_SPECIALS, PAD, write_tokenizer_config
 from .render import Line, Renderer
 
@@ -73,10 +74,9 @@ log = logging.getLogger(__name__)
 TRAIN_PACKAGES = ("numpy", "sqlalchemy")
 TRAIN_SOURCE = "docstrings of NumPy and SQLAlchemy (the installed versions), prose paragraphs only"
 TRAIN_LICENCE = "NumPy: BSD-3-Clause; SQLAlchemy: MIT"
-PROMPT = "<image>\nFree OCR."  # the official OCR prompt, as the deepseek-ocr reader sends it
 SPECIALS = (BOS, EOS, PAD, "<image>", *EXTRA_SPECIALS)  # ids 0, 1, 2, 3, ...
 VOCAB_SIZE = 4096
-LADDER = tuple(t.side for t in AgingPolicy().tiers if t.side)  # 1024, 640, 512, 384, 256
+LADDER = tuple(t.side for t in AgingPolicy().tiers)  # 1024, 640, 512, 384, 256
 # How often each side is drawn, and pages per batch there (a batch is one side: DeepEncoder takes one size).
 # The legible rungs are drawn most: reading is learnt there first, and carries down the ladder.
 SIDE_WEIGHTS = {1024: 0.3, 640: 0.3, 512: 0.2, 384: 0.12, 256: 0.08}
@@ -224,7 +224,7 @@ class PageStream:
         n_lines = rng.randint(1, self.max_lines(step))
         lines = self.page_lines(rng, n_lines)
         page = self.renderer.draw(lines)
-        image = shrink_chain(page, [side])[side] if side != page.width else page
+        image = shrink_chain(page, [side])[side]  # the page itself at its own side
         return Sample(image, side, "\n".join(line.text for line in lines), len(lines))
 
     def batch(self, step: int) -> list[Sample]:
@@ -342,11 +342,11 @@ class Trainer:
                 "\n".join(f"{s}: {t}" for s, t in conversation(paragraphs, rng, 12)) for _ in range(2000)
             ]
             self.tokenizer = train_tokenizer([*paragraphs, *chats], self.folder, vocab_size)
-        decoder = (model_config or OCRConfig.mini()).decoder
+        base = model_config or OCRConfig.mini()
         self.model_config = dataclasses.replace(
-            model_config or OCRConfig.mini(),
+            base,
             decoder=dataclasses.replace(
-                decoder, vocab_size=len(self.tokenizer), image_token_id=SPECIALS.index("<image>")
+                base.decoder, vocab_size=len(self.tokenizer), image_token_id=SPECIALS.index("<image>")
             ),
         )
         self.model = DeepseekOCR(self.model_config, tokenizer=self.tokenizer).to(self.device)
@@ -362,7 +362,6 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0  # training seconds over all runs
         self._resume()
-        self._prompts: dict[int, list[int]] = {}
 
     def _init_weights(self) -> None:
         """N(0, 0.02) for linear and embedding weights (GPT-2's scheme); the modules' own init elsewhere."""
@@ -443,48 +442,28 @@ class Trainer:
         progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
-    def _prompt(self, n_image: int) -> list[int]:
-        if n_image not in self._prompts:
-            d = self.model_config.decoder
-            self._prompts[n_image] = prompt_ids(
-                self.tokenizer,
-                PROMPT,
-                [n_image],
-                image_token_id=d.image_token_id,
-                bos_token_id=d.bos_token_id,
-            )
-        return self._prompts[n_image]
-
     def loss(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, int]:
-        """Mean next-token loss over the samples' text and EOS, their pages as the image; and the count."""
+        """Mean next-token loss over the samples' text and EOS, their pages as the image; and the count.
+
+        Each row is the model's own OCR prompt (``embed_prompt``: BOS, the page's vision tokens, the prompt
+        text) followed by the page's text and EOS, left-padded as ``generate`` pads its prompts."""
         side = samples[0].side
         assert all(s.side == side for s in samples)
         model = self.model.model
         pixels = torch.stack([prepare(s.image, get_mode(side)).global_view for s in samples]).to(self.device)
         feats = model.encode_views(pixels)  # (B, q*q, H)
-        rows, targets = [], []
         eos = self.model_config.decoder.eos_token_id
+        rows, targets = [], []
         for feat, s in zip(feats, samples, strict=True):
             vision = model.layout(feat, None, (1, 1))  # (q*(q+1)+1, H): newlines and the separator
-            ids = self._prompt(vision.shape[0])
-            text_ids = [*self.tokenizer.encode(s.text, add_special_tokens=False), eos]
-            idx = torch.tensor(ids + text_ids, device=self.device)
-            emb = model.embed_tokens(idx)  # (T, H)
-            is_image = idx == self.model_config.decoder.image_token_id
-            emb = emb.masked_scatter(is_image[:, None], vision.to(emb.dtype))
-            rows.append(emb)
-            target = torch.full((len(idx),), -100, dtype=torch.long)
-            target[len(ids) - 1 : -1] = torch.tensor(text_ids)  # position t predicts token t + 1
+            prompt = self.model.embed_prompt([vision], DEFAULT_PROMPT)  # (P, H)
+            text_ids = torch.tensor([*self.tokenizer.encode(s.text, add_special_tokens=False), eos])
+            rows.append(torch.cat([prompt, model.embed_tokens(text_ids.to(self.device))]))  # (P + N, H)
+            target = torch.full((rows[-1].shape[0],), -100, dtype=torch.long)
+            target[prompt.shape[0] - 1 : -1] = text_ids  # position t predicts token t + 1
             targets.append(target)
-        T = max(r.shape[0] for r in rows)
-        H = rows[0].shape[1]
-        batch = torch.zeros(len(rows), T, H, device=self.device, dtype=rows[0].dtype)
-        mask = torch.zeros(len(rows), T, dtype=torch.long, device=self.device)
-        labels = torch.full((len(rows), T), -100, dtype=torch.long)
-        for i, (r, t) in enumerate(zip(rows, targets, strict=True)):
-            batch[i, : r.shape[0]] = r  # right padding: the mask hides it, the labels ignore it
-            mask[i, : r.shape[0]] = 1
-            labels[i, : t.shape[0]] = t
+        batch, mask = left_pad(rows)  # the mask hides the padding
+        labels = torch.stack([F.pad(t, (batch.shape[1] - t.shape[0], 0), value=-100) for t in targets])
         logits = self.model(batch, attention_mask=mask)  # (B, T, V)
         labels = labels.to(self.device)
         n = int((labels != -100).sum())
