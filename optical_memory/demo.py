@@ -298,10 +298,8 @@ class Answer:
 class ReaderRun:
     """One reader on one answer's page images: did its text hold the answer, and how long it took."""
 
-    reader: str
     found: bool
     seconds: float
-    pages: int
 
 
 @dataclass
@@ -416,8 +414,8 @@ def compare_readers(
 
     opened, not_run = {}, {}
     for name in readers:
-        try:
-            opened[name] = make_reader(name)
+        try:  # the store's own reader when it is one of them, not a second copy of its models
+            opened[name] = store.reader if name == store.config.reader_name else make_reader(name)
         except MissingDependency as e:
             not_run[name] = str(e)
     rows: list[dict[str, ReaderRun]] = []
@@ -427,9 +425,7 @@ def compare_readers(
         for name, reader in opened.items():
             t0 = time.perf_counter()
             text = " ".join(line.text for page in reader.read(images) for line in page)
-            row[name] = ReaderRun(
-                name, a.fact.answer.lower() in text.lower(), time.perf_counter() - t0, len(images)
-            )
+            row[name] = ReaderRun(a.fact.answer.lower() in text.lower(), time.perf_counter() - t0)
         rows.append(row)
     return rows, not_run
 

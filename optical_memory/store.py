@@ -182,6 +182,10 @@ def _check_count(value: object, what: str, *, allow_none: bool) -> int | None:
     return min(value, _SQL_INT - 1)  # beyond SQL's 64-bit integers: as good as no bound
 
 
+# backend name -> the model whose checkpoint folder it loads (vLLM runs DeepSeek-OCR's)
+_CHECKPOINT_OF = {"deepseek-ocr": "deepseek-ocr", "vllm": "deepseek-ocr", "optical-mini": "optical-mini"}
+
+
 def _page_id_fits(page_id: object) -> bool:
     """Whether ``page_id`` could be a page's id; False for an int SQL cannot hold (no page has it),
     ``InvalidInput`` for anything but an int."""
@@ -331,15 +335,16 @@ class OpticalMemory:
                         f"{what}= must be a name or implement optical_memory.protocols.{protocol.__name__}, "
                         f"got {type(obj).__name__}"
                     )
-            needs = {self.config.reader_name} if reader is None else set()
+            # the checkpoints the configured backends will load: a missing one fails now, not at recall
+            named = {self.config.reader_name} if reader is None else set()
             if encoder is None and self.config.encoder_name is not None:
-                needs.add(self.config.encoder_name)
-            if needs & {"deepseek-ocr", "vllm", "optical-mini"}:
-                from .backends.deepseek import MINI_NAME, MODEL_NAME, resolve_model_dir
+                named.add(self.config.encoder_name)
+            checkpoints = {_CHECKPOINT_OF[n] for n in named if n in _CHECKPOINT_OF}
+            if checkpoints:
+                from .backends.deepseek import resolve_model_dir
 
-                for name in sorted(needs & {"deepseek-ocr", "vllm", "optical-mini"}):
-                    model = MINI_NAME if name == MINI_NAME else MODEL_NAME
-                    resolve_model_dir(self.config.model_dir, model=model)  # fails now, not at recall
+                for model in sorted(checkpoints):
+                    resolve_model_dir(self.config.model_dir, model=model)
             self.embedder = embedder or make_embedder(self.config.embedder)
             self._reader = reader
             cfg = self.config
