@@ -69,12 +69,65 @@ def plot_training(curve: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def decode_speed(new_tokens: int = 200) -> dict[str, dict[str, float]]:
+    """Encode seconds and decode milliseconds per token for one held-out 640 px page, in float32 and bfloat16
+    (the reader's default dtype choice rests on this)."""
+    import time
+
+    import torch
+
+    from optical_memory.config import RenderConfig
+    from optical_memory.experiments import build_corpus, shrink_chain
+    from optical_memory.model import DEFAULT_PROMPT, GenerationConfig, from_pretrained
+    from optical_memory.render import Renderer
+
+    renderer = Renderer(RenderConfig())
+    [b] = build_corpus(1, renderer=renderer)
+    page = shrink_chain(renderer.draw(renderer.paginate_document(b.text)[0][0]), [640])[640]
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = from_pretrained(MINI_DIR, dtype=dtype)
+        model.encode([page], 640)  # warm-up
+        t0 = time.perf_counter()
+        vision = model.encode([page], 640)
+        encode_s = time.perf_counter() - t0
+        embeds = model.embed_prompt(vision, DEFAULT_PROMPT)[None]
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        t0 = time.perf_counter()
+        result = model.generate_tokens(
+            embeds, attention_mask=mask, config=GenerationConfig(max_new_tokens=new_tokens, ngram_size=None)
+        )
+        seconds = time.perf_counter() - t0
+        out[str(dtype).removeprefix("torch.")] = {
+            "encode_s": round(encode_s, 3),
+            "tokens": len(result.tokens[0]),
+            "decode_ms_per_token": round(1000 * seconds / max(1, len(result.tokens[0])), 2),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=8)
     parser.add_argument("--run", default="build/optical-mini", help="the training run folder, if at hand")
     parser.add_argument("--out", default=str(RESULTS / "optical_mini"))
+    parser.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="only time decoding in float32 and bfloat16, added to the existing results/optical_mini.json",
+    )
     args = parser.parse_args()
+
+    if args.decode_only:
+        speed = decode_speed()
+        rows = [[dtype, *figures.values()] for dtype, figures in speed.items()]
+        print(table(["dtype", "encode s", "tokens", "ms/token"], rows))
+        path = RESULTS / "optical_mini.json"
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+        command = ".venv/bin/python benchmarks/bench_mini.py --decode-only"
+        existing["decode_640px"] = {"command": command, **speed}
+        path.write_text(json.dumps(existing, indent=1) + "\n")
+        return
 
     report = forgetting(
         args.out,

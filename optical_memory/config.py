@@ -170,8 +170,8 @@ class StoreConfig:
     # model_dir when given (``vllm serve <folder>`` serves it under that name), else the hub id.
     model_url: str | None = None
     model_device: str = "cpu"
-    # None: the model's own default: bfloat16 for DeepSeek-OCR, float32 for optical-mini (small matmuls in
-    # bfloat16 run ~10x slower than float32 on CPUs without bfloat16 units; measured 94 vs 7 ms a token)
+    # None: the model's own default: bfloat16 for DeepSeek-OCR, float32 for optical-mini (its small matmuls
+    # decode 1.6x slower in bfloat16 on this project's CPU: 4.32 vs 2.63 ms a token, benchmarks/bench_mini.py)
     model_dtype: str | None = None
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
     chunk_words: int = 160
