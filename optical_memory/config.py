@@ -170,8 +170,10 @@ class StoreConfig:
     # model_dir when given (``vllm serve <folder>`` serves it under that name), else the hub id.
     model_url: str | None = None
     model_device: str = "cpu"
-    # None: the model's own default: bfloat16 for DeepSeek-OCR, float32 for optical-mini (its small matmuls
-    # decode 1.6x slower in bfloat16 on this project's CPU: 4.32 vs 2.63 ms a token, benchmarks/bench_mini.py)
+    # None: the model's own default: bfloat16 for DeepSeek-OCR (float32 on a CPU without native bfloat16,
+    # AVX2 only, where bfloat16 matmuls run ~20x slower: optical_memory.hardware), float32 for optical-mini
+    # (its small matmuls decode 1.6x slower in bfloat16 on this project's CPU: 4.32 vs 2.63 ms a token,
+    # benchmarks/bench_mini.py)
     model_dtype: str | None = None
     # Gist embeddings are taken over chunks of this many words (MiniLM truncates at 256 word pieces).
     chunk_words: int = 160

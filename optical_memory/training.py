@@ -62,6 +62,7 @@ from PIL import Image
 
 from .config import AgingPolicy, RenderConfig
 from .experiments import _prose_paragraphs, shrink_chain
+from .hardware import cpu_name
 from .model import DEFAULT_PROMPT, DeepseekOCR, OCRConfig
 from .model.generation import left_pad
 from .model.loading import config_to_json
@@ -290,17 +291,6 @@ def train_tokenizer(texts: Iterator[str] | Sequence[str], folder: Path, vocab_si
     return fast
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # -- training ------------------------------------------------------------------------------------------------
 
 
@@ -412,7 +402,7 @@ class Trainer:
 
     def _write_run_info(self) -> None:
         info = {
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name(),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -13,7 +13,13 @@ from optical_memory.backends import make_embedder, make_reader
 from optical_memory.backends.minilm import MiniLMEmbedder
 from optical_memory.backends.rapidocr_reader import RapidOCRReader
 from optical_memory.backends.tiktoken_counter import TiktokenCounter
+from optical_memory.hardware import describe_cpu
 from optical_memory.reliability import scratch_database
+
+
+def pytest_report_header() -> str:
+    """The CPU and the flags that decide how fast this run can be (a slow run told from a broken one)."""
+    return f"cpu: {describe_cpu()}"
 
 
 @pytest.fixture(scope="session")

@@ -40,22 +40,33 @@ from optical_memory.backends.vllm_backend import (
     VLLMServerReader,
 )
 from optical_memory.errors import InvalidInput
+from optical_memory.hardware import cpu_dtype
 from optical_memory.types import TextLine
 
 pytestmark = pytest.mark.vllm
 
 # Engine settings for a 2-core CPU: no multimodal profiling run (it encodes five 1280 px images at once,
-# over 20 GB), one image per prompt, a short context and a small KV cache.
+# over 20 GB), one image per prompt, a short context and a small KV cache. The dtype is the one the reader
+# itself picks on this CPU (float32 where bfloat16 is not native: on an AVX2-only EPYC, bfloat16 full-size
+# SAM and CLIP ran past vLLM's 300 s execution timeout), passed explicitly so the server runs the same.
+DTYPE = cpu_dtype()
 ENGINE = {
     "load_format": "dummy",
-    "dtype": "bfloat16",
+    "dtype": DTYPE,
     "seed": 0,
     "max_model_len": 2048,
     "max_num_seqs": 4,
     "max_num_batched_tokens": 2048,
     "skip_mm_profiling": True,
 }
-ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_HOST_IP": "127.0.0.1"}
+# vLLM's limit on one model step (default 300 s) raised for the slowest CPU of this kind: a batch of three
+# pages (nine full-size views) is one step; a hung engine still fails the test, after this.
+ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "900",
+}
 GUNDAM_GLOBAL = 16 * 17 + 1  # a page of at most 640 px: the 1024 px global view, row newlines, separator
 
 
@@ -238,10 +249,13 @@ def page(width: int, height: int, text: str) -> Image.Image:
     return image
 
 
+# Where tiles are not the point of a test, it reads PLAIN: a page of at most 640 px is one view (the global
+# one); a tiled page costs its tiles on top (full-size SAM and CLIP for each view: seconds on a CPU).
+PLAIN = page(640, 640, "The spare key is under the blue flowerpot.\nTrain to Porto: 07:42, platform 3.")
 PAGES = [
-    page(640, 640, "The spare key is under the blue flowerpot.\nTrain to Porto: 07:42, platform 3."),
     page(1024, 1024, "Water the tomatoes every second evening."),  # Gundam: 1024 global view + 2 x 2 tiles
     page(640, 900, "A portrait page, like a PDF page."),  # Gundam: global view + 1 x 2 tiles
+    PLAIN,
 ]
 
 
@@ -267,26 +281,30 @@ def test_offline_reader_reads_every_page_in_order(offline, offline_batch):
     assert len(offline_batch) == len(PAGES)
     assert all(isinstance(line, TextLine) and line.box is None for lines in offline_batch for line in lines)
     assert all(line.text == line.text.strip() and line.text for lines in offline_batch for line in lines)
-    assert offline.read([PAGES[2]]) == offline_batch[2:]  # a page's text does not depend on its batch
+    assert offline.read([PLAIN]) == offline_batch[2:]  # a page's text does not depend on its batch
     assert offline.read([]) == []
 
 
-def test_offline_prompt_is_the_official_one(offline, folder):
+@pytest.fixture(scope="module")
+def official_prompt_ids(folder) -> list[int]:
+    """The official prompt for PLAIN in the test tokenizer: BOS, <image> expanded to the global view's
+    positions, then the text."""
     from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return [0, *[300] * GUNDAM_GLOBAL, *tokenizer.encode("\nFree OCR.", add_special_tokens=False).ids]
+
+
+def test_offline_prompt_is_the_official_one(offline, official_prompt_ids):
     from vllm import SamplingParams
 
-    text = (
-        Tokenizer.from_file(str(folder / "tokenizer.json"))
-        .encode("\nFree OCR.", add_special_tokens=False)
-        .ids
-    )
     engine = offline.start()
     out = engine.generate(
-        [{"prompt": offline.prompt, "multi_modal_data": {"image": PAGES[0]}}],
+        [{"prompt": offline.prompt, "multi_modal_data": {"image": PLAIN}}],
         SamplingParams(max_tokens=1, temperature=0.0),
         use_tqdm=False,
     )[0]
-    assert out.prompt_token_ids == [0, *[300] * GUNDAM_GLOBAL, *text]  # BOS, <image> expanded, the text
+    assert out.prompt_token_ids == official_prompt_ids
 
 
 def _repeats(ids: list[int], n: int, window: int) -> bool:
@@ -303,7 +321,7 @@ def test_ngram_guard_is_active(offline):
     from vllm import SamplingParams
 
     engine = offline.start()
-    prompt = [{"prompt": offline.prompt, "multi_modal_data": {"image": PAGES[0]}}]
+    prompt = [{"prompt": offline.prompt, "multi_modal_data": {"image": PLAIN}}]
 
     def ids(extra_args):
         params = SamplingParams(max_tokens=120, temperature=0.0, extra_args=extra_args)
@@ -345,8 +363,12 @@ def _serve() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def server(folder, tmp_path_factory):
-    """``vllm serve`` on 127.0.0.1 with the recipe's flags, the same engine settings and dummy weights."""
+def server(folder, tmp_path_factory, offline, offline_batch):
+    """``vllm serve`` on 127.0.0.1 with the recipe's flags, the same engine settings and dummy weights.
+
+    The offline engine has answered its pages by then and is shut down first: two engines would share two
+    cores (a later offline read would start a new one)."""
+    offline.close()
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
     command = [
@@ -355,7 +377,7 @@ def server(folder, tmp_path_factory):
         "--logits-processors", "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor",
         "--no-enable-prefix-caching", "--mm-processor-cache-gb", "0",
         "--limit-mm-per-prompt", json.dumps({"image": 1}),
-        "--load-format", "dummy", "--dtype", "bfloat16", "--seed", "0", "--max-model-len", "2048",
+        "--load-format", "dummy", "--dtype", DTYPE, "--seed", "0", "--max-model-len", "2048",
         "--max-num-seqs", "4", "--max-num-batched-tokens", "2048", "--skip-mm-profiling",
     ]  # fmt: skip
     started = time.perf_counter()
@@ -394,25 +416,17 @@ def test_server_reader_matches_the_offline_engine(server, offline_batch):
     assert served == offline_batch
 
 
-def test_server_prompt_is_the_official_one(server, offline):
+def test_server_prompt_is_the_official_one(server, official_prompt_ids):
     client = VLLMServerReader(server, "tiny-ocr", max_new_tokens=1)
-    answer = client.post("/chat/completions", {**client.request_body(PAGES[0]), "return_token_ids": True})
-    engine = offline.start()
-    from vllm import SamplingParams
-
-    offline_ids = engine.generate(
-        [{"prompt": offline.prompt, "multi_modal_data": {"image": PAGES[0]}}],
-        SamplingParams(max_tokens=1),
-        use_tqdm=False,
-    )[0].prompt_token_ids
-    assert answer["prompt_token_ids"] == list(offline_ids)
+    answer = client.post("/chat/completions", {**client.request_body(PLAIN), "return_token_ids": True})
+    assert answer["prompt_token_ids"] == official_prompt_ids  # what the offline engine was given, too
 
 
 def test_server_reader_errors(server):
     with pytest.raises(VLLMError, match=r"404|does not exist"):
-        VLLMServerReader(server, "no-such-model", max_new_tokens=4).read(PAGES[:1])
+        VLLMServerReader(server, "no-such-model", max_new_tokens=4).read([PLAIN])
     with pytest.raises(VLLMError, match="cannot reach"):
-        VLLMServerReader(f"http://127.0.0.1:{_free_port()}", "tiny-ocr", timeout_s=5).read(PAGES[:1])
+        VLLMServerReader(f"http://127.0.0.1:{_free_port()}", "tiny-ocr", timeout_s=5).read([PLAIN])
     with pytest.raises(InvalidInput, match="PIL images"):
         VLLMServerReader(server, "tiny-ocr").read(["not an image"])  # type: ignore[list-item]
     with pytest.raises(InvalidInput, match="http"):

@@ -89,7 +89,7 @@ def make_reader(
     if name == "vllm":
         from .vllm_backend import VLLMReader
 
-        return VLLMReader(model_dir, dtype=dtype or "bfloat16")
+        return VLLMReader(model_dir) if dtype is None else VLLMReader(model_dir, dtype=dtype)
     if name == "vllm-server":
         from .vllm_backend import VLLMServerReader
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidInput, MissingDependency
+from ..hardware import cpu_name, native_bfloat16
 from ..types import TextLine
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def _mode(image: Image.Image) -> int | str:
 
 class _DeepseekBackend:
     name = MODEL_NAME
-    default_dtype = "bfloat16"  # what dtype=None means
+    default_dtype = "bfloat16"  # what dtype=None means, on a GPU or on a CPU with native bfloat16
 
     def __init__(
         self,
@@ -96,7 +97,7 @@ class _DeepseekBackend:
         dtype: str | None = None,
         batch_size: int = 8,
     ) -> None:
-        dtype = dtype or self.default_dtype
+        dtype = dtype or self._default_dtype(device)
         if dtype not in ("bfloat16", "float16", "float32"):
             raise InvalidInput(f"dtype must be 'bfloat16', 'float16' or 'float32', got {dtype!r}")
         if batch_size < 1:
@@ -106,6 +107,14 @@ class _DeepseekBackend:
         self.dtype = dtype
         self.batch_size = batch_size
         self._lock = threading.Lock()
+
+    def _default_dtype(self, device: str) -> str:
+        """``default_dtype``, except float32 on a CPU whose bfloat16 is not native (AVX2 only: there every
+        bfloat16 matmul is converted tile by tile, many times slower than float32)."""
+        if self.default_dtype == "bfloat16" and device.startswith("cpu") and not native_bfloat16():
+            log.info("%s: bfloat16 is not native on %s: running in float32", self.name, cpu_name())
+            return "float32"
+        return self.default_dtype
 
     @property
     def model(self) -> Any:

@@ -41,6 +41,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import InvalidInput, MissingDependency, OpticalMemoryError
+from ..hardware import cpu_dtype
 from ..types import TextLine
 from .deepseek import OCR_PROMPT, resolve_model_dir
 
@@ -92,10 +93,11 @@ class VLLMReader:
     """Reader: DeepSeek-OCR on vLLM's offline engine; each ``read`` is one batched ``LLM.generate``.
 
     ``model_dir``: a DeepSeek-OCR checkpoint folder (or $OPTICAL_MEMORY_MODEL_DIR). ``engine_kwargs`` override
-    this reader's ``vllm.LLM`` defaults (prefix caching off, no multimodal processor cache, one image per
-    prompt, the n-gram logits processor) and add any other engine option (``load_format``, ``dtype``,
-    ``max_model_len``, ``gpu_memory_utilization``, ...). The engine starts on the first read (tens of
-    seconds), or at once with ``start()``; ``close()`` shuts it down.
+    this reader's ``vllm.LLM`` defaults (on a CPU, bfloat16 where it is native and float32 where it is not;
+    prefix caching off, no multimodal processor cache, one image per prompt, the n-gram logits processor) and
+    add any other engine option (``load_format``, ``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
+    ...). The engine starts on the first read (tens of seconds), or at once with ``start()``; ``close()``
+    shuts it down.
     """
 
     name = "deepseek-ocr-vllm"
@@ -137,7 +139,12 @@ class VLLMReader:
             raise MissingDependency(
                 f"the vLLM reader needs vllm with DeepSeek-OCR support: {_INSTALL} ({e})"
             ) from e
+        from vllm.platforms import current_platform
+
         kwargs: dict[str, Any] = {
+            # the checkpoint's bfloat16, except on a CPU without native bfloat16 (AVX2 only), where vLLM's
+            # oneDNN has no bfloat16 kernel and every linear falls back to converting torch code
+            **({} if not current_platform.is_cpu() else {"dtype": cpu_dtype()}),
             "enable_prefix_caching": False,
             "mm_processor_cache_gb": 0,
             "limit_mm_per_prompt": {"image": 1},
