@@ -59,6 +59,10 @@ class VectorIndex:
     def __len__(self) -> int:
         return sum(sub.ntotal for sub in self._scopes.values())
 
+    def replace(self, other: VectorIndex) -> None:
+        """Hold what ``other`` holds (an index rebuilt from SQL), so that whoever holds this one sees it."""
+        self.dim, self.generation, self._scopes = other.dim, other.generation, other._scopes
+
     @property
     def n_scopes(self) -> int:
         return len(self._scopes)

@@ -126,7 +126,8 @@ def audit(
     writer died. Memories never acknowledged (the kill landed between commit and the acknowledgement) may
     or may not be there, as may those being deleted; either is correct.
     """
-    from .store import ORPHAN_GRACE_S, OpticalMemory
+    from .maintenance import ORPHAN_GRACE_S
+    from .store import OpticalMemory
 
     deleting = deleting or set()
     with OpticalMemory(path, config=_config(database_url), embedder=embedder) as store:

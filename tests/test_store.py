@@ -895,7 +895,7 @@ def test_index_scans_one_query_on_one_thread_and_restores_the_thread_count() -> 
 
 
 def test_sentence_chunks_keep_offsets_and_split_long_sentences() -> None:
-    from optical_memory.store import _sentence_chunks
+    from optical_memory.ingest import sentence_chunks as _sentence_chunks
 
     text = "  Note for later: the code is 4417-K23.  Can you help me water the tomatoes?\nSure! Do it daily"
     chunks = _sentence_chunks(text, 4)

@@ -1,0 +1,403 @@
+"""Ingest: text and files in, rows out.
+
+add_many -> validate, normalise, count tokens -> gist chunks -> embed -> one write transaction:
+            scope row, memory rows, embedding rows (the index adds them after commit)
+documents and files are laid out, rendered and written as pages at once (``write_pages``, which
+aging also uses to pack turns that left the text tier).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from .core import Core, Write, png
+from .db import EmbeddingRow, MemoryRow, PageRow, ScopeRow, SpanRow
+from .errors import InvalidInput
+from .render import Line, Span, load_page_file
+from .types import Kind
+from .validation import (
+    check_file,
+    check_metadata,
+    check_name,
+    check_scope,
+    check_timestamp,
+    check_ttl,
+    now,
+    shown,
+)
+
+TEXT_FILE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
+IMAGE_FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+JOIN_CODES = {" ": "s", "": "h", "\n": "n"}  # how a rendered line joins the next, as a span records it
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class Pending:
+    """A memory validated and embedded, not yet written."""
+
+    text: str
+    scope: str
+    kind: Kind
+    role: str | None
+    metadata: dict[str, Any]
+    timestamp: float
+    tokens: int
+    chunks: list[tuple[int, str]]
+    vectors: np.ndarray | None = None
+    ttl_s: float | None = None
+
+
+def add_many(
+    core: Core,
+    items: Iterable[str | Mapping[str, Any]],
+    *,
+    scope: str,
+    kind: Kind = "turn",
+    progress: Progress | None = None,
+) -> list[int]:
+    check_scope(scope)
+    if kind not in ("turn", "document"):
+        raise InvalidInput(f"kind must be 'turn' or 'document', got {shown(kind)}")
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidInput(
+            f"add_many takes a list of items, got {type(items).__name__}; use add() for a single text"
+        )
+    if progress is not None and not callable(progress):
+        raise InvalidInput(f"progress must be a callable or None, got {type(progress).__name__}")
+    pending = [_prepare(core, item, scope=scope, kind=kind) for item in items]
+    if not pending:
+        return []
+    texts = [chunk for p in pending for _, chunk in p.chunks]
+    vectors = core.embedder.embed(texts)
+    at = 0
+    for p in pending:
+        p.vectors = vectors[at : at + len(p.chunks)]
+        at += len(p.chunks)
+    with core.lock:
+        if kind == "document":
+            ids = [_write_document(core, p) for p in pending]
+        else:
+            ids = _write_turns(core, pending)
+        if progress:
+            progress(len(ids))
+        return ids
+
+
+def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
+    if isinstance(item, Mapping):
+        text = item.get("text", item.get("content"))
+        role, metadata, timestamp = item.get("role"), item.get("metadata"), item.get("timestamp")
+        ttl = item.get("ttl")
+    else:
+        text, role, metadata, timestamp, ttl = item, None, None, None, None
+    if role is not None:
+        check_name(role, "role", max_len=64)
+        core.renderer.normalise(role)  # a label the fonts cannot draw fails now, not in age()
+    normalised = core.renderer.normalise(text)
+    meta = check_metadata(metadata)
+    ts = check_timestamp(timestamp)
+    ttl_s = check_ttl(ttl)
+    return Pending(
+        text=normalised,
+        scope=scope,
+        kind=kind,
+        role=role,
+        metadata=meta,
+        timestamp=ts,
+        tokens=core.counter.count(normalised),
+        chunks=gist_chunks(core, normalised),
+        ttl_s=ttl_s,
+    )
+
+
+# -- gist chunks ---------------------------------------------------------------------------------------------
+
+
+def gist_chunks(core: Core, text: str) -> list[tuple[int, str]]:
+    """The pieces of ``text`` that get a gist vector each, as ``StoreConfig.gist`` asks."""
+    if core.config.gist == "sentences":
+        return sentence_chunks(text, core.config.chunk_words)
+    return chunks(text, core.config.chunk_words)
+
+
+def chunks(text: str, words: int) -> list[tuple[int, str]]:
+    """Split ``text`` into chunks of at most ``words`` words: (char offset, chunk text)."""
+    spans = [m.span() for m in re.finditer(r"\S+", text)]
+    out = []
+    for i in range(0, len(spans), words):
+        group = spans[i : i + words]
+        out.append((group[0][0], text[group[0][0] : group[-1][1]]))
+    return out or [(0, text)]
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentence_chunks(text: str, words: int) -> list[tuple[int, str]]:
+    """One chunk per sentence (a run ending in . ! or ? before whitespace), sentences longer than ``words``
+    words split as :func:`chunks` splits them: (char offset, chunk text)."""
+    out: list[tuple[int, str]] = []
+    start = 0
+    for end in [m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)]:
+        sentence = text[start:end]
+        lead = len(sentence) - len(sentence.lstrip())
+        if sentence.strip():
+            out += [
+                (start + lead + offset, chunk) for offset, chunk in chunks(sentence[lead:].rstrip(), words)
+            ]
+        start = end
+    return out or [(0, text)]
+
+
+# -- rows ----------------------------------------------------------------------------------------------------
+
+
+def _ensure_scope(s: Session, scope: str, when: float) -> ScopeRow:
+    row = s.get(ScopeRow, scope)
+    if row is None:
+        row = ScopeRow(name=scope, created_at=when, turns=0)
+        s.add(row)
+        s.flush()
+    return row
+
+
+def _new_memory(s: Session, p: Pending, *, turn_index: int, paged: bool) -> MemoryRow:
+    row = MemoryRow(
+        scope=p.scope,
+        kind=p.kind,
+        role=p.role,
+        created_at=p.timestamp,
+        turn_index=turn_index,
+        paged=paged,
+        pinned=False,
+        text=p.text,
+        text_hash=hashlib.sha256(p.text.encode()).hexdigest(),
+        n_chars=len(p.text),
+        text_tokens=p.tokens,
+        meta=p.metadata,
+        ttl_s=p.ttl_s,
+        expires_at=None if p.ttl_s is None else p.timestamp + p.ttl_s,
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+def _add_embeddings(w: Write, memory: MemoryRow, p: Pending) -> None:
+    """Write a memory's gist vectors, tagged with the transaction's generation, for the index to add."""
+    assert p.vectors is not None
+    rows = [
+        EmbeddingRow(
+            memory_id=memory.id,
+            scope=p.scope,
+            char_start=start,
+            vector=vec.astype("<f4").tobytes(),
+            generation=w.generation,
+        )
+        for (start, _), vec in zip(p.chunks, p.vectors, strict=True)
+    ]
+    w.s.add_all(rows)
+    w.s.flush()
+    w.added.append((p.scope, [r.id for r in rows], p.vectors))
+
+
+def _write_turns(core: Core, pending: list[Pending]) -> list[int]:
+    scope = pending[0].scope
+    ids = []
+    with core.write() as w:
+        s = w.s
+        srow = _ensure_scope(s, scope, pending[0].timestamp)
+        for p in pending:
+            srow.turns += 1
+            memory = _new_memory(s, p, turn_index=srow.turns, paged=False)
+            _add_embeddings(w, memory, p)
+            ids.append(memory.id)
+    return ids
+
+
+def _write_document(core: Core, p: Pending) -> int:
+    pages, spans = core.renderer.layout([(None, p.text)])
+    with core.write() as w:
+        s = w.s
+        srow = _ensure_scope(s, p.scope, p.timestamp)
+        memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
+        write_pages(core, s, p.scope, pages, spans, [memory], leave_last_open=False)
+        if not core.config.retain_text:
+            memory.text = None
+        _add_embeddings(w, memory, p)
+    return memory.id
+
+
+def write_pages(
+    core: Core,
+    s: Session,
+    scope: str,
+    pages: list[list[Line]],
+    spans: list[Span],
+    memories: list[MemoryRow],
+    *,
+    leave_last_open: bool,
+    offsets: Sequence[int] | None = None,
+) -> list[PageRow]:
+    """Render laid-out pages, store their blobs, and write page and span rows (caller's transaction).
+
+    ``memories[i]`` is the memory of layout item i; ``offsets[i]`` is added to its char ranges (an item
+    can be the tail of a memory whose head is already on an earlier page).
+    """
+    side = core.config.render.page_side
+    rows = []
+    for number, lines in enumerate(pages):
+        on_page = [sp for sp in spans if sp.page == number]
+        members = [memories[sp.item] for sp in on_page]
+        blob = core.blobs.put(png(core.renderer.draw(lines)))
+        is_last = number == len(pages) - 1
+        page = PageRow(
+            scope=scope,
+            render_side=side,
+            side=side,
+            blob=blob,
+            blob_bytes=core.blobs.size(blob),
+            is_open=leave_last_open and is_last and len(lines) < core.renderer.lines_per_page,
+            lost=False,
+            created_at=max(m.created_at for m in members),
+            last_turn_index=max(m.turn_index for m in members),
+            text_tokens=0,
+        )
+        s.add(page)
+        s.flush()
+        tokens = 0
+        for sp in on_page:
+            memory = memories[sp.item]
+            shift = offsets[sp.item] if offsets else 0
+            text = memory.text or ""
+            tokens += core.counter.count(text[sp.char_start + shift : sp.char_end + shift])
+            s.add(
+                SpanRow(
+                    memory_id=memory.id,
+                    page_id=page.id,
+                    line_start=sp.line_start,
+                    line_end=sp.line_end,
+                    char_start=sp.char_start + shift,
+                    char_end=sp.char_end + shift,
+                    joins="".join(JOIN_CODES[ln.join] for ln in lines[sp.line_start : sp.line_end]),
+                    label_len=lines[sp.line_start].label_len,
+                )
+            )
+        page.text_tokens = tokens
+        rows.append(page)
+    s.flush()
+    return rows
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+
+
+def add_file(
+    core: Core, path: str | os.PathLike[str], *, scope: str, metadata: Mapping[str, Any] | None = None
+) -> list[int]:
+    check_scope(scope)
+    meta = check_metadata(metadata)
+    file = check_file(path)
+    suffix = file.suffix.lower()
+    # a name undecodable in the file system's encoding holds lone surrogates: no metadata may
+    meta = {"source": file.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), **meta}
+    if suffix in TEXT_FILE_SUFFIXES:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidInput(f"{str(file)!r} is not UTF-8 text ({e})") from None
+        except OSError as e:
+            raise InvalidInput(f"cannot read {str(file)!r}: {e.strerror or e}") from None
+        item = {"text": text, "role": None, "metadata": meta, "timestamp": None, "ttl": None}
+        return add_many(core, [item], scope=scope, kind="document")
+    if suffix != ".pdf" and suffix not in IMAGE_FILE_SUFFIXES:
+        known = sorted(TEXT_FILE_SUFFIXES | IMAGE_FILE_SUFFIXES | {".pdf"})
+        raise InvalidInput(f"unsupported file type {suffix!r} for {str(file)!r}; supported: {known}")
+    images = load_page_file(file, core.config.render.page_side)
+    texts = _pdf_texts(file) if suffix == ".pdf" else [""] * len(images)
+    ids = []
+    for number, (image, text) in enumerate(zip(images, texts, strict=True)):
+        if not text.strip():
+            text = "\n".join(line.text for line in core.reader.read([image])[0])
+        ids.append(_write_image_page(core, image, text, scope, {**meta, "page": number + 1}))
+    return ids
+
+
+def _write_image_page(core: Core, image: Image.Image, text: str, scope: str, meta: dict[str, Any]) -> int:
+    text = " ".join(text.split()) or "(no text found)"
+    ts = now()
+    p = Pending(
+        text=text,
+        scope=scope,
+        kind="document",
+        role=None,
+        metadata=meta,
+        timestamp=ts,
+        tokens=core.counter.count(text),
+        chunks=gist_chunks(core, text),
+    )
+    p.vectors = core.embedder.embed([c for _, c in p.chunks])
+    side = core.config.render.page_side
+    with core.write() as w:
+        s = w.s
+        srow = _ensure_scope(s, scope, ts)
+        memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
+        blob = core.blobs.put(png(image))
+        page = PageRow(
+            scope=scope,
+            render_side=0,
+            side=side,
+            blob=blob,
+            blob_bytes=core.blobs.size(blob),
+            is_open=False,
+            lost=False,
+            created_at=ts,
+            last_turn_index=srow.turns,
+            text_tokens=p.tokens,
+        )
+        s.add(page)
+        s.flush()
+        # render_side 0 marks a free-form page: no line grid, the span covers the whole page.
+        s.add(
+            SpanRow(
+                memory_id=memory.id,
+                page_id=page.id,
+                line_start=0,
+                line_end=0,
+                char_start=0,
+                char_end=len(text),
+                joins="",
+                label_len=0,
+            )
+        )
+        if not core.config.retain_text:
+            memory.text = None
+        _add_embeddings(w, memory, p)
+    return memory.id
+
+
+def _pdf_texts(path: Path) -> list[str]:
+    import pypdfium2 as pdfium
+
+    try:
+        pdf = pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as e:  # e.g. an image named .pdf
+        raise InvalidInput(f"cannot read PDF {str(path)!r}: {e}") from None
+    try:
+        return [pdf[i].get_textpage().get_text_range() for i in range(len(pdf))]
+    except pdfium.PdfiumError as e:
+        raise InvalidInput(f"cannot read the text of PDF {str(path)!r}: {e}") from None
+    finally:
+        pdf.close()

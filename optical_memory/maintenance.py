@@ -1,0 +1,201 @@
+"""Maintenance: what the store holds (stats), and whether it is whole (verify and repair): page blobs
+against their hashes, orphan blobs, vision tokens, and the index against SQL. Repair re-renders what the
+retained text can rebuild, marks the rest lost, drops damaged tokens, sweeps orphans, rebuilds the index.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from PIL import Image
+from sqlalchemy import delete, func, select
+
+from .config import vision_tokens
+from .core import Core, png, tier_name
+from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow, VisionRow
+from .types import Stats, TierStats, VerifyReport
+
+log = logging.getLogger(__name__)
+
+ORPHAN_GRACE_S = 60.0  # how old an unreferenced blob must be before verify() calls it an orphan
+
+
+def stats(core: Core) -> Stats:
+    with core.lock, core.session() as s:
+        n_memories = s.scalar(select(func.count(MemoryRow.id))) or 0
+        n_scopes = s.scalar(select(func.count(ScopeRow.name))) or 0
+        text_rows = s.execute(
+            select(
+                func.count(MemoryRow.id),
+                func.coalesce(func.sum(MemoryRow.text_tokens), 0),
+                func.coalesce(func.sum(MemoryRow.n_chars), 0),
+            ).where(MemoryRow.paged.is_(False))
+        ).one()
+        page_rows = s.execute(
+            select(
+                PageRow.side,
+                func.count(PageRow.id),
+                func.coalesce(func.sum(PageRow.text_tokens), 0),
+                func.coalesce(func.sum(PageRow.blob_bytes), 0),
+            ).group_by(PageRow.side)
+        ).all()
+        mem_tiers = s.execute(
+            select(PageRow.side, func.count(func.distinct(SpanRow.memory_id)))
+            .join(SpanRow, SpanRow.page_id == PageRow.id)
+            .group_by(PageRow.side)
+        ).all()
+    per_side_memories = {side: n for side, n in mem_tiers}
+    tiers = [
+        TierStats(
+            tier="text",
+            memories=text_rows[0],
+            pages=0,
+            text_tokens=int(text_rows[1]),
+            vision_tokens=0,
+            compression=None,
+            bytes=int(text_rows[2]),
+        )
+    ]
+    for side, n_pages, tokens, nbytes in sorted(page_rows, key=lambda r: -(r[0] or 0)):
+        vt = vision_tokens(side) * n_pages if side else 0
+        tiers.append(
+            TierStats(
+                tier=tier_name(side),
+                memories=per_side_memories.get(side, 0),
+                pages=n_pages,
+                text_tokens=int(tokens),
+                vision_tokens=vt,
+                compression=(tokens / vt) if vt else None,
+                bytes=int(nbytes),
+            )
+        )
+    return Stats(
+        memories=n_memories,
+        pages=sum(t.pages for t in tiers),
+        scopes=n_scopes,
+        text_tokens=sum(t.text_tokens for t in tiers),
+        vision_tokens=sum(t.vision_tokens for t in tiers),
+        bytes_on_disk=sum(t.bytes for t in tiers),
+        tiers=tiers,
+    )
+
+
+# -- verify and repair ---------------------------------------------------------------------------------------
+
+
+def verify(core: Core, *, repair: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S) -> VerifyReport:
+    with core.lock:
+        rerendered: list[int] = []
+        lost: list[int] = []
+        with core.session() as s:
+            pages = list(s.execute(select(PageRow.id, PageRow.blob).where(PageRow.blob.is_not(None))).all())
+        suspects = [page_id for page_id, blob in pages if blob and core.blobs.check(blob)]
+        missing, corrupt = _damaged_pages(core, suspects)
+        with core.blobs.sweeping():  # no writer is between writing a blob and committing its row
+            with core.session() as s:
+                referenced = {b for b in s.scalars(select(PageRow.blob).where(PageRow.blob.is_not(None)))}
+                vision = list(s.execute(select(VisionRow.page_id, VisionRow.blob)).all())
+            referenced |= {blob for _, blob in vision}
+            orphans = [
+                n for n in core.blobs.names() if n not in referenced and core.blobs.age_s(n) >= orphan_grace_s
+            ]
+            if repair:
+                for name in orphans:
+                    core.blobs.delete(name)
+        damaged_vision = [page_id for page_id, blob in vision if core.blobs.check(blob)]
+        index_ok = index_matches_sql(core)
+        if repair:
+            if damaged_vision:  # tokens are derived data: drop them, the next sync re-encodes
+                with core.write() as w:
+                    stale = core.drop_vision(w.s, damaged_vision)
+                core.sweep(stale)
+            for page_id in missing + corrupt:
+                healed = heal_page(core, page_id)
+                if healed is not None:  # None: another process deleted or healed it meanwhile
+                    (rerendered if healed else lost).append(page_id)
+            if not index_ok:
+                core.rebuild_index()
+        return VerifyReport(
+            pages_checked=len(pages),
+            missing_blobs=missing,
+            corrupt_blobs=corrupt,
+            orphan_blobs=orphans,
+            damaged_vision=damaged_vision,
+            rerendered=rerendered,
+            marked_lost=lost,
+            index_rebuilt=repair and not index_ok,
+            repaired=repair,
+        )
+
+
+def _damaged_pages(core: Core, suspects: list[int]) -> tuple[list[int], list[int]]:
+    """Of pages whose blob failed a check, those whose blob is still missing or corrupt once the write
+    lock is held (another process may have moved a page, and swept its old blob, since it was listed)."""
+    missing: list[int] = []
+    corrupt: list[int] = []
+    if not suspects:
+        return missing, corrupt
+    with core.write() as w:
+        for page_id in suspects:
+            page = w.s.get(PageRow, page_id)
+            problem = core.blobs.check(page.blob) if page is not None and page.blob else None
+            if problem == "missing":
+                missing.append(page_id)
+            elif problem == "corrupt":
+                corrupt.append(page_id)
+    return missing, corrupt
+
+
+def index_matches_sql(core: Core) -> bool:
+    """Whether the index, caught up, holds exactly SQL's vector ids, each under its own scope (checked
+    under the write lock, so no writer moves SQL meanwhile)."""
+    with core.write() as w:
+        core.sync_index()
+        in_sql: dict[str, set[int]] = {}
+        for scope, vid in w.s.execute(select(EmbeddingRow.scope, EmbeddingRow.id)):
+            in_sql.setdefault(scope, set()).add(vid)
+        in_index = {scope: ids for scope, ids in core.index.ids().items() if ids}
+        if in_index != in_sql:
+            log.warning(
+                "index holds %d vectors in %d scopes, SQL %d in %d",
+                sum(map(len, in_index.values())),
+                len(in_index),
+                sum(map(len, in_sql.values())),
+                len(in_sql),
+            )
+            return False
+        return True
+
+
+def heal_page(core: Core, page_id: int) -> bool | None:
+    """Re-render a damaged page (True), or mark it lost (False); None if, once the write lock is held,
+    it is gone or no longer damaged (another process deleted, moved or healed it)."""
+    stale: list[str] = []
+    try:
+        with core.write() as w:
+            s = w.s
+            page = s.get(PageRow, page_id)
+            if page is None or page.blob is None or core.blobs.check(page.blob) is None:
+                return None
+            stale += core.drop_vision(s, [page_id])  # tokens of damaged pixels are not to be trusted
+            spans = list(
+                s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
+            )
+            memories = [s.get(MemoryRow, sp.memory_id) for sp in spans]
+            if page.render_side == 0 or not spans or any(m is None or m.text is None for m in memories):
+                page.lost, page.side, page.blob, page.blob_bytes = True, None, None, 0
+                return False
+            items = [
+                (m.role if sp.char_start == 0 else None, m.text[sp.char_start : sp.char_end])  # type: ignore[union-attr,index]
+                for sp, m in zip(spans, memories, strict=True)
+            ]
+            pages, _ = core.renderer.layout(items)
+            image = core.renderer.draw(pages[0])
+            if page.side is not None and page.side != image.width:
+                image = image.resize((page.side, page.side), Image.Resampling.LANCZOS)
+            page.blob = core.blobs.put(png(image))
+            page.blob_bytes = core.blobs.size(page.blob)
+            s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))
+            return True
+    finally:
+        core.sweep(stale)  # after the commit: the tokens' blobs are unreferenced by then

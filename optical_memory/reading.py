@@ -1,0 +1,223 @@
+"""Reading: memories back as text.
+
+    recall -> retained text as it is, or: the memory's spans -> the reader over each page image at its
+              current tier (its lines cached in SQL per page, tier and reader) -> the span's lines joined
+              back as the renderer recorded them, the role label stripped
+Also the turns still verbatim in the text tier, a page's text as retained, and page images as stored.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .core import FORGOTTEN, Core, live, tier_of
+from .db import MemoryRow, PageRow, RecallRow, SpanRow
+from .errors import BlobError, InvalidInput
+from .ingest import JOIN_CODES
+from .types import Recall
+from .validation import now, page_id_fits, shown
+
+JOIN_CHARS = {v: k for k, v in JOIN_CODES.items()}
+READ_ATTEMPTS = 4  # reads of a page that keeps changing under them before the error is raised
+
+
+class _PageMoved(Exception):
+    """A page changed under a read: another process moved, redacted or deleted it. Read it again."""
+
+
+def recall(core: Core, memory_id: int, *, read: bool = False) -> Recall:
+    for _ in range(READ_ATTEMPTS - 1):
+        try:
+            return _recall(core, memory_id, read=read)
+        except _PageMoved:
+            continue  # another process aged or redacted a page while it was read
+    return _recall(core, memory_id, read=read, last_try=True)
+
+
+def _recall(core: Core, memory_id: int, *, read: bool, last_try: bool = False) -> Recall:
+    with core.lock, core.session() as s:
+        memory = core.memory(s, memory_id)
+        spans = list(
+            s.scalars(select(SpanRow).where(SpanRow.memory_id == memory_id).order_by(SpanRow.char_start))
+        )
+        pages = {
+            p.id: p for p in s.scalars(select(PageRow).where(PageRow.id.in_([sp.page_id for sp in spans])))
+        }
+        tier = tier_of(memory.paged, [p.side for p in pages.values()])
+        if memory.text is not None and (not read or not memory.paged):
+            return Recall(id=memory.id, text=memory.text, tier=tier, source="retained", role=memory.role)
+        parts = []
+        for sp in spans:
+            page = pages[sp.page_id]
+            if page.side is None or page.blob is None:
+                continue  # forgotten (or lost): nothing left to read
+            lines = _page_lines(core, s, page, memory_id, last_try=last_try)
+            parts.append(_assemble(sp, lines, memory.role))
+        if not parts:
+            return Recall(id=memory.id, text="", tier=tier, source=FORGOTTEN, role=memory.role)
+        text = "".join(parts).strip()
+        return Recall(id=memory.id, text=text, tier=tier, source=core.reader.name, role=memory.role)
+
+
+def _page_lines(
+    core: Core, s: Session, page: PageRow, memory_id: int, *, last_try: bool = False
+) -> dict[int, str]:
+    """Reader output for a page at its current tier, by line index; cached in SQL per tier, and only while
+    the page still shows what was read (checked under the write lock: a concurrent redaction or move
+    must not be cached over with the old pixels' text)."""
+    assert page.side is not None and page.blob is not None
+    reader = core.reader
+    cached = s.get(RecallRow, (page.id, page.side, reader.name))
+    if cached is not None:
+        return {int(k): v for k, v in cached.lines.items()}
+    try:
+        image = Image.open(io.BytesIO(core.blobs.get(page.blob)))
+    except BlobError as e:
+        if not last_try and _page_blob(core, page.id) != page.blob:
+            raise _PageMoved from None
+        raise BlobError(
+            f"cannot recall memory {memory_id}: page {page.id}: {e}; "
+            "run verify(repair=True) to heal what can be healed"
+        ) from None
+    found = reader.read([image])[0]
+    lines: dict[int, str] = {}
+    if page.render_side == 0:  # a free-form page (PDF, image): all its text, in reading order
+        lines = {0: "\n".join(t.text for t in found)}
+    else:
+        placed: dict[int, list[tuple[float, str]]] = {}
+        for number, t in enumerate(found):
+            if t.box is None:
+                index, x = number, 0.0
+            else:
+                index, x = core.renderer.line_at((t.box[1] + t.box[3]) / 2, image.height), t.box[0]
+            placed.setdefault(index, []).append((x, t.text))
+        lines = {i: " ".join(text for _, text in sorted(v)) for i, v in placed.items()}
+    with core.write() as w:
+        current = w.s.get(PageRow, page.id)
+        if current is not None and (current.blob, current.side) == (page.blob, page.side):
+            w.s.merge(
+                RecallRow(
+                    page_id=page.id,
+                    side=page.side,
+                    reader=reader.name,
+                    lines={str(k): v for k, v in lines.items()},
+                )
+            )
+    return lines
+
+
+def _assemble(span: SpanRow, lines: Mapping[int, str], role: str | None) -> str:
+    """Rebuild a span's text from the reader's lines and the renderer's join record."""
+    if span.line_end <= span.line_start:  # free-form page
+        return lines.get(0, "")
+    out = []
+    for offset, index in enumerate(range(span.line_start, span.line_end)):
+        text = lines.get(index, "")
+        if offset == 0 and span.label_len:
+            text = _strip_label(text, role)
+        out.append(text.strip())
+        join = JOIN_CHARS[span.joins[offset]] if offset < len(span.joins) else "\n"
+        out.append(join)
+    return "".join(out)
+
+
+def _strip_label(text: str, role: str | None) -> str:
+    """Drop the "role: " label a turn's first line starts with (as the reader saw it)."""
+    if role and text.lower().startswith(role.lower()):
+        return text[len(role) :].lstrip(" :;.")
+    head, sep, tail = text.partition(":")
+    return tail.lstrip() if sep and len(head) <= 64 and " " not in head.strip() else text
+
+
+# -- page images ---------------------------------------------------------------------------------------------
+
+
+def _page_blob(core: Core, page_id: int) -> str | None:
+    """A page's blob as SQL has it now (None: deleted or forgotten)."""
+    with core.session() as s:
+        return s.scalar(select(PageRow.blob).where(PageRow.id == page_id))
+
+
+def page_bytes(core: Core, page_id: int, blob: str) -> bytes | None:
+    """A page image's bytes, following the page if another process moves it meanwhile (None once it is
+    deleted or forgotten); ``BlobError`` if its blob is really missing or corrupt."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return core.blobs.get(blob)
+        except BlobError:
+            current = _page_blob(core, page_id)
+            if current is None:
+                return None
+            if current == blob or attempt == READ_ATTEMPTS - 1:
+                raise
+            blob = current
+    return None
+
+
+def page_image(core: Core, memory_id: int, *, page_id: int | None = None) -> list[Image.Image]:
+    with core.lock, core.session() as s:
+        core.memory(s, memory_id)
+        page_ids = list(
+            s.scalars(
+                select(SpanRow.page_id).where(SpanRow.memory_id == memory_id).order_by(SpanRow.char_start)
+            )
+        )
+        if page_id is not None:
+            if page_id not in page_ids:
+                raise InvalidInput(f"page {shown(page_id)} does not hold memory {memory_id}")
+            page_ids = [page_id]
+        blobs = {
+            pid: blob
+            for pid, blob in s.execute(select(PageRow.id, PageRow.blob).where(PageRow.id.in_(page_ids)))
+        }
+    found = [page_bytes(core, i, b) for i, b in ((i, blobs.get(i)) for i in page_ids) if b]
+    return [Image.open(io.BytesIO(data)) for data in found if data is not None]
+
+
+def page_text(core: Core, page_id: int) -> str | None:
+    if not page_id_fits(page_id):
+        return None
+    with core.lock, core.session() as s:
+        spans = list(
+            s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
+        )
+        if not spans:
+            return None
+        parts = []
+        for sp in spans:
+            m = s.get(MemoryRow, sp.memory_id)
+            if m is None or m.text is None:
+                return None
+            label = f"{m.role}: " if m.role and sp.char_start == 0 else ""
+            parts.append(label + m.text[sp.char_start : sp.char_end])
+        return "\n".join(parts)
+
+
+# -- the text tier -------------------------------------------------------------------------------------------
+
+
+def recent_turns(core: Core, scope: str, *, limit: int | None = None) -> list[Recall]:
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise InvalidInput(f"limit must be None or a non-negative int, got {shown(limit)}")
+    with core.lock:
+        rows = text_tier_turns(core, scope)[:limit]
+        return [
+            Recall(id=m.id, text=m.text or "", tier="text", source="retained", role=m.role)
+            for m in reversed(rows)
+        ]
+
+
+def text_tier_turns(core: Core, scope: str | None) -> list[MemoryRow]:
+    """Turns still in the text tier and not expired, newest first (``scope`` checked to exist)."""
+    with core.session() as s:
+        if scope is not None:
+            core.scope(s, scope)
+        stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False), live(now()))
+        if scope is not None:
+            stmt = stmt.where(MemoryRow.scope == scope)
+        return list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
