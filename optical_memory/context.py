@@ -21,7 +21,7 @@ from .errors import InvalidInput
 from .protocols import VisionContext
 from .reading import page_bytes, page_text, recall, text_tier_turns
 from .retrieval import search
-from .types import Context, ContextItem
+from .types import Context, ContextItem, Hit
 from .validation import shown
 from .vision import sync_vision
 from .vision import vision_tokens as page_vision_tokens
@@ -106,16 +106,7 @@ def _chat_context(
                     continue
                 retrieved_parts.append({"type": "text", "text": block})
             used += cost
-            items.append(
-                ContextItem(
-                    id=hit.id,
-                    origin="retrieved",
-                    tier=hit.tier,
-                    tokens=cost,
-                    text_tokens=text_tokens,
-                    score=hit.score,
-                )
-            )
+            items.append(_retrieved(hit, cost, text_tokens))
         parts: list[dict[str, Any]] = []
         if retrieved_parts:
             parts.append({"type": "text", "text": "Recalled memories:"})
@@ -132,6 +123,13 @@ def _chat_context(
             used_tokens=used,
             saved_tokens=saved,
         )
+
+
+def _retrieved(hit: Hit, cost: int, text_tokens: int) -> ContextItem:
+    """The account's entry for a retrieved memory: what it cost, and the text tokens it stands for."""
+    return ContextItem(
+        id=hit.id, origin="retrieved", tier=hit.tier, tokens=cost, text_tokens=text_tokens, score=hit.score
+    )
 
 
 def _image_part(core: Core, page_id: int) -> tuple[dict[str, Any] | None, int | None, int]:
@@ -207,16 +205,7 @@ def _vision_context(
             with core.session() as s:
                 page = s.get(PageRow, hit.page_id)
                 carried = page.text_tokens if page is not None else 0
-            items.append(
-                ContextItem(
-                    id=hit.id,
-                    origin="retrieved",
-                    tier=hit.tier,
-                    tokens=cost,
-                    text_tokens=carried,
-                    score=hit.score,
-                )
-            )
+            items.append(_retrieved(hit, cost, carried))
         segments: list[str | np.ndarray] = []
         parts: list[dict[str, Any]] = []
         for page_id, form in pages:

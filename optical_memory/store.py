@@ -11,8 +11,8 @@ over to the room of the data flow it belongs to, all of them working through one
     context      build_context, answer: text, image and vision context with its token account
     maintenance  stats, verify and repair
 
-Data moves one way through them (ingest -> aging -> vision; retrieval -> reading -> context); no room
-imports this module, and each can be read top to bottom without the others open.
+Imports point one way, with no cycle (aging uses ingest and vision; reading uses ingest; context uses
+retrieval, reading and vision); no room imports this module, and each reads top to bottom on its own.
 """
 
 from __future__ import annotations

@@ -305,6 +305,10 @@ def test_vision_context_is_the_decoders_input_within_the_budget(tmp_path, checkp
         assert all(p["positions"] <= 30 - 1 - question for p in small.parts if p["type"] == "vision")
         bare = store.build_context("the quick brown fox", budget_tokens=question + 1, mode="vision")
         assert bare.items == [] and bare.used_tokens == 1 + question
+        # a budget beyond any float (the recent turns' share is budget x recent_share) holds everything
+        whole = store.build_context("the quick brown fox", budget_tokens=10**4000, mode="vision", scope="s")
+        assert {i.id for i in ctx.items} <= {i.id for i in whole.items}
+        assert whole.inputs_embeds.shape[1] == whole.used_tokens
         with pytest.raises(om.InvalidInput, match="budget_tokens=2"):
             store.build_context("the quick brown fox", budget_tokens=2, mode="vision", scope="s")
 

@@ -531,6 +531,9 @@ def test_search_fuzz(guard: Guard, query: Any, k: Any, scope: Any) -> None:
 )
 @example(query="cat", budget=100, mode="text", scope=None, k=3, share="half", page_form="vision")
 @example(query="cat", budget=100, mode="text", scope=None, k=3, share=None, page_form="vision")
+# a budget beyond float's range: budget x recent_share overflowed
+@example(query="cat", budget=10**4000, mode="text", scope=None, k=3, share=0.5, page_form="vision")
+@example(query="cat", budget=10**4000, mode="vision", scope=None, k=3, share=0.5, page_form="vision")
 def test_build_context_fuzz(
     guard: Guard, query: Any, budget: Any, mode: Any, scope: Any, k: Any, share: Any, page_form: Any
 ) -> None:
