@@ -4,11 +4,12 @@
 
 Runs the forgetting experiment (``optical_memory.experiments.forgetting``: the Python Language Reference
 topics, never trained on, rendered by the store and shrunk down the ladder) with the shipped optical-mini
-and RapidOCR side by side, prints precision, compression and seconds per page for each rung, and writes
-``results/optical_mini/`` (the experiment's csv/json/md/png) and ``results/optical_mini.json``. With the
-training run folder at hand it also plots the training and held-out losses
-(``results/optical_mini_training.png``) and keeps a compact copy of the log (every 10th step, every
-evaluation) in the JSON.
+and RapidOCR side by side, prints precision, compression and seconds per page for each rung, and the
+blank-image control (the model's held-out loss with the real page against a blank one: a gap of ~0 means
+it does not read), and writes ``results/optical_mini/`` (the experiment's csv/json/md/png) and
+``results/optical_mini.json``. With the training run folder at hand it also plots the training and
+held-out losses (``results/optical_mini_training.png``) and keeps a compact copy of the log (every 10th
+step, every evaluation) in the JSON. ``--control-only`` runs the control alone.
 """
 
 from __future__ import annotations
@@ -106,6 +107,36 @@ def decode_speed(new_tokens: int = 200) -> dict[str, dict[str, float]]:
     return out
 
 
+def image_control(pages: int) -> dict[str, Any]:
+    """The blank-image control on held-out pages: the shipped model's loss with the real page and with a
+    blank one per side (their gap is what the image is worth, in nats per token: ~0 means it does not
+    read), and its vision tokens' RMS beside its text embeddings'."""
+    import torch
+
+    from optical_memory.model import from_pretrained
+    from optical_memory.training import evaluate_pages, held_out_samples, text_rms
+
+    model = from_pretrained(MINI_DIR, dtype=torch.float32)
+    result = evaluate_pages(model, held_out_samples(pages), greedy_pages=0)
+    del result["precision"]  # the forgetting experiment measures reading
+    return {"pages": pages, "text_rms": round(text_rms(model), 4), **result}
+
+
+def print_control(control: dict[str, Any]) -> None:
+    rows = [
+        [
+            side,
+            control["loss"][side],
+            control["blank_loss"][side],
+            control["gap"][side],
+            control["vision_rms"][side],
+        ]
+        for side in sorted(control["loss"], key=int, reverse=True)
+    ]
+    print(table(["side", "loss, real page", "loss, blank page", "gap (nats)", "vision-token RMS"], rows))
+    print(f"text-embedding RMS {control['text_rms']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pages", type=int, default=8)
@@ -116,7 +147,22 @@ def main() -> None:
         action="store_true",
         help="only time decoding in float32 and bfloat16, added to the existing results/optical_mini.json",
     )
+    parser.add_argument(
+        "--control-only",
+        action="store_true",
+        help="only the blank-image control (real vs blank page loss), added to results/optical_mini.json",
+    )
     args = parser.parse_args()
+
+    if args.control_only:
+        control = image_control(args.pages)
+        print_control(control)
+        path = RESULTS / "optical_mini.json"
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+        command = f".venv/bin/python benchmarks/bench_mini.py --control-only --pages {args.pages}"
+        existing["image_control"] = {"command": command, **control}
+        path.write_text(json.dumps(existing, indent=1) + "\n")
+        return
 
     if args.decode_only:
         speed = decode_speed()
@@ -169,6 +215,10 @@ def main() -> None:
             f"\ntraining: {curve['steps']} steps, {curve['train_seconds'] / 3600:.2f} h, "
             f"{curve['pages_seen']:,} pages, last-100 loss {curve['final_loss_mean_of_last_100']}"
         )
+    control = image_control(args.pages)
+    print("\nblank-image control (held-out loss with the real page and with a blank one):")
+    print_control(control)
+    document["image_control"] = control
     (RESULTS / "optical_mini.json").write_text(json.dumps(document, indent=1) + "\n")
 
 

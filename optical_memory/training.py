@@ -29,9 +29,12 @@ prose only, so it has seen no held-out text.
 Runs. Everything is seeded: sample ``i`` of the stream is drawn from ``Random(seed, i)``, so a resumed run
 sees exactly the data an uninterrupted one would. A run ends at ``--minutes`` or at ``--steps`` and leaves
 ``state.pt`` (weights, optimiser, step) in the run folder; the next run resumes from it. ``log.jsonl``
-records every step (loss, learning rate, side, lines, tokens, seconds) and the held-out loss per side;
-``run.json`` the hardware and versions. ``export`` writes the official checkpoint layout (config.json,
-safetensors, tokenizer) that ``model.from_pretrained`` loads strictly.
+records every step (loss, learning rate, side, lines, tokens, seconds) and, at each evaluation, the
+collapse instruments per side (``evaluate_pages``: held-out loss with the real page and with a blank one,
+the vision tokens' RMS, greedy precision); a run whose gap stays ~0 or whose vision tokens run away logs
+a warning (``collapse_alarms``). ``run.json`` holds the hardware and versions. ``export`` writes the
+official checkpoint layout (config.json, safetensors, tokenizer) that ``model.from_pretrained`` loads
+strictly.
 """
 
 from __future__ import annotations
@@ -61,9 +64,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import AgingPolicy, RenderConfig
-from .experiments import _prose_paragraphs, shrink_chain
+from .experiments import _prose_paragraphs, char_precision, shrink_chain
 from .hardware import cpu_name
-from .model import DEFAULT_PROMPT, DeepseekOCR, OCRConfig
+from .model import DEFAULT_PROMPT, DeepseekOCR, GenerationConfig, OCRConfig
 from .model.generation import left_pad
 from .model.loading import config_to_json
 from .model.preprocess import get_mode, prepare
@@ -83,6 +86,22 @@ LADDER = tuple(t.side for t in AgingPolicy().tiers)  # 1024, 640, 512, 384, 256
 SIDE_WEIGHTS = {1024: 0.3, 640: 0.3, 512: 0.2, 384: 0.12, 256: 0.08}
 BATCH = {1024: 2, 640: 3, 512: 4, 384: 4, 256: 4}  # times TrainConfig.batch_scale
 
+# Collapse alarms. The first optical-mini's encoder collapsed: its held-out loss with the real page equalled
+# the loss with a blank page to 4 decimals, and its vision tokens grew to ~10^5 times the text embeddings'
+# RMS (the decoder RMS-normalises every position, so the loss never pushed back on their scale).
+LEGIBLE = (1024, 640)  # the sides where a reading model must gain from the image first
+COLLAPSE_GAP_NATS = 0.05  # blank-page loss minus real-page loss below this at every legible side: not reading
+RUNAWAY_RMS = 1000.0  # vision-token RMS over text-embedding RMS above this: runaway (~16 at initialisation)
+GREEDY_PAGES = 1  # held-out pages per side read greedily at each evaluation
+# DeepEncoder's parameters (SAM, CLIP, projector, the newline and view-separator embeddings), by name
+ENCODER_PREFIXES = (
+    "model.sam_model.",
+    "model.vision_model.",
+    "model.projector.",
+    "model.image_newline",
+    "model.view_seperator",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -100,7 +119,20 @@ class TrainConfig:
     batch_scale: int = 1  # pages per batch = BATCH[side] * batch_scale (raise it on a GPU)
     conversation_share: float = 0.35
     eval_every: int = 250
+    eval_greedy_pages: int = GREEDY_PAGES  # held-out pages per side each evaluation reads greedily
     checkpoint_minutes: float = 5.0
+    # The encoder's (SAM, CLIP, projector, newline and separator) learning rate as a share of `lr`: the
+    # collapsed mini trained it at the decoder's 1e-3; a 10x lower one avoided the collapse in crop runs.
+    encoder_lr_scale: float = 1.0
+    # The ladder sides pages are drawn at, with SIDE_WEIGHTS renormalised over them: (1024, 640) trains on
+    # legible pages only, where glyphs are at least 6 px wide, until the model reads.
+    sides: tuple[int, ...] = LADDER
+
+    def __post_init__(self) -> None:
+        if not self.sides or any(side not in LADDER for side in self.sides):
+            raise ValueError(f"sides must be a non-empty subset of the ladder {LADDER}, got {self.sides}")
+        if not self.encoder_lr_scale > 0:
+            raise ValueError(f"encoder_lr_scale must be positive, got {self.encoder_lr_scale}")
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -206,7 +238,8 @@ class PageStream:
 
     def side(self, step: int) -> int:
         rng = random.Random(f"{self.config.seed}:side:{step}")
-        return rng.choices(list(SIDE_WEIGHTS), weights=list(SIDE_WEIGHTS.values()))[0]
+        sides = [side for side in SIDE_WEIGHTS if side in self.config.sides]
+        return rng.choices(sides, weights=[SIDE_WEIGHTS[side] for side in sides])[0]
 
     def page_lines(self, rng: random.Random, n_lines: int) -> list[Line]:
         items: list[tuple[str | None, str]]
@@ -264,6 +297,125 @@ def held_out_samples(pages: int = 2, *, seed: int = 0) -> list[Sample]:
     return out
 
 
+def blank_page(sample: Sample) -> Sample:
+    """``sample`` with its page wiped white: the control that tells reading from guessing."""
+    return dataclasses.replace(sample, image=Image.new(sample.image.mode, sample.image.size, "white"))
+
+
+# -- loss and the collapse instruments ----------------------------------------------------------------------
+
+
+def vision_features(model: DeepseekOCR, samples: Sequence[Sample]) -> torch.Tensor:
+    """The projected vision tokens of pages of one side, (B, q*q, hidden), as the decoder receives them."""
+    side = samples[0].side
+    assert all(s.side == side for s in samples)
+    pixels = torch.stack([prepare(s.image, get_mode(side)).global_view for s in samples]).to(model.device)
+    return model.model.encode_views(pixels)  # (B, q*q, H)
+
+
+def page_loss(
+    model: DeepseekOCR, samples: Sequence[Sample], *, feats: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """Mean next-token loss over the samples' text and EOS, their pages as the image; and the count.
+
+    Each row is the model's own OCR prompt (``embed_prompt``: BOS, the page's vision tokens, the prompt
+    text) followed by the page's text and EOS, left-padded as ``generate`` pads its prompts. ``feats``:
+    the pages' vision features when the caller has them already."""
+    assert model.tokenizer is not None
+    body = model.model
+    feats = vision_features(model, samples) if feats is None else feats  # (B, q*q, H)
+    eos = model.config.decoder.eos_token_id
+    rows, targets = [], []
+    for feat, s in zip(feats, samples, strict=True):
+        vision = body.layout(feat, None, (1, 1))  # (q*(q+1)+1, H): newlines and the separator
+        prompt = model.embed_prompt([vision], DEFAULT_PROMPT)  # (P, H)
+        text_ids = torch.tensor([*model.tokenizer.encode(s.text, add_special_tokens=False), eos])
+        rows.append(torch.cat([prompt, body.embed_tokens(text_ids.to(model.device))]))  # (P + N, H)
+        target = torch.full((rows[-1].shape[0],), -100, dtype=torch.long)
+        target[prompt.shape[0] - 1 : -1] = text_ids  # position t predicts token t + 1
+        targets.append(target)
+    batch, mask = left_pad(rows)  # the mask hides the padding
+    labels = torch.stack([F.pad(t, (batch.shape[1] - t.shape[0], 0), value=-100) for t in targets])
+    logits = model(batch, attention_mask=mask)  # (B, T, V)
+    labels = labels.to(model.device)
+    n = int((labels != -100).sum())
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), n
+
+
+def text_rms(model: DeepseekOCR) -> float:
+    """RMS of the text embeddings: the scale the vision tokens sit beside in the decoder's input."""
+    return float(model.model.embed_tokens.weight.detach().float().pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def evaluate_pages(
+    model: DeepseekOCR, samples: Sequence[Sample], *, greedy_pages: int = GREEDY_PAGES
+) -> dict[str, dict[int, float]]:
+    """The collapse instruments, per side of the ladder the samples hold:
+
+    ``loss`` on the real pages and ``blank_loss`` on the same texts with white pages; ``gap`` = blank_loss -
+    loss, what the image is worth in nats per token (~0: the decoder guesses from its language prior alone);
+    ``vision_rms``, the vision tokens' RMS; ``precision`` (1 - normalised edit distance) of a greedy read of
+    the first ``greedy_pages`` pages, capped a little past each text's length (a model that does not read
+    runs to the cap instead of stopping at EOS)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[int, float]] = {
+        k: {} for k in ("loss", "blank_loss", "gap", "vision_rms", "precision")
+    }
+    try:
+        for side in LADDER:
+            group = [s for s in samples if s.side == side]
+            if not group:
+                continue
+            feats = vision_features(model, group)
+            real = float(page_loss(model, group, feats=feats)[0])
+            blank = float(page_loss(model, [blank_page(s) for s in group])[0])
+            out["loss"][side] = round(real, 4)
+            out["blank_loss"][side] = round(blank, 4)
+            out["gap"][side] = round(blank - real, 4) + 0.0  # + 0.0: no "-0.0" for a gap of nothing
+            out["vision_rms"][side] = round(float(feats.float().pow(2).mean().sqrt()), 4)
+            read = group[:greedy_pages]
+            if read:
+                assert model.tokenizer is not None
+                cap = max(len(model.tokenizer.encode(s.text, add_special_tokens=False)) for s in read) + 16
+                texts = model.read([s.image for s in read], side, config=GenerationConfig(max_new_tokens=cap))
+                scores = [char_precision(s.text, t) for s, t in zip(read, texts, strict=True)]
+                out["precision"][side] = round(sum(scores) / len(scores), 4)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def collapse_alarms(evaluations: Sequence[dict[str, dict[int, float]]], *, text_scale: float) -> list[str]:
+    """What is wrong with a run, from its evaluations so far (oldest first; those after warmup): the gap
+    stayed under ``COLLAPSE_GAP_NATS`` at every legible side in the last two, or the vision tokens' RMS
+    in the last one is over ``RUNAWAY_RMS`` times ``text_scale`` (the text embeddings' RMS)."""
+    alarms = []
+    recent = evaluations[-2:]
+    if len(recent) == 2 and all(
+        any(side in e["gap"] for side in LEGIBLE)
+        and all(e["gap"][side] < COLLAPSE_GAP_NATS for side in LEGIBLE if side in e["gap"])
+        for e in recent
+    ):
+        gaps = {side: recent[-1]["gap"][side] for side in LEGIBLE if side in recent[-1]["gap"]}
+        alarms.append(
+            f"ENCODER COLLAPSE: over two evaluations the held-out loss with a blank page stayed within "
+            f"{COLLAPSE_GAP_NATS} nats of the loss with the real page at {sorted(gaps, reverse=True)} px "
+            f"(gap now {gaps}): the decoder is not reading the image"
+        )
+    if evaluations:
+        runaway = {
+            side: rms for side, rms in evaluations[-1]["vision_rms"].items() if rms > RUNAWAY_RMS * text_scale
+        }
+        if runaway:
+            alarms.append(
+                f"VISION TOKENS RUNAWAY: RMS {runaway} against text embeddings' {text_scale:.3g} (over "
+                f"{RUNAWAY_RMS:g}x): the encoder's output scale is drifting, a sign of collapse"
+            )
+    return alarms
+
+
 # -- tokenizer -----------------------------------------------------------------------------------------------
 
 
@@ -307,14 +459,28 @@ class Trainer:
         paragraphs: Sequence[str] | None = None,
         vocab_size: int = VOCAB_SIZE,
         workers: int = 0,
+        init_from: str | os.PathLike[str] | None = None,
     ) -> None:
         """``model_config`` defaults to ``OCRConfig.mini()``; its decoder's ``vocab_size`` and
         ``image_token_id`` are set to the tokenizer's. ``paragraphs`` defaults to ``training_paragraphs()``.
         Tests pass small ones of both, and a small ``vocab_size`` for the tokenizer. ``workers`` processes
-        draw the pages (0: the training process does)."""
+        draw the pages (0: the training process does).
+
+        ``init_from``: a checkpoint folder in the official layout (an ``export``, such as the shipped
+        weights) to start from instead of random weights: its config, weights and tokenizer. A run folder
+        that holds ``state.pt`` resumes from it as always; ``init_from`` only seeds a new one."""
         self.workers = workers
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        start = None
+        if init_from is not None and not self.state_path.is_file():
+            from .model import from_pretrained
+
+            start = from_pretrained(init_from, dtype=torch.float32)
+            model_config = start.config
+            for name in ("tokenizer.json", "tokenizer_config.json"):
+                (self.folder / name).write_bytes((Path(init_from) / name).read_bytes())
+        self.init_from = None if init_from is None else str(init_from)
         self.config = config
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -340,14 +506,13 @@ class Trainer:
             ),
         )
         self.model = DeepseekOCR(self.model_config, tokenizer=self.tokenizer).to(self.device)
-        self._init_weights()
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        rest = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        if start is None:
+            self._init_weights()
+        else:
+            self.model.load_state_dict(start.state_dict())
+            log.info("%s: starting from the weights in %s", self.folder, init_from)
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-            lr=config.lr,
-            betas=(0.9, 0.95),
-            fused=self.device.type == "cuda",
+            self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda"
         )
         self.step = 0
         self.elapsed = 0.0  # training seconds over all runs
@@ -360,6 +525,26 @@ class Trainer:
                 torch.nn.init.normal_(module.weight, 0.0, 0.02)
                 if isinstance(module, torch.nn.Linear) and module.bias is not None:
                     torch.nn.init.zeros_(module.bias)
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Weight decay on matrices but embeddings; the encoder's parameters at ``encoder_lr_scale`` x lr."""
+        groups = []
+        for encoder in (False, True):
+            for decays in (True, False):
+                params = [
+                    p
+                    for n, p in self.model.named_parameters()
+                    if n.startswith(ENCODER_PREFIXES) == encoder
+                    and (p.ndim >= 2 and "embed" not in n) == decays
+                ]
+                groups.append(
+                    {
+                        "params": params,
+                        "weight_decay": self.config.weight_decay if decays else 0.0,
+                        "lr_scale": self.config.encoder_lr_scale if encoder else 1.0,
+                    }
+                )
+        return groups
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -378,6 +563,11 @@ class Trainer:
                 f"{dataclasses.asdict(self.config)}: resume with the same settings or use a new folder"
             )
         self.model.load_state_dict(state["model"])
+        if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"{self.state_path} was trained before the encoder had a learning rate of its own: export it "
+                "and start a new run folder from the export (--init-from)"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         log.info("resumed %s at step %d (%.0f s trained)", self.folder, self.step, self.elapsed)
@@ -411,6 +601,7 @@ class Trainer:
             "train_licence": TRAIN_LICENCE,
             "train_packages": {p: importlib.metadata.version(p) for p in TRAIN_PACKAGES},
             "train_config": dataclasses.asdict(self.config),
+            "init_from": self.init_from,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "vocab_size": len(self.tokenizer),
         }
@@ -433,31 +624,8 @@ class Trainer:
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def loss(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, int]:
-        """Mean next-token loss over the samples' text and EOS, their pages as the image; and the count.
-
-        Each row is the model's own OCR prompt (``embed_prompt``: BOS, the page's vision tokens, the prompt
-        text) followed by the page's text and EOS, left-padded as ``generate`` pads its prompts."""
-        side = samples[0].side
-        assert all(s.side == side for s in samples)
-        model = self.model.model
-        pixels = torch.stack([prepare(s.image, get_mode(side)).global_view for s in samples]).to(self.device)
-        feats = model.encode_views(pixels)  # (B, q*q, H)
-        eos = self.model_config.decoder.eos_token_id
-        rows, targets = [], []
-        for feat, s in zip(feats, samples, strict=True):
-            vision = model.layout(feat, None, (1, 1))  # (q*(q+1)+1, H): newlines and the separator
-            prompt = self.model.embed_prompt([vision], DEFAULT_PROMPT)  # (P, H)
-            text_ids = torch.tensor([*self.tokenizer.encode(s.text, add_special_tokens=False), eos])
-            rows.append(torch.cat([prompt, model.embed_tokens(text_ids.to(self.device))]))  # (P + N, H)
-            target = torch.full((rows[-1].shape[0],), -100, dtype=torch.long)
-            target[prompt.shape[0] - 1 : -1] = text_ids  # position t predicts token t + 1
-            targets.append(target)
-        batch, mask = left_pad(rows)  # the mask hides the padding
-        labels = torch.stack([F.pad(t, (batch.shape[1] - t.shape[0], 0), value=-100) for t in targets])
-        logits = self.model(batch, attention_mask=mask)  # (B, T, V)
-        labels = labels.to(self.device)
-        n = int((labels != -100).sum())
-        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), n
+        """``page_loss`` of the model being trained."""
+        return page_loss(self.model, samples)
 
     def train(
         self, *, minutes: float | None = None, max_steps: int | None = None, progress: bool = False
@@ -479,6 +647,7 @@ class Trainer:
 
             bar = tqdm(total=cfg.steps, initial=self.step, unit="step")
         held_out = held_out_samples() if cfg.eval_every else []
+        evaluations: list[dict[str, dict[int, float]]] = []  # this run's, after warmup: the alarms' history
         batches: Iterator[tuple[int, list[Sample]]] = iter(
             torch.utils.data.DataLoader(
                 BatchStream(self.stream, self.step, stop),
@@ -498,7 +667,7 @@ class Trainer:
             assert at == self.step, (at, self.step)
             lr = self.lr(self.step)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             if autocast is not None:
                 with autocast:
                     loss, n = self.loss(samples)
@@ -524,8 +693,14 @@ class Trainer:
                 "elapsed_s": round(self.elapsed, 1),
             }
             if held_out and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                record["held_out_loss"] = self.evaluate(held_out)
-                self.model.train()
+                evaluation = self.evaluate(held_out)
+                record["held_out_loss"] = evaluation["loss"]
+                record["held_out"] = {**evaluation, "text_rms": text_rms(self.model)}
+                if self.step > cfg.warmup:
+                    evaluations.append(evaluation)
+                for alarm in collapse_alarms(evaluations, text_scale=text_rms(self.model)):
+                    log.warning("step %d: %s", self.step, alarm)
+                    record.setdefault("alarms", []).append(alarm)
             self._log(record)
             if bar is not None:
                 bar.update(1)
@@ -538,16 +713,9 @@ class Trainer:
             bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "done": self.step >= cfg.steps}
 
-    @torch.no_grad()
-    def evaluate(self, samples: Sequence[Sample]) -> dict[int, float]:
-        """Held-out loss per side (full pages of the evaluation corpus)."""
-        self.model.eval()
-        out: dict[int, float] = {}
-        for side in LADDER:
-            group = [s for s in samples if s.side == side]
-            if group:
-                out[side] = round(float(self.loss(group)[0]), 4)
-        return out
+    def evaluate(self, samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
+        """``evaluate_pages`` of the model being trained (full pages of the evaluation corpus)."""
+        return evaluate_pages(self.model, samples, greedy_pages=self.config.eval_greedy_pages)
 
     def export(self, folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.bfloat16) -> Path:
         """The official layout: config.json, one safetensors file, tokenizer.json and its config."""
@@ -579,17 +747,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch-scale", type=int, default=TrainConfig.batch_scale, help="pages per batch x N"
     )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="start a new run from this checkpoint folder (e.g. optical_memory/weights/optical-mini)",
+    )
+    parser.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=TrainConfig.encoder_lr_scale,
+        help="the encoder's learning rate as a share of --lr",
+    )
+    parser.add_argument(
+        "--sides",
+        default=",".join(map(str, LADDER)),
+        help="ladder sides to train at, comma-separated (e.g. 1024,640: legible pages only)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--workers", type=int, default=None, help="processes drawing pages (default: 0 on a CPU, 6 on a GPU)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = TrainConfig(seed=args.seed, steps=args.steps, lr=args.lr, batch_scale=args.batch_scale)
+    try:
+        sides = tuple(int(side) for side in args.sides.split(","))
+        config = TrainConfig(
+            seed=args.seed,
+            steps=args.steps,
+            lr=args.lr,
+            batch_scale=args.batch_scale,
+            encoder_lr_scale=args.encoder_lr_scale,
+            sides=sides,
+        )
+    except ValueError as e:
+        parser.error(str(e))
     workers = args.workers
     if workers is None:
         workers = 6 if (args.device == "auto" and torch.cuda.is_available()) or "cuda" in args.device else 0
-    trainer = Trainer(args.run, config, device=args.device, workers=workers)
+    trainer = Trainer(args.run, config, device=args.device, workers=workers, init_from=args.init_from)
     result = trainer.train(minutes=args.minutes, max_steps=args.max_steps, progress=True)
     if args.export:
         trainer.export(args.export)

@@ -5,6 +5,7 @@ that an export loads through the strict ``from_pretrained`` path."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -13,13 +14,19 @@ from optical_memory.experiments import _prose_paragraphs
 from optical_memory.model import GenerationConfig, from_pretrained
 from optical_memory.model.config import ClipConfig, DecoderConfig, OCRConfig, SamConfig
 from optical_memory.training import (
+    COLLAPSE_GAP_NATS,
+    ENCODER_PREFIXES,
     LADDER,
     SPECIALS,
     BatchStream,
     PageStream,
     TrainConfig,
     Trainer,
+    collapse_alarms,
     conversation,
+    evaluate_pages,
+    held_out_samples,
+    text_rms,
     training_paragraphs,
 )
 
@@ -64,11 +71,17 @@ def few(paragraphs):
     return paragraphs[:300]
 
 
-def make_trainer(folder, few, **config):
+def make_trainer(folder, few, *, init_from=None, **config):
     config = {"steps": 40, "eval_every": 0, "min_lines": 2, "warmup": 2, **config}
     torch.manual_seed(0)
     return Trainer(
-        folder, TrainConfig(**config), model_config=toy_config(), device="cpu", paragraphs=few, vocab_size=400
+        folder,
+        TrainConfig(**config),
+        model_config=toy_config(),
+        device="cpu",
+        paragraphs=few,
+        vocab_size=400,
+        init_from=init_from,
     )
 
 
@@ -171,6 +184,102 @@ def test_held_out_loss_is_logged_per_side(tmp_path, few):
     assert set(record["held_out_loss"]) == {str(s) for s in LADDER}
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["train_licence"] and run["parameters"] > 0 and run["runs"][0]["step"] == 0
+
+
+def blind(trainer):
+    """Make the model blind to its pages: a frozen zero projector gives every page the same vision tokens."""
+    projector = trainer.model.model.projector.layers
+    with torch.no_grad():
+        projector.weight.zero_()
+        projector.bias.zero_()
+    projector.requires_grad_(False)
+
+
+def test_the_collapse_instruments_are_measured_per_side(tmp_path, few):
+    trainer = make_trainer(tmp_path, few)
+    pages = held_out_samples(1)
+    result = evaluate_pages(trainer.model, pages, greedy_pages=1)
+    assert set(result) == {"loss", "blank_loss", "gap", "vision_rms", "precision"}
+    for metric in result.values():
+        assert set(metric) == set(LADDER)
+    for side in LADDER:
+        assert result["gap"][side] == pytest.approx(
+            result["blank_loss"][side] - result["loss"][side], abs=2e-4
+        )
+        assert result["vision_rms"][side] > 0 and 0.0 <= result["precision"][side] <= 1.0
+    assert trainer.model.training  # evaluation leaves the model as it found it
+    # an untrained encoder still tells pages apart, a little: its tokens differ from a blank page's
+    assert any(abs(result["gap"][side]) > 0 for side in LADDER)
+    blind(trainer)
+    assert set(evaluate_pages(trainer.model, pages, greedy_pages=0)["gap"].values()) == {0.0}
+
+
+def test_collapse_alarms_fire_on_a_flat_gap_or_runaway_vision_tokens():
+    def evaluation(gap, rms=1.0):
+        return {"gap": {1024: gap, 640: gap, 256: 2.0}, "vision_rms": {1024: rms, 640: rms}}
+
+    flat, reading = evaluation(0.0), evaluation(0.6)
+    assert collapse_alarms([flat], text_scale=0.02) == []  # one flat evaluation: it may still open
+    [alarm] = collapse_alarms([flat, evaluation(COLLAPSE_GAP_NATS / 2)], text_scale=0.02)
+    assert "ENCODER COLLAPSE" in alarm and "[1024, 640] px" in alarm  # the illegible 256 px gap is no alibi
+    assert collapse_alarms([flat, reading], text_scale=0.02) == []
+    assert collapse_alarms([reading, flat], text_scale=0.02) == []
+    [alarm] = collapse_alarms([evaluation(0.6, rms=4000.0)], text_scale=0.02)
+    assert "RUNAWAY" in alarm and "4000" in alarm
+    assert collapse_alarms([evaluation(0.6, rms=0.33)], text_scale=0.02) == []  # initialisation's ratio
+
+
+def test_training_warns_when_the_model_does_not_read_its_pages(tmp_path, few, caplog):
+    trainer = make_trainer(tmp_path, few, steps=3, warmup=1, eval_every=1, eval_greedy_pages=0)
+    blind(trainer)
+    with caplog.at_level(logging.WARNING, logger="optical_memory.training"):
+        trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert set(log[0]["held_out"]) == {"loss", "blank_loss", "gap", "vision_rms", "precision", "text_rms"}
+    assert log[0]["held_out"]["text_rms"] == pytest.approx(text_rms(trainer.model), rel=0.5)
+    assert "alarms" not in log[1]  # warmup's evaluation does not count; one after it is not yet a trend
+    assert any("ENCODER COLLAPSE" in a for a in log[2]["alarms"])
+    assert any("ENCODER COLLAPSE" in r.getMessage() for r in caplog.records)
+
+
+def test_the_encoder_trains_at_its_own_learning_rate(tmp_path, few):
+    trainer = make_trainer(tmp_path, few, steps=2, encoder_lr_scale=0.1)
+    trainer.train(max_steps=1)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    grouped = [names[id(p)] for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names.values())  # every parameter in exactly one group
+    encoder = set()
+    for group in trainer.optimizer.param_groups:
+        kinds = {names[id(p)].startswith(ENCODER_PREFIXES) for p in group["params"]}
+        assert len(kinds) == 1
+        assert group["lr"] == pytest.approx(trainer.lr(0) * (0.1 if kinds == {True} else 1.0))
+        if kinds == {True}:
+            encoder |= {names[id(p)] for p in group["params"]}
+    assert any(".sam_model." in n for n in encoder) and any(".projector." in n for n in encoder)
+    assert not any(n.startswith(("model.layers.", "model.embed_tokens", "lm_head")) for n in encoder)
+
+
+def test_training_can_keep_to_the_legible_sides(few):
+    stream = PageStream(few, TrainConfig(steps=100, sides=(1024, 640)))
+    assert {stream.side(step) for step in range(200)} == {1024, 640}
+    with pytest.raises(ValueError, match="subset of the ladder"):
+        TrainConfig(sides=(1000,))
+
+
+def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
+    first = make_trainer(tmp_path / "first", few, steps=1)
+    first.train()
+    export = first.export(tmp_path / "export")
+    second = make_trainer(tmp_path / "second", few, steps=3, init_from=export)
+    assert second.step == 0 and second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    for key, value in first.model.state_dict().items():  # the export's weights, bfloat16 as exported
+        torch.testing.assert_close(second.model.state_dict()[key], value.bfloat16().float(), msg=key)
+    second.train(max_steps=1)
+    assert json.loads((tmp_path / "second" / "run.json").read_text())["init_from"] == str(export)
+    again = make_trainer(tmp_path / "second", few, steps=3, init_from=export)
+    assert again.step == 1  # a run folder with state.pt resumes: init_from only seeds a new one
+    torch.testing.assert_close(again.model.state_dict(), second.model.state_dict())
 
 
 def test_export_loads_through_the_strict_path_and_reads(tmp_path, few):
