@@ -32,15 +32,18 @@ sees exactly the data an uninterrupted one would. A run ends at ``--minutes`` or
 records every step (loss, learning rate, side, lines, tokens, seconds) and, at each evaluation, the
 collapse instruments per side (``evaluate_pages``: held-out loss with the real page and with a blank one,
 the vision tokens' RMS, greedy precision); a run whose gap stays ~0 or whose vision tokens run away logs
-a warning (``collapse_alarms``). ``run.json`` holds the hardware and versions. ``export`` writes the
-official checkpoint layout (config.json, safetensors, tokenizer) that ``model.from_pretrained`` loads
-strictly.
+a warning (``collapse_alarms``). ``--char-loss W`` adds the auxiliary character loss: a training-only head
+(never exported, so the checkpoint keeps the official layout) reads from each vision token the characters
+under a grid of points in its cell, where the renderer drew them (``char_targets``). ``run.json`` holds
+the hardware and versions. ``export`` writes the official checkpoint layout (config.json, safetensors,
+tokenizer) that ``model.from_pretrained`` loads strictly.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -69,7 +72,7 @@ from .hardware import cpu_name
 from .model import DEFAULT_PROMPT, DeepseekOCR, GenerationConfig, OCRConfig
 from .model.generation import left_pad
 from .model.loading import config_to_json
-from .model.preprocess import get_mode, prepare
+from .model.preprocess import PIXELS_PER_TOKEN, get_mode, grid_tokens, prepare
 from .model.testing import BOS, EOS, EXTRA_SPECIALS, PAD, write_tokenizer_config
 from .render import Line, Renderer
 
@@ -93,6 +96,11 @@ LEGIBLE = (1024, 640)  # the sides where a reading model must gain from the imag
 COLLAPSE_GAP_NATS = 0.05  # blank-page loss minus real-page loss below this at every legible side: not reading
 RUNAWAY_RMS = 1000.0  # vision-token RMS over text-embedding RMS above this: runaway (~16 at initialisation)
 GREEDY_PAGES = 1  # held-out pages per side read greedily at each evaluation
+# The auxiliary character loss: a training-only head reads, from each vision token alone, the character
+# under each point of a CHAR_GRID x CHAR_GRID grid over the token's 64 px cell (positions from the renderer's
+# geometry). It makes the encoder's output carry the page, which the decoder's loss alone did not force.
+CHAR_GRID = 4
+CHAR_CLASSES = 96  # 0: no character (space, margin, past a line's end); 1-94: ASCII 33-126; 95: any other
 # DeepEncoder's parameters (SAM, CLIP, projector, the newline and view-separator embeddings), by name
 ENCODER_PREFIXES = (
     "model.sam_model.",
@@ -127,12 +135,17 @@ class TrainConfig:
     # The ladder sides pages are drawn at, with SIDE_WEIGHTS renormalised over them: (1024, 640) trains on
     # legible pages only, where glyphs are at least 6 px wide, until the model reads.
     sides: tuple[int, ...] = LADDER
+    # The auxiliary character loss's weight beside the decoder's loss (0: off). In crop runs it kept the
+    # image alive where the decoder's loss alone collapsed the encoder within 100 steps.
+    char_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
             raise ValueError(f"sides must be a non-empty subset of the ladder {LADDER}, got {self.sides}")
         if not self.encoder_lr_scale > 0:
             raise ValueError(f"encoder_lr_scale must be positive, got {self.encoder_lr_scale}")
+        if not self.char_loss >= 0:
+            raise ValueError(f"char_loss must be >= 0, got {self.char_loss}")
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -347,6 +360,41 @@ def text_rms(model: DeepseekOCR) -> float:
     return float(model.model.embed_tokens.weight.detach().float().pow(2).mean().sqrt())
 
 
+def char_class(ch: str) -> int:
+    code = ord(ch)
+    return 0 if ch == " " else code - 32 if 33 <= code <= 126 else CHAR_CLASSES - 1
+
+
+def char_targets(
+    text: str, side: int, renderer: Renderer, *, offset: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """The auxiliary loss's targets for a page of ``text`` (its lines joined by "\\n", ASCII) at ``side``:
+    (q*q, CHAR_GRID**2) classes of the character under each grid point of each vision token's cell, tokens
+    in the encoder's row-major order. A token covers a 64 px square of the page as the encoder sees it at
+    ``side``, i.e. 64 * page_side / side pixels of the page as drawn; its grid points are 64 / CHAR_GRID
+    apart, starting ``offset`` (y, x) px into the cell (default: the grid's centres). Below 1024 px they are
+    further apart than a line is tall: training jitters ``offset`` so that every line is read in turn."""
+    cfg = renderer.config
+    q = grid_tokens(side)
+    lines = text.split("\n")
+    table = torch.zeros(renderer.lines_per_page + 1, renderer.columns + 1, dtype=torch.long)  # last: none
+    for i, line in enumerate(lines[: renderer.lines_per_page]):
+        classes = [char_class(ch) for ch in line[: renderer.columns]]
+        table[i, : len(classes)] = torch.tensor(classes, dtype=torch.long)
+    step = PIXELS_PER_TOKEN / CHAR_GRID
+    oy, ox = (step / 2, step / 2) if offset is None else offset
+    cells = torch.arange(q)[:, None] * PIXELS_PER_TOKEN + torch.arange(CHAR_GRID) * step  # (q, K)
+    scale = cfg.page_side / side
+    ys = (cells + oy).flatten() * scale - cfg.margin  # (q*K,) page pixels below the text's top
+    xs = (cells + ox).flatten() * scale - cfg.margin  # (q*K,) and right of its left edge
+    rows = torch.floor(ys / cfg.line_height).long()
+    cols = torch.floor(xs / renderer.cell_width).long()
+    rows = torch.where((rows >= 0) & (rows < renderer.lines_per_page), rows, renderer.lines_per_page)
+    cols = torch.where((cols >= 0) & (cols < renderer.columns), cols, renderer.columns)
+    grid = table[rows[:, None], cols[None, :]]  # (q*K, q*K): y, then x
+    return grid.view(q, CHAR_GRID, q, CHAR_GRID).permute(0, 2, 1, 3).reshape(q * q, CHAR_GRID**2)
+
+
 @torch.no_grad()
 def evaluate_pages(
     model: DeepseekOCR, samples: Sequence[Sample], *, greedy_pages: int = GREEDY_PAGES
@@ -511,6 +559,12 @@ class Trainer:
         else:
             self.model.load_state_dict(start.state_dict())
             log.info("%s: starting from the weights in %s", self.folder, init_from)
+        self.char_head: torch.nn.Linear | None = None  # training only: never exported
+        if config.char_loss > 0:
+            hidden = self.model_config.decoder.hidden_size
+            self.char_head = torch.nn.Linear(hidden, CHAR_GRID**2 * CHAR_CLASSES).to(self.device)
+            torch.nn.init.normal_(self.char_head.weight, 0.0, 0.02)
+            torch.nn.init.zeros_(self.char_head.bias)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda"
         )
@@ -544,7 +598,14 @@ class Trainer:
                         "lr_scale": self.config.encoder_lr_scale if encoder else 1.0,
                     }
                 )
+        if self.char_head is not None:
+            groups.append({"params": list(self.char_head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
         return groups
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters, and the character head's when there is one."""
+        head = [] if self.char_head is None else list(self.char_head.parameters())
+        return [*self.model.parameters(), *head]
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -568,6 +629,8 @@ class Trainer:
                 f"{self.state_path} was trained before the encoder had a learning rate of its own: export it "
                 "and start a new run folder from the export (--init-from)"
             )
+        if self.char_head is not None:
+            self.char_head.load_state_dict(state["char_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         log.info("resumed %s at step %d (%.0f s trained)", self.folder, self.step, self.elapsed)
@@ -581,6 +644,7 @@ class Trainer:
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "train_config": dataclasses.asdict(self.config),
+                "char_head": None if self.char_head is None else self.char_head.state_dict(),
             },
             tmp,
         )
@@ -627,6 +691,28 @@ class Trainer:
         """``page_loss`` of the model being trained."""
         return page_loss(self.model, samples)
 
+    def losses(
+        self, samples: Sequence[Sample], *, step: int | None = None
+    ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """The decoder's loss and its token count, and the auxiliary character loss (None when off), from one
+        encoder pass; ``step`` seeds the jitter of the character grid (None: the cells' centres)."""
+        feats = vision_features(self.model, samples)  # (B, q*q, H)
+        loss, n = page_loss(self.model, samples, feats=feats)
+        if self.char_head is None:
+            return loss, n, None
+        side = samples[0].side
+        offsets: list[tuple[float, float] | None] = [None] * len(samples)
+        if step is not None:  # jittered grid points, seeded like the pages themselves
+            spread = PIXELS_PER_TOKEN / CHAR_GRID
+            rngs = [random.Random(f"{self.config.seed}:char:{step}:{i}") for i in range(len(samples))]
+            offsets = [(r.uniform(0, spread), r.uniform(0, spread)) for r in rngs]
+        renderer = self.stream.renderer
+        targets = torch.stack(
+            [char_targets(s.text, side, renderer, offset=o) for s, o in zip(samples, offsets, strict=True)]
+        )  # (B, q*q, K*K)
+        logits = self.char_head(feats).view(*targets.shape, CHAR_CLASSES)  # (B, q*q, K*K, C)
+        return loss, n, F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten().to(self.device))
+
     def train(
         self, *, minutes: float | None = None, max_steps: int | None = None, progress: bool = False
     ) -> dict[str, Any]:
@@ -668,14 +754,12 @@ class Trainer:
             lr = self.lr(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            if autocast is not None:
-                with autocast:
-                    loss, n = self.loss(samples)
-            else:
-                loss, n = self.loss(samples)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                loss, n, char = self.losses(samples, step=self.step)
+                total = loss if char is None else loss + cfg.char_loss * char
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), cfg.grad_clip)
             self.optimizer.step()
             dt = time.monotonic() - t0
             self.elapsed += dt
@@ -685,6 +769,7 @@ class Trainer:
                 "loss": round(loss.item(), 4),
                 "lr": lr,
                 "grad_norm": round(float(norm), 3),
+                **({} if char is None else {"char_loss": round(char.item(), 4)}),
                 "side": samples[0].side,
                 "pages": len(samples),
                 "lines": sum(s.lines for s in samples),
@@ -759,6 +844,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the encoder's learning rate as a share of --lr",
     )
     parser.add_argument(
+        "--eval-every", type=int, default=TrainConfig.eval_every, help="steps between evaluations (0: none)"
+    )
+    parser.add_argument(
+        "--char-loss",
+        type=float,
+        default=TrainConfig.char_loss,
+        help="weight of the auxiliary character loss on the vision tokens (0: off)",
+    )
+    parser.add_argument(
         "--sides",
         default=",".join(map(str, LADDER)),
         help="ladder sides to train at, comma-separated (e.g. 1024,640: legible pages only)",
@@ -778,6 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_scale=args.batch_scale,
             encoder_lr_scale=args.encoder_lr_scale,
             sides=sides,
+            char_loss=args.char_loss,
+            eval_every=args.eval_every,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -10,10 +10,13 @@ import logging
 import pytest
 import torch
 
+from optical_memory.config import RenderConfig
 from optical_memory.experiments import _prose_paragraphs
 from optical_memory.model import GenerationConfig, from_pretrained
 from optical_memory.model.config import ClipConfig, DecoderConfig, OCRConfig, SamConfig
+from optical_memory.render import Renderer
 from optical_memory.training import (
+    CHAR_GRID,
     COLLAPSE_GAP_NATS,
     ENCODER_PREFIXES,
     LADDER,
@@ -22,6 +25,8 @@ from optical_memory.training import (
     PageStream,
     TrainConfig,
     Trainer,
+    char_class,
+    char_targets,
     collapse_alarms,
     conversation,
     evaluate_pages,
@@ -280,6 +285,59 @@ def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
     again = make_trainer(tmp_path / "second", few, steps=3, init_from=export)
     assert again.step == 1  # a run folder with state.pt resumes: init_from only seeds a new one
     torch.testing.assert_close(again.model.state_dict(), second.model.state_dict())
+
+
+def test_character_targets_follow_the_renderer_geometry():
+    renderer = Renderer(RenderConfig())
+    margin, line_height, cell = renderer.config.margin, renderer.config.line_height, renderer.cell_width
+    lines = ["Hello world", "x = 1"]
+
+    def drawn(y, x):  # the class of the character the renderer drew at page pixel (y, x)
+        row, col = (y - margin) // line_height, (x - margin) // cell
+        inside = 0 <= row < len(lines) and 0 <= col < len(lines[row]) and y >= margin and x >= margin
+        return char_class(lines[row][col]) if inside else 0
+
+    targets = char_targets("\n".join(lines), 1024, renderer)
+    assert targets.shape == (16 * 16, CHAR_GRID**2)
+    # token (0, 0) covers page pixels 0-63, its points at 8, 24, 40 and 56 px each way
+    expected = [[drawn(y, x) for x in (8, 24, 40, 56)] for y in (8, 24, 40, 56)]
+    assert targets[0].view(4, 4).tolist() == expected
+    assert expected[1][1:] == [char_class(c) for c in "Hel"] and expected[0] == [0, 0, 0, 0]  # the margin
+    assert targets[1:16].max() > 0 and targets[16:].sum() == 0  # the rest of line 0 to the right; below: none
+    # at 512 px a token covers 128 page pixels: its points at 8, 24, 40, 56 px of the page as the encoder
+    # sees it are 16, 48, 80, 112 px of the page as drawn, 32 px apart: line 0 (24-42 px) falls between
+    small = char_targets("\n".join(lines), 512, renderer)
+    points = (16, 48, 80, 112)
+    assert small.shape == (8 * 8, 16)
+    assert small[0].view(4, 4).tolist() == [[drawn(y, x) for x in points] for y in points]
+    assert small[0].view(4, 4)[1, 1] == char_class("=")  # line 1, "x = 1"
+    # started 12 px into the cell instead of 8 (8 px further down and right on the page), it lands on line 0
+    shifted = char_targets("\n".join(lines), 512, renderer, offset=(12.0, 12.0))
+    assert shifted[0].view(4, 4).tolist() == [[drawn(y + 8, x + 8) for x in points] for y in points]
+    assert shifted[0].view(4, 4)[0, 0] == char_class("H")
+    assert char_class(" ") == 0 and char_class("!") == 1 and char_class("~") == 94 and char_class("é") == 95
+
+
+def test_the_character_loss_trains_a_head_the_export_leaves_out(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=30, char_loss=1.0, lr=3e-3)
+    trainer.train(max_steps=1)
+    [record] = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert record["char_loss"] > 1.0  # a fresh head: about ln(96) = 4.6 nats
+    samples = trainer.stream.batch(1)
+    first = trainer.losses(samples)[2].item()
+    for _ in range(30):
+        loss, _, char = trainer.losses(samples)
+        trainer.optimizer.zero_grad()
+        (loss + char).backward()
+        trainer.optimizer.step()
+    assert trainer.losses(samples)[2].item() < 0.7 * first  # the vision tokens learn to carry the page
+    trainer.save()
+    folder = trainer.export(tmp_path / "export")
+    model = from_pretrained(folder, dtype=torch.float32)  # strict: the head is not in the checkpoint
+    assert set(model.state_dict()) == set(trainer.model.state_dict())
+    resumed = make_trainer(tmp_path / "run", few, steps=30, char_loss=1.0, lr=3e-3)
+    assert resumed.char_head is not None
+    torch.testing.assert_close(resumed.char_head.state_dict(), trainer.char_head.state_dict())
 
 
 def test_export_loads_through_the_strict_path_and_reads(tmp_path, few):
