@@ -100,7 +100,7 @@ GREEDY_PAGES = 1  # held-out pages per side read greedily at each evaluation
 # under each point of a CHAR_GRID x CHAR_GRID grid over the token's 64 px cell (positions from the renderer's
 # geometry). It makes the encoder's output carry the page, which the decoder's loss alone did not force.
 CHAR_GRID = 4
-CHAR_CLASSES = 96  # 0: no character (space, margin, past a line's end); 1-94: ASCII 33-126; 95: any other
+CHAR_CLASSES = 96  # 0: none on a line (a space, the margin, past its end); 1-94: ASCII 33-126; 95: any other
 # DeepEncoder's parameters (SAM, CLIP, projector, the newline and view-separator embeddings), by name
 ENCODER_PREFIXES = (
     "model.sam_model.",
@@ -389,9 +389,13 @@ def char_targets(
     xs = (cells + ox).flatten() * scale - cfg.margin  # (q*K,) and right of its left edge
     rows = torch.floor(ys / cfg.line_height).long()
     cols = torch.floor(xs / renderer.cell_width).long()
-    rows = torch.where((rows >= 0) & (rows < renderer.lines_per_page), rows, renderer.lines_per_page)
+    on_line = (rows >= 0) & (rows < min(len(lines), renderer.lines_per_page))
+    rows = torch.where(on_line, rows, renderer.lines_per_page)
     cols = torch.where((cols >= 0) & (cols < renderer.columns), cols, renderer.columns)
     grid = table[rows[:, None], cols[None, :]]  # (q*K, q*K): y, then x
+    # points above, between or below the page's lines are not scored (-100): on a page of a few lines they
+    # would be nearly all of them, and "nothing here" would be the whole lesson
+    grid[~on_line] = -100
     return grid.view(q, CHAR_GRID, q, CHAR_GRID).permute(0, 2, 1, 3).reshape(q * q, CHAR_GRID**2)
 
 
@@ -711,7 +715,10 @@ class Trainer:
             [char_targets(s.text, side, renderer, offset=o) for s, o in zip(samples, offsets, strict=True)]
         )  # (B, q*q, K*K)
         logits = self.char_head(feats).view(*targets.shape, CHAR_CLASSES)  # (B, q*q, K*K, C)
-        return loss, n, F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten().to(self.device))
+        flat = targets.flatten().to(self.device)
+        if not (flat != -100).any():  # no point of any cell fell on a line: nothing to score
+            return loss, n, logits.sum() * 0.0
+        return loss, n, F.cross_entropy(logits.flatten(0, 2).float(), flat, ignore_index=-100)
 
     def train(
         self, *, minutes: float | None = None, max_steps: int | None = None, progress: bool = False

@@ -292,18 +292,20 @@ def test_character_targets_follow_the_renderer_geometry():
     margin, line_height, cell = renderer.config.margin, renderer.config.line_height, renderer.cell_width
     lines = ["Hello world", "x = 1"]
 
-    def drawn(y, x):  # the class of the character the renderer drew at page pixel (y, x)
+    def drawn(y, x):  # the class of the character the renderer drew at page pixel (y, x); -100: no line
         row, col = (y - margin) // line_height, (x - margin) // cell
-        inside = 0 <= row < len(lines) and 0 <= col < len(lines[row]) and y >= margin and x >= margin
-        return char_class(lines[row][col]) if inside else 0
+        if y < margin or row >= len(lines):
+            return -100
+        return char_class(lines[row][col]) if x >= margin and col < len(lines[row]) else 0
 
     targets = char_targets("\n".join(lines), 1024, renderer)
     assert targets.shape == (16 * 16, CHAR_GRID**2)
     # token (0, 0) covers page pixels 0-63, its points at 8, 24, 40 and 56 px each way
     expected = [[drawn(y, x) for x in (8, 24, 40, 56)] for y in (8, 24, 40, 56)]
     assert targets[0].view(4, 4).tolist() == expected
-    assert expected[1][1:] == [char_class(c) for c in "Hel"] and expected[0] == [0, 0, 0, 0]  # the margin
-    assert targets[1:16].max() > 0 and targets[16:].sum() == 0  # the rest of line 0 to the right; below: none
+    assert expected[1] == [0, *(char_class(c) for c in "Hel")] and expected[0] == [-100] * 4  # the margins
+    assert targets[1:16].max() > 0  # the rest of the lines, to the right
+    assert (targets[16:] == -100).all()  # below the page's two lines nothing is scored
     # at 512 px a token covers 128 page pixels: its points at 8, 24, 40, 56 px of the page as the encoder
     # sees it are 16, 48, 80, 112 px of the page as drawn, 32 px apart: line 0 (24-42 px) falls between
     small = char_targets("\n".join(lines), 512, renderer)
