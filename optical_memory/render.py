@@ -3,7 +3,7 @@
 Geometry (all in pixels of a full-resolution ``page_side`` page): line ``i`` occupies the band
 ``[margin + i * line_height, margin + (i + 1) * line_height)``; column ``c`` starts at
 ``margin + c * cell_width``. ``cell_width`` is the primary font's advance as FreeType renders it (hinted, so a
-whole number of pixels: DejaVu Sans Mono at 16 px is 10 px, giving 97 columns x 48 lines on a 1024 px page).
+whole number of pixels: DejaVu Sans Mono at 15 px is 9 px, giving 108 columns x 51 lines on a 1024 px page).
 Wide characters (East Asian "W"/"F") take two cells, combining marks none.
 
 Drawing does not hand whole lines to Pillow: Pillow re-rasterises every glyph on every call (~10 us a
