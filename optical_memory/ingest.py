@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,21 @@ class Pending:
     chunks: list[tuple[int, str]]
     vectors: np.ndarray | None = None
     ttl_s: float | None = None
+
+
+def add(
+    core: Core,
+    text: str,
+    *,
+    scope: str,
+    role: str | None = None,
+    kind: Kind = "turn",
+    metadata: Mapping[str, Any] | None = None,
+    timestamp: float | datetime | None = None,
+    ttl: float | None = None,
+) -> int:
+    item = {"text": text, "role": role, "metadata": metadata, "timestamp": timestamp, "ttl": ttl}
+    return add_many(core, [item], scope=scope, kind=kind)[0]
 
 
 def add_many(
@@ -320,8 +336,7 @@ def add_file(
             raise InvalidInput(f"{str(file)!r} is not UTF-8 text ({e})") from None
         except OSError as e:
             raise InvalidInput(f"cannot read {str(file)!r}: {e.strerror or e}") from None
-        item = {"text": text, "role": None, "metadata": meta, "timestamp": None, "ttl": None}
-        return add_many(core, [item], scope=scope, kind="document")
+        return [add(core, text, scope=scope, kind="document", metadata=meta)]
     if suffix != ".pdf" and suffix not in IMAGE_FILE_SUFFIXES:
         known = sorted(TEXT_FILE_SUFFIXES | IMAGE_FILE_SUFFIXES | {".pdf"})
         raise InvalidInput(f"unsupported file type {suffix!r} for {str(file)!r}; supported: {known}")

@@ -118,12 +118,16 @@ class OpticalMemory:
         walk the whole forgetting ladder over its lifetime (``AgingPolicy.ttl_tier_index``), so it fades
         before it goes. See :meth:`set_ttl` to extend or clear it.
         """
-        return ingest.add_many(
+        return ingest.add(
             self._core,
-            [{"text": text, "role": role, "metadata": metadata, "timestamp": timestamp, "ttl": ttl}],
+            text,
             scope=scope,
+            role=role,
             kind=kind,
-        )[0]
+            metadata=metadata,
+            timestamp=timestamp,
+            ttl=ttl,
+        )
 
     def add_many(
         self,

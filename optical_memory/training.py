@@ -355,9 +355,13 @@ def page_loss(
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), n
 
 
+def rms(tensor: torch.Tensor) -> float:
+    return float(tensor.detach().float().pow(2).mean().sqrt())
+
+
 def text_rms(model: DeepseekOCR) -> float:
     """RMS of the text embeddings: the scale the vision tokens sit beside in the decoder's input."""
-    return float(model.model.embed_tokens.weight.detach().float().pow(2).mean().sqrt())
+    return rms(model.model.embed_tokens.weight)
 
 
 def char_class(ch: str) -> int:
@@ -426,7 +430,7 @@ def evaluate_pages(
             out["loss"][side] = round(real, 4)
             out["blank_loss"][side] = round(blank, 4)
             out["gap"][side] = round(blank - real, 4) + 0.0  # + 0.0: no "-0.0" for a gap of nothing
-            out["vision_rms"][side] = round(float(feats.float().pow(2).mean().sqrt()), 4)
+            out["vision_rms"][side] = round(rms(feats), 4)
             read = group[:greedy_pages]
             if read:
                 assert model.tokenizer is not None
@@ -787,10 +791,11 @@ class Trainer:
             if held_out and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
                 evaluation = self.evaluate(held_out)
                 record["held_out_loss"] = evaluation["loss"]
-                record["held_out"] = {**evaluation, "text_rms": text_rms(self.model)}
+                scale = text_rms(self.model)
+                record["held_out"] = {**evaluation, "text_rms": scale}
                 if self.step > cfg.warmup:
                     evaluations.append(evaluation)
-                for alarm in collapse_alarms(evaluations, text_scale=text_rms(self.model)):
+                for alarm in collapse_alarms(evaluations, text_scale=scale):
                     log.warning("step %d: %s", self.step, alarm)
                     record.setdefault("alarms", []).append(alarm)
             self._log(record)
