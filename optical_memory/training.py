@@ -138,6 +138,9 @@ class TrainConfig:
     # The auxiliary character loss's weight beside the decoder's loss (0: off). In crop runs it kept the
     # image alive where the decoder's loss alone collapsed the encoder within 100 steps.
     char_loss: float = 0.0
+    # A new model's SAM without its global-attention block (windowed blocks only; CLIP still attends over
+    # the whole page): on a CPU that block was 60% of a 1024 px step (benchmarks/profile_train.py).
+    windowed_sam: bool = False
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
@@ -536,6 +539,11 @@ class Trainer:
             model_config = start.config
             for name in ("tokenizer.json", "tokenizer_config.json"):
                 (self.folder / name).write_bytes((Path(init_from) / name).read_bytes())
+        if start is not None and config.windowed_sam:
+            raise ValueError(
+                f"windowed_sam builds a new SAM without its global block; {init_from} holds a checkpoint of "
+                "its own architecture: start from random weights or drop windowed_sam"
+            )
         self.init_from = None if init_from is None else str(init_from)
         self.config = config
         self.device = torch.device(
@@ -555,6 +563,8 @@ class Trainer:
             ]
             self.tokenizer = train_tokenizer([*paragraphs, *chats], self.folder, vocab_size)
         base = model_config or OCRConfig.mini()
+        if config.windowed_sam:
+            base = dataclasses.replace(base, sam=dataclasses.replace(base.sam, global_attn_indexes=()))
         self.model_config = dataclasses.replace(
             base,
             decoder=dataclasses.replace(
@@ -869,6 +879,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(map(str, LADDER)),
         help="ladder sides to train at, comma-separated (e.g. 1024,640: legible pages only)",
     )
+    parser.add_argument(
+        "--windowed-sam",
+        action="store_true",
+        help="a new model's SAM without its global-attention block (2.5x faster steps at 1024 px on a CPU)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--workers", type=int, default=None, help="processes drawing pages (default: 0 on a CPU, 6 on a GPU)"
@@ -886,13 +901,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             sides=sides,
             char_loss=args.char_loss,
             eval_every=args.eval_every,
+            windowed_sam=args.windowed_sam,
         )
     except ValueError as e:
         parser.error(str(e))
     workers = args.workers
     if workers is None:
         workers = 6 if (args.device == "auto" and torch.cuda.is_available()) or "cuda" in args.device else 0
-    trainer = Trainer(args.run, config, device=args.device, workers=workers, init_from=args.init_from)
+    try:
+        trainer = Trainer(args.run, config, device=args.device, workers=workers, init_from=args.init_from)
+    except ValueError as e:
+        parser.error(str(e))
     result = trainer.train(minutes=args.minutes, max_steps=args.max_steps, progress=True)
     if args.export:
         trainer.export(args.export)

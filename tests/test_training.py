@@ -287,6 +287,20 @@ def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
     torch.testing.assert_close(again.model.state_dict(), second.model.state_dict())
 
 
+def test_a_windowed_sam_drops_the_global_block_and_exports_its_own_architecture(tmp_path, few):
+    trainer = make_trainer(tmp_path / "windowed", few, steps=1, windowed_sam=True)
+    assert trainer.model_config.sam.global_attn_indexes == ()
+    assert all(block.window_size > 0 for block in trainer.model.model.sam_model.blocks)
+    trainer.train()
+    export = trainer.export(tmp_path / "export")
+    loaded = from_pretrained(export, dtype=torch.float32)  # strict: its config.json says windowed only
+    assert loaded.config.sam.global_attn_indexes == ()
+    with pytest.raises(ValueError, match="windowed_sam"):
+        make_trainer(tmp_path / "new", few, windowed_sam=True, init_from=export)
+    with pytest.raises(ValueError, match="same settings"):  # its state.pt was trained windowed
+        make_trainer(tmp_path / "windowed", few, steps=1)
+
+
 def test_character_targets_follow_the_renderer_geometry():
     renderer = Renderer(RenderConfig())
     margin, line_height, cell = renderer.config.margin, renderer.config.line_height, renderer.cell_width
