@@ -46,8 +46,9 @@ test-vllm: $(VLLM_STAMP)
 # Train optical-mini (or resume the run in build/optical-mini), then export it in the official layout. On a GPU,
 # ten-minute runs that checkpoint and resume: make train TRAIN_ARGS="--minutes 10". A new run can start from
 # the shipped weights (TRAIN_ARGS="--init-from optical_memory/weights/optical-mini") and use the recipe's knobs
-# (--char-loss 1.0, --encoder-lr-scale 0.1, --sides 1024,640, --windowed-sam for a new model 2.5x faster at 1024 px). Copy the export into
-# optical_memory/weights/optical-mini only when it measures materially better (benchmarks/bench_mini.py).
+# (--char-loss 1.0, --encoder-lr-scale 0.1, --sides 1024,640; --windowed-sam: a new model 2.5x faster at 1024 px).
+# Copy the export into optical_memory/weights/optical-mini only when it measures materially better
+# (benchmarks/bench_mini.py).
 TRAIN_ARGS ?=
 train: $(STAMP)
 	$(BIN)/python -m optical_memory.training --run build/optical-mini --export build/optical-mini/export $(TRAIN_ARGS)

@@ -12,7 +12,6 @@ Two SAM variants are timed: the shipped mini (one global-attention block among f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -24,7 +23,6 @@ import torch
 from common import table
 
 from optical_memory.hardware import cpu_name
-from optical_memory.model import OCRConfig
 from optical_memory.model.preprocess import get_mode, prepare
 from optical_memory.training import BATCH, TrainConfig, Trainer, page_loss, vision_features
 
@@ -91,16 +89,13 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=700, help="the curriculum's step the pages are drawn at")
     parser.add_argument("--out", default=str(RESULTS / "profile_train.json"))
     args = parser.parse_args()
-    base = OCRConfig.mini()
-    variants = {
-        "mini": base,
-        "windowed": dataclasses.replace(base, sam=dataclasses.replace(base.sam, global_attn_indexes=())),
-    }
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model_config in variants.items():
-            config = TrainConfig(char_loss=1.0, sides=(1024, 640), eval_every=0, steps=1000)
-            trainer = Trainer(Path(tmp) / name, config, model_config=model_config)
+        for name in ("mini", "windowed"):
+            config = TrainConfig(
+                char_loss=1.0, sides=(1024, 640), eval_every=0, steps=1000, windowed_sam=name == "windowed"
+            )
+            trainer = Trainer(Path(tmp) / name, config)
             for side in (1024, 640):
                 for bf16 in (False, True):
                     r = {"sam": name, "side": side, "dtype": "bf16" if bf16 else "fp32"}

@@ -533,17 +533,17 @@ class Trainer:
         self.folder.mkdir(parents=True, exist_ok=True)
         start = None
         if init_from is not None and not self.state_path.is_file():
+            if config.windowed_sam:  # refused before the checkpoint is read or its tokenizer copied here
+                raise ValueError(
+                    f"windowed_sam builds a new SAM without its global block; {init_from} holds a checkpoint "
+                    "of its own architecture: start from random weights or drop windowed_sam"
+                )
             from .model import from_pretrained
 
             start = from_pretrained(init_from, dtype=torch.float32)
             model_config = start.config
             for name in ("tokenizer.json", "tokenizer_config.json"):
                 (self.folder / name).write_bytes((Path(init_from) / name).read_bytes())
-        if start is not None and config.windowed_sam:
-            raise ValueError(
-                f"windowed_sam builds a new SAM without its global block; {init_from} holds a checkpoint of "
-                "its own architecture: start from random weights or drop windowed_sam"
-            )
         self.init_from = None if init_from is None else str(init_from)
         self.config = config
         self.device = torch.device(

@@ -297,6 +297,7 @@ def test_a_windowed_sam_drops_the_global_block_and_exports_its_own_architecture(
     assert loaded.config.sam.global_attn_indexes == ()
     with pytest.raises(ValueError, match="windowed_sam"):
         make_trainer(tmp_path / "new", few, windowed_sam=True, init_from=export)
+    assert not (tmp_path / "new" / "tokenizer.json").exists()  # refused before anything was copied
     with pytest.raises(ValueError, match="same settings"):  # its state.pt was trained windowed
         make_trainer(tmp_path / "windowed", few, steps=1)
 
