@@ -88,6 +88,12 @@ LADDER = tuple(t.side for t in AgingPolicy().tiers)  # 1024, 640, 512, 384, 256
 # The legible rungs are drawn most: reading is learnt there first, and carries down the ladder.
 SIDE_WEIGHTS = {1024: 0.3, 640: 0.3, 512: 0.2, 384: 0.12, 256: 0.08}
 BATCH = {1024: 2, 640: 3, 512: 4, 384: 4, 256: 4}  # times TrainConfig.batch_scale
+# Crops: small pages drawn at the full page's density (the 1024 px page's glyphs, 9 px wide), a few vision
+# tokens each, so that reading in order is learnt on 16-36 tokens before a page of 256. A crop batch is one
+# side; it holds CROP_BATCH[side] pages (times batch_scale), about a 1024 px batch's pixels.
+CROP_SIDES = (256, 384)
+CROP_BATCH = {256: 8, 384: 6}
+CROP_MARGIN = 8
 
 # Collapse alarms. The first optical-mini's encoder collapsed: its held-out loss with the real page equalled
 # the loss with a blank page to 4 decimals, and its vision tokens grew to ~10^5 times the text embeddings'
@@ -141,6 +147,11 @@ class TrainConfig:
     # A new model's SAM without its global-attention block (windowed blocks only; CLIP still attends over
     # the whole page): on a CPU that block was 60% of a 1024 px step (benchmarks/profile_train.py).
     windowed_sam: bool = False
+    # The share of prose pages whose words are shuffled (half) or replaced by random strings (half): text
+    # the language prior cannot guess, so that the loss falls only by reading the page.
+    scramble_share: float = 0.0
+    # The share of batches that are crops (CROP_SIDES, at full density) instead of pages at `sides`.
+    crop_share: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
@@ -149,6 +160,9 @@ class TrainConfig:
             raise ValueError(f"encoder_lr_scale must be positive, got {self.encoder_lr_scale}")
         if not self.char_loss >= 0:
             raise ValueError(f"char_loss must be >= 0, got {self.char_loss}")
+        for name in ("scramble_share", "crop_share", "conversation_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -233,10 +247,24 @@ class Sample:
     side: int
     text: str  # the page's lines joined by "\n", what a perfect reader returns
     lines: int
+    page_side: int = 1024  # the side it was drawn at: RenderConfig's page, or a crop's own side
+
+
+_RANDOM_CHARS = string.ascii_letters + string.digits + string.punctuation
+
+
+def scrambled(text: str, rng: random.Random) -> str:
+    """``text``'s words shuffled, or (half the time) as many random strings of printable ASCII."""
+    words = text.split()
+    if rng.random() < 0.5:
+        rng.shuffle(words)
+        return " ".join(words)
+    return " ".join("".join(rng.choices(_RANDOM_CHARS, k=rng.randint(1, 10))) for _ in words)
 
 
 class PageStream:
-    """Sample ``i`` (deterministic in ``seed`` and ``i``): a page of prose or chat at one ladder side."""
+    """Sample ``i`` (deterministic in ``seed`` and ``i``): a page of prose or chat at one ladder side, or a
+    crop: a small page drawn at the full page's density."""
 
     def __init__(self, paragraphs: Sequence[str], config: TrainConfig, *, render: RenderConfig | None = None):
         if not paragraphs:
@@ -245,6 +273,14 @@ class PageStream:
         self.config = config
         self.renderer = Renderer(render or RenderConfig())
         self.full = self.renderer.lines_per_page
+        self.crop_renderers = {
+            side: Renderer(dataclasses.replace(self.renderer.config, page_side=side, margin=CROP_MARGIN))
+            for side in CROP_SIDES
+        }
+
+    def renderer_for(self, page_side: int) -> Renderer:
+        """The renderer that draws pages of ``page_side``: the store's, or a crop's."""
+        return self.renderer if page_side == self.renderer.config.page_side else self.crop_renderers[page_side]
 
     def max_lines(self, step: int) -> int:
         """The curriculum: the most lines a page may hold at ``step``."""
@@ -253,31 +289,48 @@ class PageStream:
         return round(cfg.min_lines + grow**2 * (self.full - cfg.min_lines))
 
     def side(self, step: int) -> int:
+        """The side of step ``step``'s batch at the ladder (crops aside: see ``crop_side``)."""
         rng = random.Random(f"{self.config.seed}:side:{step}")
         sides = [side for side in SIDE_WEIGHTS if side in self.config.sides]
         return rng.choices(sides, weights=[SIDE_WEIGHTS[side] for side in sides])[0]
 
-    def page_lines(self, rng: random.Random, n_lines: int) -> list[Line]:
+    def crop_side(self, step: int) -> int | None:
+        """The side of step ``step``'s batch if it is a crop batch, else None."""
+        rng = random.Random(f"{self.config.seed}:crop:{step}")
+        if self.config.crop_share and rng.random() < self.config.crop_share:
+            return rng.choice(CROP_SIDES)
+        return None
+
+    def page_lines(self, rng: random.Random, n_lines: int, renderer: Renderer | None = None) -> list[Line]:
+        renderer = renderer or self.renderer
         items: list[tuple[str | None, str]]
         if rng.random() < self.config.conversation_share:
             items = list(conversation(self.paragraphs, rng, turns=rng.randint(2, 24)))
         else:
             start = rng.randrange(len(self.paragraphs))
             text = "\n".join(self.paragraphs[start : start + 12])
+            if self.config.scramble_share and rng.random() < self.config.scramble_share:
+                text = scrambled(text, rng)
             items = [(None, text)]
-        items = [(speaker, self.renderer.normalise(text)) for speaker, text in items]
-        pages, _ = self.renderer.layout(items)
+        items = [(speaker, renderer.normalise(text)) for speaker, text in items]
+        pages, _ = renderer.layout(items)
         return pages[0][:n_lines]
 
-    def sample(self, step: int, index: int, side: int) -> Sample:
+    def sample(self, step: int, index: int, side: int, *, crop: bool = False) -> Sample:
+        """Page ``index`` of step ``step``'s batch at ``side``; ``crop``: drawn at that side, unshrunk."""
         rng = random.Random(f"{self.config.seed}:page:{step}:{index}")
-        n_lines = rng.randint(1, self.max_lines(step))
-        lines = self.page_lines(rng, n_lines)
-        page = self.renderer.draw(lines)
-        image = shrink_chain(page, [side])[side]  # the page itself at its own side
-        return Sample(image, side, "\n".join(line.text for line in lines), len(lines))
+        renderer = self.crop_renderers[side] if crop else self.renderer
+        n_lines = rng.randint(1, min(self.max_lines(step), renderer.lines_per_page))
+        lines = self.page_lines(rng, n_lines, renderer)
+        page = renderer.draw(lines)
+        image = page if crop else shrink_chain(page, [side])[side]  # the page itself at its own side
+        text = "\n".join(line.text for line in lines)
+        return Sample(image, side, text, len(lines), renderer.config.page_side)
 
     def batch(self, step: int) -> list[Sample]:
+        crop = self.crop_side(step)
+        if crop is not None:
+            return [self.sample(step, i, crop, crop=True) for i in range(CROP_BATCH[crop] * self.config.batch_scale)]
         side = self.side(step)
         return [self.sample(step, i, side) for i in range(BATCH[side] * self.config.batch_scale)]
 
@@ -724,7 +777,7 @@ class Trainer:
             spread = PIXELS_PER_TOKEN / CHAR_GRID
             rngs = [random.Random(f"{self.config.seed}:char:{step}:{i}") for i in range(len(samples))]
             offsets = [(r.uniform(0, spread), r.uniform(0, spread)) for r in rngs]
-        renderer = self.stream.renderer
+        renderer = self.stream.renderer_for(samples[0].page_side)
         targets = torch.stack(
             [char_targets(s.text, side, renderer, offset=o) for s, o in zip(samples, offsets, strict=True)]
         )  # (B, q*q, K*K)
@@ -792,6 +845,7 @@ class Trainer:
                 "grad_norm": round(float(norm), 3),
                 **({} if char is None else {"char_loss": round(char.item(), 4)}),
                 "side": samples[0].side,
+                **({"crop": True} if samples[0].page_side != self.stream.renderer.config.page_side else {}),
                 "pages": len(samples),
                 "lines": sum(s.lines for s in samples),
                 "tokens": n,
@@ -884,6 +938,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="a new model's SAM without its global-attention block (2.5x faster steps at 1024 px on a CPU)",
     )
+    parser.add_argument(
+        "--scramble-share",
+        type=float,
+        default=TrainConfig.scramble_share,
+        help="share of prose pages with shuffled words or random strings (0-1)",
+    )
+    parser.add_argument(
+        "--crop-share",
+        type=float,
+        default=TrainConfig.crop_share,
+        help=f"share of batches that are crops of {'/'.join(map(str, CROP_SIDES))} px at full density (0-1)",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--workers", type=int, default=None, help="processes drawing pages (default: 0 on a CPU, 6 on a GPU)"
@@ -902,6 +968,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             char_loss=args.char_loss,
             eval_every=args.eval_every,
             windowed_sam=args.windowed_sam,
+            scramble_share=args.scramble_share,
+            crop_share=args.crop_share,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -21,6 +21,9 @@ from optical_memory.training import (
     ENCODER_PREFIXES,
     LADDER,
     SPECIALS,
+    CROP_BATCH,
+    CROP_MARGIN,
+    CROP_SIDES,
     BatchStream,
     PageStream,
     TrainConfig,
@@ -31,6 +34,7 @@ from optical_memory.training import (
     conversation,
     evaluate_pages,
     held_out_samples,
+    scrambled,
     text_rms,
     training_paragraphs,
 )
@@ -270,6 +274,50 @@ def test_training_can_keep_to_the_legible_sides(few):
     assert {stream.side(step) for step in range(200)} == {1024, 640}
     with pytest.raises(ValueError, match="subset of the ladder"):
         TrainConfig(sides=(1000,))
+
+
+def test_scrambled_pages_hold_text_the_language_prior_cannot_guess(few):
+    import random
+
+    text = "the quick brown fox jumps over the lazy dog again and again"
+    outs = [scrambled(text, random.Random(i)) for i in range(20)]
+    shuffled = [o for o in outs if sorted(o.split()) == sorted(text.split())]
+    strings = [o for o in outs if o not in shuffled]
+    assert shuffled and strings and text not in outs  # both kinds, never the prose as it was
+    assert all(len(o.split()) == len(text.split()) and o.isascii() for o in strings)
+    plain = PageStream(few, TrainConfig(steps=10, conversation_share=0.0))
+    mixed = PageStream(few, TrainConfig(steps=10, scramble_share=1.0, conversation_share=0.0))
+    pairs = [(plain.sample(9, i, 1024).text, mixed.sample(9, i, 1024).text) for i in range(6)]
+    assert all(a != b for a, b in pairs)  # the same paragraphs, drawn scrambled
+    with pytest.raises(ValueError, match="scramble_share"):
+        TrainConfig(scramble_share=1.5)
+
+
+def test_crops_are_small_pages_at_the_full_page_density(few):
+    stream = PageStream(few, TrainConfig(steps=10, crop_share=0.5, sides=(1024, 640)))
+    crops = [step for step in range(200) if stream.crop_side(step) is not None]
+    assert 60 < len(crops) < 140  # about half the batches
+    assert {stream.crop_side(step) for step in crops} == set(CROP_SIDES)
+    batch = stream.batch(crops[0])
+    side = batch[0].side
+    assert len(batch) == CROP_BATCH[side] and {(s.side, s.page_side) for s in batch} == {(side, side)}
+    assert all(s.image.size == (side, side) for s in batch)
+    glyphs = stream.renderer_for(side)
+    assert glyphs.cell_width == stream.renderer.cell_width  # the same glyphs as on a full page
+    assert glyphs.config.margin == CROP_MARGIN and glyphs.lines_per_page == (side - 2 * CROP_MARGIN) // 19
+    # its character targets are its own geometry's: the first line's first letters in token (0, 0)
+    first = batch[0].text.split("\n")[0]
+    targets = char_targets(batch[0].text, side, glyphs)
+    row = targets[0].view(CHAR_GRID, CHAR_GRID)[0]  # points 8 px down: on line 0 (8-26 px)
+    assert row[0] == char_class(first[0])  # 8 px across: the first cell (8-16 px)
+    assert PageStream(few, TrainConfig(steps=10)).crop_side(crops[0]) is None  # off by default
+
+
+def test_a_crop_step_trains_with_the_character_loss(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=4, char_loss=1.0, crop_share=1.0)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r.get("crop") is True and r["side"] in CROP_SIDES and r["char_loss"] > 0 for r in records)
 
 
 def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
