@@ -280,7 +280,9 @@ class PageStream:
 
     def renderer_for(self, page_side: int) -> Renderer:
         """The renderer that draws pages of ``page_side``: the store's, or a crop's."""
-        return self.renderer if page_side == self.renderer.config.page_side else self.crop_renderers[page_side]
+        if page_side == self.renderer.config.page_side:
+            return self.renderer
+        return self.crop_renderers[page_side]
 
     def max_lines(self, step: int) -> int:
         """The curriculum: the most lines a page may hold at ``step``."""
@@ -330,7 +332,8 @@ class PageStream:
     def batch(self, step: int) -> list[Sample]:
         crop = self.crop_side(step)
         if crop is not None:
-            return [self.sample(step, i, crop, crop=True) for i in range(CROP_BATCH[crop] * self.config.batch_scale)]
+            pages = CROP_BATCH[crop] * self.config.batch_scale
+            return [self.sample(step, i, crop, crop=True) for i in range(pages)]
         side = self.side(step)
         return [self.sample(step, i, side) for i in range(BATCH[side] * self.config.batch_scale)]
 
