@@ -152,6 +152,13 @@ class TrainConfig:
     scramble_share: float = 0.0
     # The share of batches that are crops (CROP_SIDES, at full density) instead of pages at `sides`.
     crop_share: float = 0.0
+    # The character head told where its points are (the jittered grid's offset), so that every target is
+    # the one character under a known point; without it the head guesses among the few a jittered point
+    # may land on, and its loss has a floor well above 0 (CharHead).
+    char_query: bool = False
+    # The decoder's loss's weight (0: the encoder is pretrained on the character loss alone, and the decoder
+    # is not run: DeepSeek-OCR's own first stage trained DeepEncoder before the decoder read from it).
+    decoder_loss: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
@@ -160,6 +167,11 @@ class TrainConfig:
             raise ValueError(f"encoder_lr_scale must be positive, got {self.encoder_lr_scale}")
         if not self.char_loss >= 0:
             raise ValueError(f"char_loss must be >= 0, got {self.char_loss}")
+        if not self.decoder_loss >= 0 or not (self.decoder_loss > 0 or self.char_loss > 0):
+            raise ValueError(
+                f"decoder_loss must be >= 0 and it or char_loss positive, got {self.decoder_loss} and "
+                f"{self.char_loss}"
+            )
         for name in ("scramble_share", "crop_share", "conversation_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -531,6 +543,40 @@ def collapse_alarms(evaluations: Sequence[dict[str, dict[int, float]]], *, text_
     return alarms
 
 
+class CharHead(torch.nn.Module):
+    """The auxiliary character loss's head (training only, never exported): from one vision token, the
+    class of the character under each of its CHAR_GRID x CHAR_GRID points. ``query``: the points' offset in
+    the cell (the grid's jitter) is an input, through Fourier features and a hidden layer, so the target is
+    the one character under a known point; otherwise a linear map that cannot know where its points are."""
+
+    def __init__(self, hidden: int, *, query: bool = False, width: int = 512, frequencies: int = 4) -> None:
+        super().__init__()
+        out = CHAR_GRID**2 * CHAR_CLASSES
+        self.query = query
+        if query:
+            self.frequencies = frequencies
+            self.features = torch.nn.Linear(hidden, width)
+            self.offset = torch.nn.Linear(4 * frequencies, width)
+            self.out = torch.nn.Linear(width, out)
+        else:
+            self.out = torch.nn.Linear(hidden, out)
+        for layer in self.modules():
+            if isinstance(layer, torch.nn.Linear):
+                torch.nn.init.normal_(layer.weight, 0.0, 0.02)
+                torch.nn.init.zeros_(layer.bias)
+
+    def forward(self, feats: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``feats`` (B, T, H) and ``offsets`` (B, 2), the grid's (y, x) start as a share of its spacing in
+        [0, 1): logits (B, T, CHAR_GRID**2 * CHAR_CLASSES)."""
+        if not self.query:
+            return self.out(feats)
+        angles = offsets[:, :, None] * (
+            2 * math.pi * 2.0 ** torch.arange(self.frequencies, device=offsets.device)
+        )
+        fourier = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (B, 4F)
+        return self.out(F.gelu(self.features(feats) + self.offset(fourier)[:, None, :]))
+
+
 # -- tokenizer -----------------------------------------------------------------------------------------------
 
 
@@ -633,12 +679,10 @@ class Trainer:
         else:
             self.model.load_state_dict(start.state_dict())
             log.info("%s: starting from the weights in %s", self.folder, init_from)
-        self.char_head: torch.nn.Linear | None = None  # training only: never exported
+        self.char_head: CharHead | None = None  # training only: never exported
         if config.char_loss > 0:
             hidden = self.model_config.decoder.hidden_size
-            self.char_head = torch.nn.Linear(hidden, CHAR_GRID**2 * CHAR_CLASSES).to(self.device)
-            torch.nn.init.normal_(self.char_head.weight, 0.0, 0.02)
-            torch.nn.init.zeros_(self.char_head.bias)
+            self.char_head = CharHead(hidden, query=config.char_query).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda"
         )
@@ -767,28 +811,39 @@ class Trainer:
 
     def losses(
         self, samples: Sequence[Sample], *, step: int | None = None
-    ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
-        """The decoder's loss and its token count, and the auxiliary character loss (None when off), from one
-        encoder pass; ``step`` seeds the jitter of the character grid (None: the cells' centres)."""
+    ) -> tuple[torch.Tensor | None, int, torch.Tensor | None]:
+        """The decoder's loss (None when its weight is 0: not run) and its token count, and the auxiliary
+        character loss (None when off), from one encoder pass; ``step`` seeds the jitter of the character
+        grid (None: the cells' centres)."""
         feats = vision_features(self.model, samples)  # (B, q*q, H)
-        loss, n = page_loss(self.model, samples, feats=feats)
+        loss, n = page_loss(self.model, samples, feats=feats) if self.config.decoder_loss > 0 else (None, 0)
         if self.char_head is None:
             return loss, n, None
+        logits, targets = self.char_logits(samples, feats, step=step)
+        flat = targets.flatten()
+        if not (flat != -100).any():  # no point of any cell fell on a line: nothing to score
+            return loss, n, logits.sum() * 0.0
+        return loss, n, F.cross_entropy(logits.flatten(0, 2).float(), flat, ignore_index=-100)
+
+    def char_logits(
+        self, samples: Sequence[Sample], feats: torch.Tensor, *, step: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The character head's logits (B, q*q, K*K, C) and their targets (B, q*q, K*K) for ``samples``,
+        the grid jittered by ``step``'s seed (None: at the cells' centres)."""
+        assert self.char_head is not None
         side = samples[0].side
-        offsets: list[tuple[float, float] | None] = [None] * len(samples)
+        spread = PIXELS_PER_TOKEN / CHAR_GRID
+        offsets = [(spread / 2, spread / 2)] * len(samples)
         if step is not None:  # jittered grid points, seeded like the pages themselves
-            spread = PIXELS_PER_TOKEN / CHAR_GRID
             rngs = [random.Random(f"{self.config.seed}:char:{step}:{i}") for i in range(len(samples))]
             offsets = [(r.uniform(0, spread), r.uniform(0, spread)) for r in rngs]
         renderer = self.stream.renderer_for(samples[0].page_side)
         targets = torch.stack(
             [char_targets(s.text, side, renderer, offset=o) for s, o in zip(samples, offsets, strict=True)]
         )  # (B, q*q, K*K)
-        logits = self.char_head(feats).view(*targets.shape, CHAR_CLASSES)  # (B, q*q, K*K, C)
-        flat = targets.flatten().to(self.device)
-        if not (flat != -100).any():  # no point of any cell fell on a line: nothing to score
-            return loss, n, logits.sum() * 0.0
-        return loss, n, F.cross_entropy(logits.flatten(0, 2).float(), flat, ignore_index=-100)
+        where = torch.tensor(offsets, device=self.device) / spread  # (B, 2) in [0, 1)
+        logits = self.char_head(feats, where).view(*targets.shape, CHAR_CLASSES)  # (B, q*q, K*K, C)
+        return logits, targets.to(self.device)
 
     def train(
         self, *, minutes: float | None = None, max_steps: int | None = None, progress: bool = False
@@ -833,7 +888,10 @@ class Trainer:
                 group["lr"] = lr * group["lr_scale"]
             with autocast if autocast is not None else contextlib.nullcontext():
                 loss, n, char = self.losses(samples, step=self.step)
-                total = loss if char is None else loss + cfg.char_loss * char
+                weighted = [] if loss is None else [cfg.decoder_loss * loss]
+                if char is not None:
+                    weighted.append(cfg.char_loss * char)
+                total = torch.stack(weighted).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.trained_parameters(), cfg.grad_clip)
@@ -843,7 +901,7 @@ class Trainer:
             self.step += 1
             record: dict[str, Any] = {
                 "step": self.step,
-                "loss": round(loss.item(), 4),
+                **({} if loss is None else {"loss": round(loss.item(), 4)}),
                 "lr": lr,
                 "grad_norm": round(float(norm), 3),
                 **({} if char is None else {"char_loss": round(char.item(), 4)}),
@@ -868,7 +926,8 @@ class Trainer:
             self._log(record)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", side=samples[0].side)
+                shown = loss if loss is not None else char
+                bar.set_postfix(loss=f"{0.0 if shown is None else shown.item():.3f}", side=samples[0].side)
             if time.monotonic() - last_save >= cfg.checkpoint_minutes * 60:
                 self.save()
                 last_save = time.monotonic()
@@ -878,8 +937,28 @@ class Trainer:
         return {"step": self.step, "elapsed_s": self.elapsed, "done": self.step >= cfg.steps}
 
     def evaluate(self, samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
-        """``evaluate_pages`` of the model being trained (full pages of the evaluation corpus)."""
-        return evaluate_pages(self.model, samples, greedy_pages=self.config.eval_greedy_pages)
+        """``evaluate_pages`` of the model being trained (full pages of the evaluation corpus), and with a
+        character head, ``char_accuracy`` per side: the share of its points at the cells' centres whose
+        character it names (what the encoder's output holds of the page, whether the decoder reads it)."""
+        out = evaluate_pages(self.model, samples, greedy_pages=self.config.eval_greedy_pages)
+        if self.char_head is not None:
+            out["char_accuracy"] = {}
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    for side in LADDER:
+                        group = [s for s in samples if s.side == side]
+                        if group:
+                            logits, targets = self.char_logits(group, vision_features(self.model, group))
+                            scored = targets != -100
+                            hits = (logits.argmax(-1) == targets) & scored
+                            out["char_accuracy"][side] = round(
+                                float(hits.sum() / scored.sum().clamp(min=1)), 4
+                            )
+            finally:
+                self.model.train(was_training)
+        return out
 
     def export(self, folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.bfloat16) -> Path:
         """The official layout: config.json, one safetensors file, tokenizer.json and its config."""
@@ -942,6 +1021,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a new model's SAM without its global-attention block (2.5x faster steps at 1024 px on a CPU)",
     )
     parser.add_argument(
+        "--min-lines",
+        type=int,
+        default=TrainConfig.min_lines,
+        help="the most lines a page holds at step 0 (the curriculum grows it to a full page)",
+    )
+    parser.add_argument(
+        "--char-query",
+        action="store_true",
+        help="tell the character head where its jittered points are (targets without ambiguity)",
+    )
+    parser.add_argument(
+        "--decoder-loss",
+        type=float,
+        default=TrainConfig.decoder_loss,
+        help="weight of the decoder's loss (0: pretrain the encoder on the character loss alone)",
+    )
+    parser.add_argument(
         "--scramble-share",
         type=float,
         default=TrainConfig.scramble_share,
@@ -973,6 +1069,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             windowed_sam=args.windowed_sam,
             scramble_share=args.scramble_share,
             crop_share=args.crop_share,
+            char_query=args.char_query,
+            min_lines=args.min_lines,
+            decoder_loss=args.decoder_loss,
         )
     except ValueError as e:
         parser.error(str(e))

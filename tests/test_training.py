@@ -9,6 +9,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from optical_memory.config import RenderConfig
 from optical_memory.experiments import _prose_paragraphs
@@ -37,6 +38,7 @@ from optical_memory.training import (
     scrambled,
     text_rms,
     training_paragraphs,
+    vision_features,
 )
 
 
@@ -318,6 +320,48 @@ def test_a_crop_step_trains_with_the_character_loss(tmp_path, few):
     trainer.train()
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert all(r.get("crop") is True and r["side"] in CROP_SIDES and r["char_loss"] > 0 for r in records)
+
+
+def test_a_character_head_told_where_its_points_are_learns_what_a_blind_one_cannot(tmp_path, few):
+    # one page, its grid jittered every step, each token a fixed distinct vector: told the offset, the head
+    # can name every point's character; blind to it, it can only guess among those a point may land on
+    def ce(trainer, samples, feats, steps):
+        losses = []
+        for step in steps:
+            logits, targets = trainer.char_logits(samples, feats, step=step)
+            losses.append(F.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=-100))
+        return torch.stack(losses).mean()
+
+    finals = {}
+    for query in (False, True):
+        trainer = make_trainer(tmp_path / str(query), few, steps=200, char_loss=1.0, char_query=query)
+        samples = [trainer.stream.sample(150, 0, 640)]
+        shape = vision_features(trainer.model, samples).shape  # 10 x 10 tokens of the toy's width, 32
+        torch.manual_seed(0)
+        feats = torch.randn(shape)
+        opt = torch.optim.Adam(trainer.char_head.parameters(), lr=3e-3)
+        for step in range(400):
+            loss = ce(trainer, samples, feats, [step])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            finals[query] = float(ce(trainer, samples, feats, range(1000, 1016)))  # jitters never seen
+    assert finals[True] < 0.5 * finals[False]
+
+
+def test_the_encoder_can_be_pretrained_on_the_character_loss_alone(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=3, char_loss=1.0, char_query=True, decoder_loss=0.0)
+    decoder = {n: p.clone() for n, p in trainer.model.named_parameters() if n.startswith("model.layers.")}
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all("loss" not in r and r["char_loss"] > 0 and r["tokens"] == 0 for r in records)
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in decoder.items())  # the decoder was not run
+    accuracy = trainer.evaluate(held_out_samples(1))["char_accuracy"]
+    assert set(accuracy) == set(LADDER) and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    with pytest.raises(ValueError, match="decoder_loss"):
+        TrainConfig(decoder_loss=0.0)  # and no character loss: nothing to train
 
 
 def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
