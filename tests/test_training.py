@@ -15,6 +15,7 @@ from optical_memory.config import RenderConfig
 from optical_memory.experiments import _prose_paragraphs
 from optical_memory.model import GenerationConfig, from_pretrained
 from optical_memory.model.config import ClipConfig, DecoderConfig, OCRConfig, SamConfig
+from optical_memory.model.preprocess import grid_tokens
 from optical_memory.render import Renderer
 from optical_memory.training import (
     CHAR_GRID,
@@ -35,6 +36,7 @@ from optical_memory.training import (
     conversation,
     evaluate_pages,
     held_out_samples,
+    neck_tokens,
     scrambled,
     text_rms,
     training_paragraphs,
@@ -362,6 +364,27 @@ def test_the_encoder_can_be_pretrained_on_the_character_loss_alone(tmp_path, few
     assert set(accuracy) == set(LADDER) and all(0.0 <= a <= 1.0 for a in accuracy.values())
     with pytest.raises(ValueError, match="decoder_loss"):
         TrainConfig(decoder_loss=0.0)  # and no character loss: nothing to train
+
+
+def test_a_neck_head_reads_the_characters_before_the_compressor_and_is_not_exported(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=3, char_loss=1.0, neck_char_loss=1.0, lr=3e-3)
+    samples = trainer.stream.batch(1)
+    tokens = grid_tokens(samples[0].side) ** 2
+    _, _, char = trainer.losses(samples)
+    assert trainer._neck is not None and neck_tokens(trainer._neck).shape[1] == tokens
+    assert trainer.neck_char is not None and char.item() > trainer.neck_char.item() > 1.0  # both terms
+    neck = trainer.char_head.neck.weight.clone()
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["neck_char_loss"] > 0 for r in records)
+    assert not torch.equal(trainer.char_head.neck.weight, neck)  # trained, and saved in state.pt with it
+    resumed = make_trainer(tmp_path / "run", few, steps=3, char_loss=1.0, neck_char_loss=1.0, lr=3e-3)
+    assert torch.equal(resumed.char_head.neck.weight, trainer.char_head.neck.weight)
+    folder = trainer.export(tmp_path / "export")
+    loaded = from_pretrained(folder, dtype=torch.float32)  # strict: the official layout, no head
+    assert set(loaded.state_dict()) == set(trainer.model.state_dict())
+    with pytest.raises(ValueError, match="neck_char_loss"):
+        TrainConfig(neck_char_loss=1.0)  # no character loss to read beside
 
 
 def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
