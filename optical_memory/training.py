@@ -603,12 +603,12 @@ class CharHead(torch.nn.Module):
         return self.out(F.gelu(self.features(feats) + self.offset(fourier)[:, None, :]))
 
 
-def neck_tokens(neck: torch.Tensor) -> torch.Tensor:
-    """SAM-neck features (B, C, 4q, 4q) regrouped as the vision tokens see them: (B, q*q, C*16), each token's
-    4 x 4 patches (the 64 px cell that the compressor folds into one token), tokens row-major."""
+def neck_tokens(neck: torch.Tensor, per: int) -> torch.Tensor:
+    """SAM-neck features (B, C, per*q, per*q) regrouped as the vision tokens see them: (B, q*q, C*per*per),
+    each token's per x per patches (the 64 px cell the compressor folds into one token; per = 64 / the SAM
+    patch), tokens row-major."""
     b, c, h, w = neck.shape
-    per = 4  # patches a token's side spans: PIXELS_PER_TOKEN / patch 16
-    cells = neck.unfold(2, per, per).unfold(3, per, per)  # (B, C, q, q, 4, 4)
+    cells = neck.unfold(2, per, per).unfold(3, per, per)  # (B, C, q, q, per, per)
     return cells.permute(0, 2, 3, 1, 4, 5).reshape(b, (h // per) * (w // per), c * per * per)
 
 
@@ -718,12 +718,11 @@ class Trainer:
         if config.char_loss > 0:
             hidden = self.model_config.decoder.hidden_size
             sam = self.model_config.sam
-            per_token = (PIXELS_PER_TOKEN // sam.patch_size) ** 2  # SAM patches a vision token folds
-            neck = sam.out_chans * per_token if config.neck_char_loss else None
+            neck = sam.out_chans * self.neck_patches**2 if config.neck_char_loss else None
             self.char_head = CharHead(hidden, query=config.char_query, neck=neck).to(self.device)
+            if neck is not None:
+                self.model.model.sam_model.neck.register_forward_hook(self._keep_neck)
         self._neck: torch.Tensor | None = None  # the last SAM-neck output, for the neck's character head
-        if config.neck_char_loss > 0:
-            self.model.model.sam_model.neck.register_forward_hook(self._keep_neck)
         self.neck_char: torch.Tensor | None = None  # the last `losses` call's neck term (logged)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda"
@@ -840,6 +839,11 @@ class Trainer:
 
     # -- one step -----------------------------------------------------------------------------------------
 
+    @property
+    def neck_patches(self) -> int:
+        """SAM patches along a vision token's side (64 px over the patch size): 4 for DeepEncoder."""
+        return PIXELS_PER_TOKEN // self.model_config.sam.patch_size
+
     def _keep_neck(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._neck = output
 
@@ -861,6 +865,7 @@ class Trainer:
         character loss (None when off), from one encoder pass; ``step`` seeds the jitter of the character
         grid (None: the cells' centres). With ``neck_char_loss`` the character loss includes the neck's
         term at that weight; ``neck_char`` keeps that term alone."""
+        self.neck_char = None
         feats = vision_features(self.model, samples)  # (B, q*q, H)
         loss, n = page_loss(self.model, samples, feats=feats) if self.config.decoder_loss > 0 else (None, 0)
         if self.char_head is None:
@@ -870,10 +875,10 @@ class Trainer:
         if not (flat != -100).any():  # no point of any cell fell on a line: nothing to score
             return loss, n, logits.sum() * 0.0
         char = F.cross_entropy(logits.flatten(0, 2).float(), flat, ignore_index=-100)
-        self.neck_char = None
         if self.char_head.neck is not None:
             assert self._neck is not None
-            neck = self.char_head.neck(neck_tokens(self._neck)).view(*targets.shape, CHAR_CLASSES)
+            tokens = neck_tokens(self._neck, self.neck_patches)  # (B, q*q, C*16)
+            neck = self.char_head.neck(tokens).view(*targets.shape, CHAR_CLASSES)
             self.neck_char = F.cross_entropy(neck.flatten(0, 2).float(), flat, ignore_index=-100)
             char = char + self.config.neck_char_loss * self.neck_char
         return loss, n, char

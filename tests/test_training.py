@@ -371,7 +371,7 @@ def test_a_neck_head_reads_the_characters_before_the_compressor_and_is_not_expor
     samples = trainer.stream.batch(1)
     tokens = grid_tokens(samples[0].side) ** 2
     _, _, char = trainer.losses(samples)
-    assert trainer._neck is not None and neck_tokens(trainer._neck).shape[1] == tokens
+    assert trainer._neck is not None and neck_tokens(trainer._neck, trainer.neck_patches).shape[1] == tokens
     assert trainer.neck_char is not None and char.item() > trainer.neck_char.item() > 1.0  # both terms
     neck = trainer.char_head.neck.weight.clone()
     trainer.train()
