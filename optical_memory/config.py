@@ -35,7 +35,7 @@ class RenderConfig:
     line_height: int = 19
     margin: int = 24
     font_path: str | None = None  # None: DejaVu Sans Mono from matplotlib's bundled fonts
-    fallback_font_paths: tuple[str, ...] = ()  # tried in order, before the auto-detected Noto CJK
+    fallback_font_paths: tuple[str, ...] = ()  # tried in order, before DejaVu Sans and the Noto chain
     tab_size: int = 4
     speaker_labels: bool = True  # prefix each turn's first line with "role: "
 

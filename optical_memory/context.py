@@ -19,7 +19,7 @@ from .core import Core
 from .db import MemoryRow, PageRow
 from .errors import InvalidInput
 from .protocols import VisionContext
-from .reading import page_bytes, page_text, recall, text_tier_turns
+from .reading import page_bytes, page_text, recall, text_tier_turns, turn_text
 from .retrieval import search
 from .types import Context, ContextItem, Hit
 from .validation import shown
@@ -69,7 +69,7 @@ def _chat_context(
         used = 0
         recent: list[tuple[MemoryRow, str, int]] = []
         for m in text_tier_turns(core, scope):
-            line = f"{m.role}: {m.text}" if m.role else (m.text or "")
+            line = f"{m.role}: {turn_text(m)}" if m.role else turn_text(m)
             cost = core.counter.count(line)
             if used + cost > recent_budget:
                 break
@@ -175,7 +175,7 @@ def _vision_context(
         recent_cost = decoder.count_text(header) if recent_rows else 0
         lines: list[str] = []
         for m in recent_rows:
-            line = f"{m.role}: {m.text}\n" if m.role else f"{m.text}\n"
+            line = f"{m.role}: {turn_text(m)}\n" if m.role else f"{turn_text(m)}\n"
             cost = decoder.count_text(line)
             if used + recent_cost + cost > recent_budget:
                 break

@@ -15,19 +15,18 @@ class InvalidInput(OpticalMemoryError, ValueError):
 
 
 class UnrenderableText(InvalidInput):
-    """Text holding characters that no available font can draw.
+    """A value given as text that is not text (bytes, a number, None): there is nothing to draw.
 
-    ``characters`` lists the offending characters, each once, in order of first appearance.
+    Text itself is never refused for its characters: a character no font has is drawn as a visible
+    stand-in (see ``Renderer.prepare``). ``value`` is the offending value.
     """
 
-    def __init__(self, characters: list[str]) -> None:
-        self.characters = characters
-        shown = ", ".join(f"U+{ord(c):04X} {c!r}" for c in characters[:20])
-        more = f" (and {len(characters) - 20} more)" if len(characters) > 20 else ""
-        super().__init__(
-            f"no available font can draw {len(characters)} character(s): {shown}{more}; "
-            "install a font that covers them (e.g. Debian's fonts-noto-cjk for CJK) or remove them"
-        )
+    def __init__(self, value: object) -> None:
+        self.value = value
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        hint = " (decode it first, e.g. data.decode('utf-8'))" if isinstance(value, bytes | bytearray) else ""
+        super().__init__(f"text must be a str, got {type(value).__name__} {shown}{hint}")
 
 
 class MemoryNotFound(OpticalMemoryError, KeyError):

@@ -39,6 +39,7 @@ from .validation import (
 
 TEXT_FILE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
 IMAGE_FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+STAND_INS = "_stand_ins"  # metadata key: {stand-in drawn: character no font has} (see Renderer.prepare)
 JOIN_CODES = {" ": "s", "": "h", "\n": "n"}  # how a rendered line joins the next, as a span records it
 
 Progress = Callable[[int], None]
@@ -92,7 +93,14 @@ def add_many(
         )
     if progress is not None and not callable(progress):
         raise InvalidInput(f"progress must be a callable or None, got {type(progress).__name__}")
-    pending = [_prepare(core, item, scope=scope, kind=kind) for item in items]
+    pending = []
+    for number, item in enumerate(items):
+        try:
+            pending.append(_prepare(core, item, scope=scope, kind=kind))
+        except InvalidInput as e:  # name the item: nothing of the batch is stored, so say which to fix
+            if number or (isinstance(items, Sequence) and len(items) > 1):
+                e.args = (f"item {number}: {e}", *e.args[1:])
+            raise
     if not pending:
         return []
     texts = [chunk for p in pending for _, chunk in p.chunks]
@@ -120,9 +128,13 @@ def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
         text, role, metadata, timestamp, ttl = item, None, None, None, None
     if role is not None:
         check_name(role, "role", max_len=64)
-        core.renderer.normalise(role)  # a label the fonts cannot draw fails now, not in age()
-    normalised = core.renderer.normalise(text)
+        core.renderer.normalise(role)  # a label that is not text fails now, not in age()
+    normalised, stand_ins = core.renderer.prepare(text)
     meta = check_metadata(metadata)
+    if STAND_INS in meta:
+        raise InvalidInput(f"metadata key {STAND_INS!r} is reserved (the store records stand-ins there)")
+    if stand_ins:  # characters no font has, drawn as stand-ins: recorded, and restored on recall
+        meta[STAND_INS] = stand_ins
     ts = check_timestamp(timestamp)
     ttl_s = check_ttl(ttl)
     return Pending(

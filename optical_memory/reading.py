@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from .core import FORGOTTEN, Core, live, tier_of
 from .db import MemoryRow, PageRow, RecallRow, SpanRow
 from .errors import BlobError, InvalidInput
-from .ingest import JOIN_CODES
+from .ingest import JOIN_CODES, STAND_INS
+from .render import restore
 from .types import Recall
 from .validation import now, page_id_fits, shown
 
@@ -50,7 +51,9 @@ def _recall(core: Core, memory_id: int, *, read: bool, last_try: bool = False) -
         }
         tier = tier_of(memory.paged, [p.side for p in pages.values()])
         if memory.text is not None and (not read or not memory.paged):
-            return Recall(id=memory.id, text=memory.text, tier=tier, source="retained", role=memory.role)
+            return Recall(
+                id=memory.id, text=turn_text(memory), tier=tier, source="retained", role=memory.role
+            )
         parts = []
         for sp in spans:
             page = pages[sp.page_id]
@@ -60,7 +63,7 @@ def _recall(core: Core, memory_id: int, *, read: bool, last_try: bool = False) -
             parts.append(_assemble(sp, lines, memory.role))
         if not parts:
             return Recall(id=memory.id, text="", tier=tier, source=FORGOTTEN, role=memory.role)
-        text = "".join(parts).strip()
+        text = restore("".join(parts).strip(), memory.meta.get(STAND_INS))
         return Recall(id=memory.id, text=text, tier=tier, source=core.reader.name, role=memory.role)
 
 
@@ -207,9 +210,14 @@ def recent_turns(core: Core, scope: str, *, limit: int | None = None) -> list[Re
     with core.lock:
         rows = text_tier_turns(core, scope)[:limit]
         return [
-            Recall(id=m.id, text=m.text or "", tier="text", source="retained", role=m.role)
+            Recall(id=m.id, text=turn_text(m), tier="text", source="retained", role=m.role)
             for m in reversed(rows)
         ]
+
+
+def turn_text(memory: MemoryRow) -> str:
+    """A memory's retained text as it was given: stand-ins drawn for characters no font has restored."""
+    return restore(memory.text or "", memory.meta.get(STAND_INS))
 
 
 def text_tier_turns(core: Core, scope: str | None) -> list[MemoryRow]:

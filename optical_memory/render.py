@@ -17,6 +17,7 @@ into the stored text exactly (see ``Renderer.layout``).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import glob
 import logging
@@ -36,14 +37,26 @@ from .errors import InvalidInput, UnrenderableText
 
 log = logging.getLogger(__name__)
 
-# Fallback fonts looked for after config.fallback_font_paths and DejaVu Sans (first match wins; sorted).
-CJK_FONT_GLOBS = (
-    "/usr/share/fonts/**/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/**/NotoSansCJK*-Regular.tt[cf]",
-    "/usr/share/fonts/**/NotoSansCJK*-Regular.otf",
-    "/usr/local/share/fonts/**/NotoSansCJK*-Regular.[ot]t[cf]",
-    "~/.local/share/fonts/**/NotoSansCJK*-Regular.[ot]t[cf]",
+# The fallback chain after DejaVu Sans Mono, config.fallback_font_paths and DejaVu Sans: Debian's Noto and
+# Symbola fonts, looked for in these folders (first folder that has a file wins), each pattern sorted by
+# name, in this order. A character takes the first font whose cmap has it, so the order is the policy: the
+# Noto Sans script fonts (Latin, Greek, Cyrillic, then every script by name), CJK, symbols and emoji,
+# then the serif-only scripts (Tibetan, Tangut, ...). No pip package ships these fonts (checked
+# 2026-12-03: `symbola` and `noto` on PyPI are unrelated projects); `make fonts` installs the Debian ones.
+FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.local/share/fonts")
+FALLBACK_FONT_GLOBS = (
+    "NotoSans-Regular.ttf",
+    "NotoSans[A-Z]*-Regular.ttf",  # one per script; Display/Mono/Symbols/Math excluded below
+    "NotoSansCJK-Regular.ttc",
+    "NotoSansCJK*-Regular.[ot]t[cf]",
+    "NotoSansSymbols-Regular.ttf",
+    "NotoSansSymbols2-Regular.ttf",
+    "NotoSansMath-Regular.ttf",
+    "Symbola*.ttf",  # monochrome emoji (Unicode 13) and the symbols Noto lacks
+    "NotoMusic-Regular.ttf",
+    "NotoSerif[A-Z]*-Regular.ttf",  # scripts with no sans cut
 )
+_NOT_A_SCRIPT = re.compile(r"NotoSans(Display|Mono|Symbols2?|Math|CJK\w*)-")
 CJK_TTC_INDEX = 2  # NotoSansCJK-Regular.ttc holds JP, KR, SC, TC, HK (then the Mono cuts): 2 is SC
 
 # A file's pages are all decoded before any is stored: bound what a small file can make us decode. A PDF
@@ -72,6 +85,36 @@ def _find_font(name: str) -> str | None:
 
 
 @functools.cache
+def fallback_fonts() -> tuple[_Font, ...]:
+    """The installed fonts of ``FALLBACK_FONT_GLOBS`` in chain order (cached: the folders are walked once)."""
+    installed: dict[str, str] = {}  # file name -> path; the first folder (then the first path) wins
+    for folder in FONT_DIRS:
+        for root, dirs, names in sorted(os.walk(os.path.expanduser(folder))):
+            dirs.sort()
+            for name in names:
+                installed.setdefault(name, os.path.join(root, name))
+    files: list[str] = []
+    for pattern in FALLBACK_FONT_GLOBS:
+        for name in sorted(fnmatch.filter(installed, pattern)):
+            if installed[name] not in files and not (
+                pattern.startswith("NotoSans[") and _NOT_A_SCRIPT.match(name)
+            ):
+                files.append(installed[name])
+    cjk = [f for f in files if os.path.basename(f).startswith("NotoSansCJK")]
+    files = [f for f in files if f not in cjk[1:]]  # one CJK cut is enough: the first found
+    return tuple(_Font(f, _ttc_index(f)) for f in files)
+
+
+def _ttc_index(path: str) -> int:
+    if not path.lower().endswith(".ttc"):
+        return 0
+    from fontTools.ttLib import TTCollection
+
+    with TTCollection(path, lazy=True) as collection:
+        return min(CJK_TTC_INDEX, len(collection.fonts) - 1)
+
+
+@functools.cache
 def _coverage(path: str, index: int) -> frozenset[int]:
     """Code points the font's cmap maps (cached per process: a CJK cmap takes ~0.3 s to read)."""
     from fontTools.ttLib import TTFont
@@ -96,6 +139,19 @@ def _invisible(ch: str) -> bool:
     return (
         unicodedata.category(ch) == "Cf" or "\ufe00" <= ch <= "\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"
     )
+
+
+def stand_in(ch: str) -> str:
+    """The visible stand-in drawn for a character no font has: ``[U+1FAE8 SHAKING FACE]``, ``[U+E000]``."""
+    name = unicodedata.name(ch, "")
+    return f"[U+{ord(ch):04X} {name}]" if name else f"[U+{ord(ch):04X}]"
+
+
+def restore(text: str, stand_ins: dict[str, str] | None) -> str:
+    """``text`` with the stand-ins ``Renderer.prepare`` recorded turned back into their characters."""
+    for shown_as, ch in (stand_ins or {}).items():
+        text = text.replace(shown_as, ch)
+    return text
 
 
 def _width(text: str) -> int:
@@ -163,9 +219,7 @@ class Renderer:
         sans = _find_font("DejaVuSans.ttf")
         if sans is not None:
             specs.append(_Font(sans, 0))
-        cjk = self._find_cjk()
-        if cjk is not None:
-            specs.append(cjk)
+        specs.extend(fallback_fonts())
         for spec in specs:
             if not os.path.isfile(spec.path):
                 raise InvalidInput(f"font file not found: {spec.path!r}")
@@ -188,22 +242,6 @@ class Renderer:
                 f"{config.page_side}px page; at least 2 are needed"
             )
         log.debug("renderer: %d columns x %d lines, fonts %s", self.columns, self.lines_per_page, specs)
-
-    @staticmethod
-    @functools.cache
-    def _find_cjk() -> _Font | None:
-        for pattern in CJK_FONT_GLOBS:
-            found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-            if found:
-                path = found[0]
-                if not path.lower().endswith(".ttc"):
-                    return _Font(path, 0)
-                from fontTools.ttLib import TTCollection
-
-                with TTCollection(path, lazy=True) as collection:
-                    count = len(collection.fonts)
-                return _Font(path, min(CJK_TTC_INDEX, count - 1))
-        return None
 
     def _font(self, index: int) -> ImageFont.FreeTypeFont:
         font = self._fonts.get(index)
@@ -229,15 +267,22 @@ class Renderer:
     # -- validation ----------------------------------------------------------------------------------------
 
     def normalise(self, text: str) -> str:
-        """The text as it will be stored and drawn, or ``InvalidInput`` naming what is wrong.
+        """The text as it will be stored and drawn (see ``prepare``), stand-ins in place."""
+        return self.prepare(text)[0]
 
-        Rejects non-strings, lone surrogates and control characters other than tab and newline. Then:
-        CRLF and CR become LF, tabs are expanded to ``tab_size`` tab stops, trailing whitespace is stripped
-        from every line, and blank lines at the start and end are dropped. Raises ``UnrenderableText`` when
-        a character has no glyph in any available font (invisible format characters need none).
+    def prepare(self, text: str) -> tuple[str, dict[str, str]]:
+        """``(normalised text, stand-ins)``, or ``InvalidInput`` naming what is wrong.
+
+        Rejects lone surrogates and control characters other than tab and newline (``UnrenderableText``
+        for a value that is not a str at all). Then: CRLF and CR become LF, tabs are expanded to
+        ``tab_size`` tab stops, trailing whitespace is stripped from every line, and blank lines at the
+        start and end are dropped. A character no font in the chain can draw (a private-use code point, an
+        emoji newer than the fonts) is replaced by a visible stand-in, ``[U+1FAE8 SHAKING FACE]``
+        (``[U+E000]`` when it has no name); the returned mapping is ``{stand-in: character}``, so the
+        caller can record it and nothing is lost silently. Never refuses valid text.
         """
         if not isinstance(text, str):
-            raise InvalidInput(f"text must be a str, got {type(text).__name__}")
+            raise UnrenderableText(text)
         bad = _SURROGATE.search(text)
         if bad:
             raise InvalidInput(
@@ -257,9 +302,10 @@ class Renderer:
             raise InvalidInput(f"text is empty or only whitespace: {text[:40]!r}")
         normalised = "\n".join(lines[kept[0] : kept[-1] + 1])
         missing = [c for c in dict.fromkeys(normalised) if c != "\n" and self._missing(c)]
-        if missing:
-            raise UnrenderableText(missing)
-        return normalised
+        stand_ins = {stand_in(c): c for c in missing}
+        for shown_as, c in stand_ins.items():
+            normalised = normalised.replace(c, shown_as)
+        return normalised, stand_ins
 
     def _missing(self, ch: str) -> bool:
         return self._font_for(ch) < 0 and not _invisible(ch) and not ch.isspace()  # spaces need no glyph
@@ -410,9 +456,10 @@ class Renderer:
         width = cells * cw
         tile = np.zeros((height, width), dtype=np.uint8)
         which = self._font_for(ch)
-        if which < 0 and not ch.isspace():
-            raise UnrenderableText([ch])
-        if not ch.isspace():
+        if which < 0 and not ch.isspace():  # only a label can get here (text has stand-ins): a hollow box
+            tile[self.baseline - self.config.font_size * 2 // 3 : self.baseline, 1 : width - 1] = 255
+            tile[self.baseline - self.config.font_size * 2 // 3 + 1 : self.baseline - 1, 2 : width - 2] = 0
+        elif not ch.isspace():
             font = self._font(which)
             if which == 0 and cells == 1 and _cells(ch) == 1 and round(font.getlength(ch)) == cw:
                 # A primary-font glyph on its own advance: drawn exactly as the font designs it.

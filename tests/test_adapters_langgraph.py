@@ -278,12 +278,15 @@ def test_index_fields_choose_what_the_page_shows_and_what_is_searched(store):
     assert lg.get(("docs",), "c").value == {"body": "No title, so nothing to index."}
 
 
-def test_characters_no_font_draws_are_escaped_on_the_page_only(lg, store):
+def test_characters_no_font_draws_are_stand_ins_on_the_page_only(lg, store):
     value = {"text": "private use \U0010fffd here", "bell": "ding\x07"}
     lg.put(("a",), "k", value)
     assert lg.get(("a",), "k").value == value
-    page = store.recall(store.memories(scope="a")[0].id).text
-    assert "\\U0010fffd" in page and '"ding\\u0007"' in page
+    [memory] = store.memories(scope="a")
+    assert memory.metadata["_stand_ins"] == {"[U+10FFFD]": "\U0010fffd"}
+    recalled = store.recall(memory.id).text
+    assert "\U0010fffd" in recalled and "[U+10FFFD]" not in recalled  # the stand-in turned back
+    assert '"ding\\u0007"' in recalled  # a control character is shown as its JSON escape
 
 
 # -- ttl: minutes, mapped onto the forgetting ladder

@@ -6,6 +6,7 @@ Real fonts (DejaVu from matplotlib), no mocks; the whole file runs in a few seco
 from __future__ import annotations
 
 import math
+import os
 import unicodedata
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from optical_memory.config import RenderConfig
 from optical_memory.errors import InvalidInput, UnrenderableText
-from optical_memory.render import Line, Renderer, Span, load_page_file
+from optical_memory.render import Line, Renderer, Span, fallback_fonts, load_page_file, restore, stand_in
 
 # Small pages wrap and paginate a lot: 20 columns x 9 lines.
 NARROW = RenderConfig(page_side=160, font_size=12, line_height=15, margin=8)
@@ -120,12 +121,55 @@ def test_normalise_rejects_bad_input_naming_it(r: Renderer, value: object, words
         assert word in str(e.value)
 
 
-def test_normalise_rejects_characters_no_font_has(r: Renderer) -> None:
-    with pytest.raises(UnrenderableText) as e:
-        r.normalise("private \U0010fffd use and \U0010fffd again, \ue000 too")
-    assert e.value.characters == ["\U0010fffd", "\ue000"]
-    assert "U+10FFFD" in str(e.value)
-    assert isinstance(e.value, InvalidInput)
+def test_characters_no_font_has_become_visible_stand_ins(r: Renderer) -> None:
+    text, stand_ins = r.prepare("private \U0010fffd use and \U0010fffd again, \ue000 too")
+    assert text == "private [U+10FFFD] use and [U+10FFFD] again, [U+E000] too"
+    assert stand_ins == {"[U+10FFFD]": "\U0010fffd", "[U+E000]": "\ue000"}
+    assert restore(text, stand_ins) == "private \U0010fffd use and \U0010fffd again, \ue000 too"
+    assert stand_in("\u2603") == "[U+2603 SNOWMAN]"  # a named character shows its name
+    assert r.normalise(text) == text  # stand-ins are drawable text themselves
+
+
+def test_values_that_are_not_text_are_unrenderable(r: Renderer) -> None:
+    for value in (b"bytes", None, 42, ["a"]):
+        with pytest.raises(UnrenderableText, match=type(value).__name__) as e:
+            r.normalise(value)  # type: ignore[arg-type]
+        assert e.value.value is value and isinstance(e.value, InvalidInput)
+
+
+# Real chat text: emoji (with skin tones, ZWJ sequences, flags, variation selectors), CJK, kana, Hangul,
+# Devanagari, Arabic, Hebrew, Greek, Cyrillic, math and dingbats, and an agent's tool-call JSON.
+CHAT = [
+    ("user", "thanks 👍🏽 that fixed it!! 🎉🎉 ❤️ 👨‍👩‍👧 🇯🇵 ✔︎"),
+    ("assistant", "日本語の説明です。ひらがな、カタカナ、漢字 — 中文也可以 / 한국어도 됩니다"),
+    ("user", "नमस्ते दुनिया · مرحبا بالعالم · שלום עולם · Καλημέρα · Привет"),
+    ("assistant", '{"tool": "search", "args": {"q": "∑ ∫ ≠ ≤ ★ ☃ ⚡ → ✓"}} 🤖'),
+    ("user", "😂😂😂 lol 🙏 🔥 💯"),
+]
+NEWER_THAN_THE_FONTS = "🥲 🫠"  # Unicode 13 and 14 emoji: Debian's Symbola 2.60 stops at Unicode 10
+
+
+@pytest.mark.skipif(not fallback_fonts(), reason="Debian's Noto/Symbola fonts are not installed (make fonts)")
+def test_mixed_script_chat_is_drawn_by_real_fonts_not_stand_ins(r: Renderer) -> None:
+    drawn = {c for _, text in CHAT for c in text if not c.isspace() and not r._missing(c)}
+    missing = [c for _, text in CHAT for c in text if r._missing(c)]
+    assert not missing, [f"U+{ord(c):04X}" for c in missing]
+    fonts = {os.path.basename(r._specs[r._font_for(c)].path) for c in drawn if r._font_for(c) >= 0}
+    assert {"NotoSansCJK-Regular.ttc", "NotoSansDevanagari-Regular.ttf"} <= fonts
+    assert any(f.startswith("Symbola") or f.startswith("NotoSansSymbols") for f in fonts)  # emoji
+    text, stand_ins = r.prepare(NEWER_THAN_THE_FONTS)
+    assert text == "[U+1F972 SMILING FACE WITH TEAR] [U+1FAE0 MELTING FACE]" and len(stand_ins) == 2
+
+
+def test_mixed_script_chat_renders_every_turn_deterministically(r: Renderer) -> None:
+    items = [(who, r.normalise(text)) for who, text in CHAT]
+    pages, spans = r.layout(items)
+    assert sorted({sp.item for sp in spans}) == list(range(len(CHAT)))
+    first = [np.asarray(r.draw(page)) for page in pages]
+    again = Renderer(r.config)  # a fresh renderer: its own tile cache, same pixels
+    assert all(np.array_equal(a, np.asarray(again.draw(page))) for a, page in zip(first, pages, strict=True))
+    for _who, text in items:  # every turn leaves ink on its own line band
+        assert text and (255 - np.asarray(r.draw([text[: r.columns // 2]]))).sum() > 0
 
 
 def test_normalise_accepts_invisible_format_characters(r: Renderer) -> None:
@@ -305,8 +349,8 @@ def test_draw_rejects_what_does_not_fit(r: Renderer) -> None:
     too_many = r.lines_per_page + 1
     with pytest.raises(InvalidInput, match=f"{too_many} lines"):
         r.draw(["x"] * too_many)
-    with pytest.raises(UnrenderableText):
-        r.draw(["\U0010fffd"])
+    box = np.asarray(r.draw(["\U0010fffd"]))  # no font has it (a label can hold it): a hollow box, not a gap
+    assert (box < 128).sum() > 0
 
 
 # -- geometry and redaction ----------------------------------------------------------------------------

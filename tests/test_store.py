@@ -618,9 +618,21 @@ def test_bad_text_is_rejected_and_nothing_is_lost(store, text, match):
     assert store.stats().memories == 1 and store.recall(keep).text == "something worth keeping"
 
 
-def test_undrawable_characters_are_named(store):
-    with pytest.raises(om.UnrenderableText, match=r"U\+10FFFD"):
-        store.add("private use \U0010fffd here", scope=SCOPE)
+def test_characters_no_font_has_are_stored_as_stand_ins_and_recalled_exactly(store):
+    text = "private use \U0010fffd here, and \ue000 too"
+    mid = store.add(text, scope=SCOPE, metadata={"topic": "glyphs"})
+    assert store.recall(mid).text == text  # retained text: the characters themselves come back
+    meta = store.memory_info(mid).metadata
+    assert meta.get("_stand_ins") == {"[U+10FFFD]": "\U0010fffd", "[U+E000]": "\ue000"}
+    assert meta.get("topic") == "glyphs"
+    with pytest.raises(om.InvalidInput, match="_stand_ins"):  # a key of its own: the caller cannot clobber it
+        store.add("x", scope=SCOPE, metadata={"_stand_ins": {}})
+
+
+def test_a_bad_item_of_a_batch_is_named_and_nothing_of_it_is_stored(store):
+    with pytest.raises(om.UnrenderableText, match=r"item 2: text must be a str, got bytes"):
+        store.add_many(["fine 👍", "日本語", b"raw bytes", "more"], scope=SCOPE)
+    assert store.stats().memories == 0
 
 
 def test_any_size_of_text_is_split_across_pages(store):
