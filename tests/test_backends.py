@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFont
 
 from optical_memory.backends import make_counter, make_embedder, make_reader
+from optical_memory.backends.minilm import MiniLMEmbedder
 from optical_memory.errors import InvalidInput, MissingDependency
 from optical_memory.metrics import cer, edit_distance, normalise_ws
 from optical_memory.protocols import Embedder, Reader, TokenCounter
@@ -197,6 +198,26 @@ def test_embedder_is_deterministic_and_batch_independent(embedder) -> None:
     alone = np.stack([embedder.embed([t])[0] for t in texts[:5]])
     np.testing.assert_allclose(batch, again, atol=1e-5)
     np.testing.assert_allclose(batch[:5], alone, atol=1e-5)
+
+
+def test_a_query_runs_on_one_thread_with_the_same_numbers_and_bulk_keeps_torch_threads(embedder) -> None:
+    import torch
+
+    assert embedder.query_threads == 1  # the default policy
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    hook = embedder._model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        one = embedder.embed(["where is the train ticket?"])
+        bulk = embedder.embed([f"bulk text number {i}" for i in range(embedder.query_texts + 1)])
+    finally:
+        hook.remove()
+    assert seen == [1, before] and torch.get_num_threads() == before  # restored after the query
+    free = MiniLMEmbedder(query_threads=None)
+    np.testing.assert_allclose(one, free.embed(["where is the train ticket?"]), atol=1e-5)
+    assert bulk.shape == (embedder.query_texts + 1, 384)
+    with pytest.raises(InvalidInput, match="query_threads"):
+        MiniLMEmbedder(query_threads=0)
 
 
 def test_embedder_ranks_a_paraphrase_above_an_unrelated_sentence(embedder) -> None:
