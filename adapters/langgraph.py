@@ -22,9 +22,10 @@ How LangGraph's model maps onto the store:
 * ``ttl`` (minutes, LangGraph's unit) becomes the memory's time to live: its page walks down the
   forgetting ladder over that lifetime and is deleted when it runs out; expired items are hidden at once.
   ``refresh_ttl`` on get/search extends the lifetime, but a page already downsampled keeps its tier.
-* Query search is the store's cosine search (``SearchItem.score``); without a query, items come newest
-  first (by ``updated_at``). Filters (``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``, ``$lte``, nested
-  equality) apply to top-level value fields, in Python, over the candidates of the namespace prefix.
+* Query search is the store's search (hybrid by default: ``SearchItem.score`` is its fused score, see
+  ``OpticalMemory.search``); without a query, items come newest first (by ``updated_at``). Filters
+  (``$eq``, ``$ne``, ``$gt``, ``$gte``, ``$lt``, ``$lte``, nested equality) apply to top-level value
+  fields, in Python, over the candidates of the namespace prefix.
 
 Ops in one ``batch`` are validated before any of them runs; reads see the store as it was before the
 batch's puts, and of several puts to one key the last wins (as in LangGraph's own stores). Bad input
@@ -633,7 +634,7 @@ class OpticalMemoryStore(BaseStore):
     def _query(
         self, query: str, scopes: Mapping[str, tuple[str, ...]], flt: Mapping[str, Any] | None, wanted: int
     ) -> list[tuple[Any, float | None]]:
-        """Up to ``wanted`` indexed items of ``scopes`` matching ``flt``, best cosine score first."""
+        """Up to ``wanted`` indexed items of ``scopes`` matching ``flt``, best score first."""
         k = max(wanted, 4) * (4 if flt else 1)
         while True:
             hits = self.store.search(

@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from . import db
+from . import db, lexical
 from .core import IN_BATCH, Core, png
 from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow
 from .errors import InvalidInput, MemoryNotFound
@@ -318,6 +318,7 @@ def delete_memory(core: Core, memory_id: int, *, scrub_wal: bool = True) -> None
                     page.blob_bytes = core.blobs.size(page.blob)
                     s.execute(delete(RecallRow).where(RecallRow.page_id == page.id))
             s.execute(delete(SpanRow).where(SpanRow.memory_id == memory_id))
+            lexical.remove(s, eids)
             s.execute(delete(EmbeddingRow).where(EmbeddingRow.memory_id == memory_id))
             s.delete(memory)
             if eids:
@@ -340,6 +341,7 @@ def delete_scope(core: Core, scope: str) -> int:
             pids = select(PageRow.id).where(PageRow.scope == scope)
             s.execute(delete(RecallRow).where(RecallRow.page_id.in_(pids)))
             s.execute(delete(SpanRow).where(SpanRow.memory_id.in_(mids)))
+            lexical.remove_scope(s, scope)
             s.execute(delete(EmbeddingRow).where(EmbeddingRow.scope == scope))
             s.execute(delete(PageRow).where(PageRow.scope == scope))
             s.execute(delete(MemoryRow).where(MemoryRow.scope == scope))

@@ -121,13 +121,23 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     with _open(args) as store:
-        hits = store.search(args.query, k=args.k, scope=args.scope)
+        hits = store.search(args.query, k=args.k, scope=args.scope, mode=args.mode)
         print(
             _table(
                 ["id", "score", "tier", "page", "scope", "role"],
                 [[h.id, f"{h.score:.3f}", h.tier, h.page_id or "-", h.scope, h.role or "-"] for h in hits],
             )
         )
+
+
+def cmd_export_embedder(args: argparse.Namespace) -> None:
+    from .backends.minilm import export_onnx
+
+    facts = export_onnx()
+    print(
+        f"exported {facts['path']} in {facts['seconds']} s; its vectors match torch's within "
+        f"{facts['max_abs_diff']:.1e}"
+    )
 
 
 def cmd_recall(args: argparse.Namespace) -> None:
@@ -335,11 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--file", dest="files", action="append", help="a .txt/.md/.pdf/image file (repeatable)")
     a.set_defaults(func=cmd_add)
 
-    s = sub.add_parser("search", help="memories closest in meaning to a query")
+    s = sub.add_parser("search", help="the memories that best answer a query")
     s.add_argument("query")
     s.add_argument("-k", type=int, default=5)
     s.add_argument("--scope")
+    s.add_argument(
+        "--mode",
+        choices=("hybrid", "dense", "lexical"),
+        default=None,
+        help="rank by meaning and words fused (hybrid, the default), by meaning alone, or by words alone",
+    )
     s.set_defaults(func=cmd_search)
+
+    x = sub.add_parser(
+        "export-embedder",
+        help="export the MiniLM embedder to ONNX once, so searches start without importing torch",
+    )
+    x.set_defaults(func=cmd_export_embedder)
 
     r = sub.add_parser("recall", help="read a memory back as text")
     r.add_argument("id", type=int)

@@ -182,6 +182,9 @@ class StoreConfig:
     # scores its best vector either way. Sentences found planted facts that chunks missed (README,
     # Benchmarks) at the price of more vectors. Applies to memories added from then on.
     gist: str = "chunks"
+    # How search ranks: "hybrid" fuses the gist vectors' cosine ranking with the lexical index's BM25
+    # ranking (reciprocal rank fusion); "dense" and "lexical" use one of them. search(mode=...) overrides it.
+    retrieval: str = "hybrid"
 
     def __post_init__(self) -> None:
         if self.render.page_side != self.aging.tiers[0].side:
@@ -193,6 +196,8 @@ class StoreConfig:
             raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
         if self.gist not in ("chunks", "sentences"):
             raise InvalidInput(f"gist must be 'chunks' or 'sentences', got {self.gist!r}")
+        if self.retrieval not in ("hybrid", "dense", "lexical"):
+            raise InvalidInput(f"retrieval must be 'hybrid', 'dense' or 'lexical', got {self.retrieval!r}")
         if self.model not in (None, *MODELS):
             raise InvalidInput(
                 f"unknown model {self.model!r}; known: {', '.join(map(repr, MODELS))} (or None for none)"

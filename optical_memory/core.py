@@ -28,7 +28,7 @@ from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import db
+from . import db, lexical
 from .blobs import BlobStore
 from .config import StoreConfig
 from .db import EmbeddingRow, MemoryRow, PageRow, ScopeRow, VisionRow
@@ -78,6 +78,7 @@ class Write:
 
     s: Session
     base: int  # the store generation when the lock was taken; this transaction commits base + 1
+    salt: bytes  # the lexical index's term key (``optical_memory.lexical``)
     added: list[tuple[str, list[int], np.ndarray]] = field(default_factory=list)
     removed: dict[str, list[int]] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
@@ -166,14 +167,18 @@ class Core:
                     cfg.encoder_name, model_dir=cfg.model_dir, device=cfg.model_device, dtype=cfg.model_dtype
                 )
             )
-            self.counter = counter or make_counter()
-            self.renderer = Renderer(self.config.render)
+            # made on first use: a process that only searches loads neither cl100k nor the fonts
+            self._counter = counter
+            self._make_counter = make_counter
+            self._renderer: Renderer | None = None
             self.blobs = BlobStore(self.path / "blobs")
             url = self.config.database_url or f"sqlite:///{self.path / 'memory.db'}"
             self.engine, self._write_engine = db.make_engines(url)
             self._migrate_or_create()
             self.sessions = sessionmaker(self.engine, expire_on_commit=False)
             self._writes = sessionmaker(self._write_engine, expire_on_commit=False)
+            with self.sessions() as s:
+                self.lexical_salt = db.lexical_salt(s)
             self._check_render_config()
             self._index_path = self.path / "index.faiss"
             self.index = self._open_index()
@@ -189,6 +194,18 @@ class Core:
         if self._reader is None:
             self._reader = self._make_reader()
         return self._reader
+
+    @property
+    def counter(self) -> TokenCounter:
+        if self._counter is None:
+            self._counter = self._make_counter()
+        return self._counter
+
+    @property
+    def renderer(self) -> Renderer:
+        if self._renderer is None:
+            self._renderer = Renderer(self.config.render)
+        return self._renderer
 
     @property
     def encoder(self) -> Encoder | None:
@@ -216,7 +233,7 @@ class Core:
         process to have closed the store, and says so when one has not."""
         found = db.schema_version(self._write_engine)
         if found is None or found == db.SCHEMA_VERSION:
-            db.prepare(self._write_engine)  # creates (serialised), or checks and returns
+            db.prepare(self._write_engine, lexical_backfill=lexical.backfill)  # creates, or checks
             return
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -226,7 +243,7 @@ class Core:
                 f"{db.SCHEMA_VERSION}, but another process has it open: close it there first"
             ) from None
         try:
-            db.prepare(self._write_engine)
+            db.prepare(self._write_engine, lexical_backfill=lexical.backfill)
         finally:
             fcntl.flock(self._lockfile, fcntl.LOCK_SH)
 
@@ -273,7 +290,7 @@ class Core:
             self._in_write = True
             try:
                 with self.blobs.writing(), self._lock_errors(), self._writes() as s, s.begin():
-                    w = Write(s, db.lock_generation(s))
+                    w = Write(s, db.lock_generation(s), self.lexical_salt)
                     yield w
                     if w.changes_index:
                         db.commit_generation(s, w.generation, removed=w.removed, dropped=w.dropped)

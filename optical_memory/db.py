@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +32,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from .errors import SchemaVersionError
@@ -38,8 +40,9 @@ from .errors import SchemaVersionError
 log = logging.getLogger(__name__)
 
 # 2: the vision table (DeepEncoder tokens per page); 3: per-memory expiry (ttl); 4: the index change log
-# (``embeddings.generation`` and the ``index_log`` table), so that several processes can share one store.
-SCHEMA_VERSION = 4
+# (``embeddings.generation`` and the ``index_log`` table), so that several processes can share one store;
+# 5: the lexical index (``optical_memory.lexical``) and its salt.
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -279,8 +282,64 @@ def _add_index_log(session: Session) -> None:
             index.create(connection, checkfirst=True)
 
 
+# -- the lexical index's table (``optical_memory.lexical`` writes and searches it) ---------------------------
+
+LEXICAL_TABLE = "lexical"
+LEXICAL_SALT = "lexical_salt"  # meta key: the hex key its term hashes are made with
+
+
+def create_lexical(connection: Connection) -> None:
+    """Create the lexical table (idempotent): FTS5 on SQLite (its row id is the embedding's id; no foreign
+    keys, so rows are deleted by hand), a ``tsvector`` table with a GIN index on PostgreSQL (cascading from
+    the embedding). Other databases get none, and search there is dense only."""
+    t = LEXICAL_TABLE
+    if connection.dialect.name == "sqlite":
+        ddl = f"CREATE VIRTUAL TABLE IF NOT EXISTS {t} USING fts5(scope, terms, tokenize = 'ascii')"
+        connection.execute(text(ddl))
+    elif connection.dialect.name == "postgresql":
+        connection.execute(
+            text(
+                f"CREATE TABLE IF NOT EXISTS {t} ("
+                "id BIGINT PRIMARY KEY REFERENCES embeddings(id) ON DELETE CASCADE, "
+                "scope VARCHAR(32) NOT NULL, n_terms INTEGER NOT NULL, terms TSVECTOR NOT NULL)"
+            )
+        )
+        connection.execute(text(f"CREATE INDEX IF NOT EXISTS ix_{t}_scope ON {t} (scope, n_terms)"))
+        connection.execute(text(f"CREATE INDEX IF NOT EXISTS ix_{t}_terms ON {t} USING GIN (terms)"))
+
+
+def ensure_lexical_salt(session: Session) -> None:
+    if session.get(Meta, LEXICAL_SALT) is None:
+        session.add(Meta(key=LEXICAL_SALT, value=secrets.token_hex(16)))
+
+
+def lexical_salt(session: Session) -> bytes:
+    row = session.get(Meta, LEXICAL_SALT)
+    assert row is not None, "stores of schema 5 and later have a lexical salt"
+    return bytes.fromhex(row.value)
+
+
+def _add_lexical_index(session: Session) -> None:
+    """4 -> 5: the lexical index, filled by the caller's ``backfill`` from the text SQL still holds
+    (memories whose text was dropped with their closed page keep only their vectors: nothing readable is
+    left to index)."""
+    create_lexical(session.connection())
+    ensure_lexical_salt(session)
+    backfill = session.info.get("lexical_backfill")
+    if backfill is not None:
+        indexed, skipped = backfill(session)
+        log.info(
+            "lexical index: %d chunks indexed, %d memories without text left dense-only", indexed, skipped
+        )
+
+
 # Migration steps: MIGRATIONS[v] upgrades a store at schema version v to v + 1.
-MIGRATIONS: dict[int, Any] = {1: _add_vision_table, 2: _add_expiry_columns, 3: _add_index_log}
+MIGRATIONS: dict[int, Any] = {
+    1: _add_vision_table,
+    2: _add_expiry_columns,
+    3: _add_index_log,
+    4: _add_lexical_index,
+}
 
 
 def schema_version(engine: Engine) -> int | None:
@@ -305,15 +364,18 @@ def _version(value: str, engine: Engine) -> int:
     return found
 
 
-def prepare(engine: Engine) -> None:
+def prepare(engine: Engine, *, lexical_backfill: Callable[[Session], tuple[int, int]] | None = None) -> None:
     """Create or upgrade the schema in one write transaction (two processes creating one store at once
-    take turns); refuse a store written by a newer version."""
-    with Session(engine) as session, session.begin():
+    take turns); refuse a store written by a newer version. ``lexical_backfill`` indexes the text of a
+    store from before the lexical index (``optical_memory.lexical.backfill``)."""
+    with Session(engine, info={"lexical_backfill": lexical_backfill}) as session, session.begin():
         if engine.dialect.name == "postgresql":  # DDL takes no row lock: serialise creators explicitly
             session.execute(text("SELECT pg_advisory_xact_lock(7340416)"))
         Base.metadata.create_all(session.connection())
         row = session.get(Meta, "schema_version")
         if row is None:
+            create_lexical(session.connection())
+            ensure_lexical_salt(session)
             session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             session.add(Meta(key="index_generation", value="0"))
             session.add(Meta(key="index_log_floor", value="0"))

@@ -1,7 +1,7 @@
 """Ingest: text and files in, rows out.
 
 add_many -> validate, normalise, count tokens -> gist chunks -> embed -> one write transaction:
-            scope row, memory rows, embedding rows (the index adds them after commit)
+            scope row, memory rows, embedding rows (the index adds them after commit), lexical rows
 documents and files are laid out, rendered and written as pages at once (``write_pages``, which
 aging also uses to pack turns that left the text tier).
 """
@@ -21,10 +21,11 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session
 
+from . import lexical
 from .core import Core, Write, png
 from .db import EmbeddingRow, MemoryRow, PageRow, ScopeRow, SpanRow
 from .errors import InvalidInput
-from .render import Line, Span, load_page_file
+from .render import STAND_INS, Line, Span, load_page_file, restore
 from .types import Kind
 from .validation import (
     check_file,
@@ -39,7 +40,6 @@ from .validation import (
 
 TEXT_FILE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
 IMAGE_FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-STAND_INS = "_stand_ins"  # metadata key: {stand-in drawn: character no font has} (see Renderer.prepare)
 JOIN_CODES = {" ": "s", "": "h", "\n": "n"}  # how a rendered line joins the next, as a span records it
 
 Progress = Callable[[int], None]
@@ -103,7 +103,7 @@ def add_many(
             raise
     if not pending:
         return []
-    texts = [chunk for p in pending for _, chunk in p.chunks]
+    texts = [chunk for p in pending for chunk in originals(p)]
     vectors = core.embedder.embed(texts)
     at = 0
     for p in pending:
@@ -151,6 +151,13 @@ def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
 
 
 # -- gist chunks ---------------------------------------------------------------------------------------------
+
+
+def originals(p: Pending) -> list[str]:
+    """A memory's gist chunks as they were written, stand-ins turned back into their characters: what is
+    embedded and indexed (the page shows the stand-in; the gist vector and the terms have the character)."""
+    stand_ins = p.metadata.get(STAND_INS)
+    return [restore(chunk, stand_ins) for _, chunk in p.chunks]
 
 
 def gist_chunks(core: Core, text: str) -> list[tuple[int, str]]:
@@ -239,6 +246,7 @@ def _add_embeddings(w: Write, memory: MemoryRow, p: Pending) -> None:
     w.s.add_all(rows)
     w.s.flush()
     w.added.append((p.scope, [r.id for r in rows], p.vectors))
+    lexical.add(w.s, p.scope, list(zip([r.id for r in rows], originals(p), strict=True)), w.salt)
 
 
 def _write_turns(core: Core, pending: list[Pending]) -> list[int]:
@@ -375,7 +383,7 @@ def _write_image_page(core: Core, image: Image.Image, text: str, scope: str, met
         tokens=core.counter.count(text),
         chunks=gist_chunks(core, text),
     )
-    p.vectors = core.embedder.embed([c for _, c in p.chunks])
+    p.vectors = core.embedder.embed(originals(p))
     side = core.config.render.page_side
     with core.write() as w:
         s = w.s

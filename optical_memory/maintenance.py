@@ -10,6 +10,7 @@ import logging
 from PIL import Image
 from sqlalchemy import delete, func, select
 
+from . import lexical
 from .config import vision_tokens
 from .core import Core, png, tier_name
 from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow, VisionRow
@@ -104,7 +105,12 @@ def verify(core: Core, *, repair: bool = False, orphan_grace_s: float = ORPHAN_G
                     core.blobs.delete(name)
         damaged_vision = [page_id for page_id, blob in vision if core.blobs.check(blob)]
         index_ok = index_matches_sql(core)
+        with core.session() as s:
+            lexical_orphans = lexical.orphans(s)
         if repair:
+            if lexical_orphans:
+                with core.write() as w:
+                    lexical.remove(w.s, lexical.orphans(w.s))
             if damaged_vision:  # tokens are derived data: drop them, the next sync re-encodes
                 with core.write() as w:
                     stale = core.drop_vision(w.s, damaged_vision)
@@ -121,6 +127,7 @@ def verify(core: Core, *, repair: bool = False, orphan_grace_s: float = ORPHAN_G
             corrupt_blobs=corrupt,
             orphan_blobs=orphans,
             damaged_vision=damaged_vision,
+            lexical_orphans=len(lexical_orphans),
             rerendered=rerendered,
             marked_lost=lost,
             index_rebuilt=repair and not index_ok,

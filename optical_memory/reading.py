@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from .core import FORGOTTEN, Core, live, tier_of
 from .db import MemoryRow, PageRow, RecallRow, SpanRow
 from .errors import BlobError, InvalidInput
-from .ingest import JOIN_CODES, STAND_INS
-from .render import restore
+from .ingest import JOIN_CODES
+from .render import STAND_INS, restore
 from .types import Recall
 from .validation import now, page_id_fits, shown
 

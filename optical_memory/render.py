@@ -147,6 +147,9 @@ def stand_in(ch: str) -> str:
     return f"[U+{ord(ch):04X} {name}]" if name else f"[U+{ord(ch):04X}]"
 
 
+STAND_INS = "_stand_ins"  # a memory's metadata key: {stand-in drawn: character no font has} (see prepare)
+
+
 def restore(text: str, stand_ins: dict[str, str] | None) -> str:
     """``text`` with the stand-ins ``Renderer.prepare`` recorded turned back into their characters."""
     for shown_as, ch in (stand_ins or {}).items():

@@ -1,7 +1,9 @@
 """Retrieval: finding memories again.
 
-search   -> embed the query -> catch the index up with SQL -> per-scope FAISS search -> one hit per
-            memory, expired ones out -> filters on kind, role, tier, metadata -> hits, best first
+search   -> embed the query -> catch the index up with SQL -> per-scope FAISS search: chunks by cosine
+            and the query's terms -> the lexical index in the same scopes: chunks by BM25
+         -> every chunk either found scored on both (``mode="hybrid"``) -> one entry per memory, its best
+            chunk's -> expired ones out -> filters on kind, role, tier, metadata -> hits, best first
 memories -> the same filters in SQL, without a query, newest first
 """
 
@@ -10,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import ColumnElement, Numeric, and_, case, cast, exists, func, select
 from sqlalchemy.orm import Session
 
+from . import lexical
 from .config import vision_tokens
 from .core import Core, live, tier_name, tier_of
 from .db import EmbeddingRow, MemoryRow, PageRow, ScopeRow, SpanRow
@@ -146,6 +150,14 @@ def _meta_equals(core: Core, key: str, value: str | int | float | bool | None) -
 # -- search --------------------------------------------------------------------------------------------------
 
 
+RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+# Hybrid scoring: DENSE_WEIGHT * cosine + (1 - DENSE_WEIGHT) * BM25 / the query's best BM25. Chosen on
+# benchmarks/bench_retrieval.py's two conversations at 100k and 1M tokens, against reciprocal rank fusion
+# (k = 10 or 60, weighted or not), min-max and z-score normalisation (README, Retrieval).
+DENSE_WEIGHT = 0.5
+CANDIDATES = 50  # each index's depth before fusion (more when filters may drop hits)
+
+
 def search(
     core: Core,
     query: str,
@@ -153,45 +165,110 @@ def search(
     k: int = 5,
     scope: str | Sequence[str] | None = None,
     filters: Mapping[str, Any] | None = None,
+    mode: str | None = None,
 ) -> list[Hit]:
     if not isinstance(query, str) or not query.strip():
         raise InvalidInput(f"query must be a non-empty string, got {shown(query)}")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InvalidInput(f"k must be a positive int, got {shown(k)}")
+    mode = core.config.retrieval if mode is None else mode
+    if mode not in RETRIEVAL_MODES:
+        raise InvalidInput(f"mode must be one of {', '.join(map(repr, RETRIEVAL_MODES))}, got {shown(mode)}")
     wanted = check_metadata(filters)
     with core.lock:
         with core.session() as s:
             names = scope_names(core, s, scope)
         if names == []:
             return []
-        vector = core.embedder.embed([query])[0]
-        core.sync_index()
+        vector = None if mode == "lexical" else core.embedder.embed([query])[0]
+        if vector is not None:
+            core.sync_index()
         fetch = k * (8 if wanted else 3)
+        if mode == "hybrid":
+            fetch = max(fetch, CANDIDATES)
         while True:
-            raw = core.index.search(vector, fetch, names)
-            hits = _hits(core, raw, wanted, k)
-            if len(hits) >= k or len(raw) < fetch:
+            by_vector: list[tuple[int, float]] = []
+            by_terms: list[tuple[int, float]] = []
+            with core.session() as s:
+                if vector is not None:
+                    by_vector = core.index.search(vector, fetch, names)
+                if mode != "dense":
+                    by_terms = lexical.search(s, query, fetch, names, core.lexical_salt)
+                if mode == "hybrid":
+                    assert vector is not None
+                    ranked = _by_memory(
+                        s, fuse(by_vector, by_terms, _cosines(s, vector, by_vector, by_terms))
+                    )
+                else:
+                    ranked = _by_memory(s, by_vector or by_terms)
+            hits = _hits(core, ranked, wanted, k)
+            if len(hits) >= k or max(len(by_vector), len(by_terms)) < fetch:
                 return hits
             fetch *= 4
 
 
-def _hits(core: Core, raw: list[tuple[int, float]], wanted: dict[str, Any], k: int) -> list[Hit]:
+def fuse(
+    by_vector: list[tuple[int, float]], by_terms: list[tuple[int, float]], cosines: dict[int, float]
+) -> list[tuple[int, float]]:
+    """Chunks found by either index, each scored on both: ``DENSE_WEIGHT`` times its cosine plus the rest
+    times its BM25 over the best BM25 of the query (0 for a chunk without the query's terms), best first.
+
+    The cosine keeps its own scale and only BM25 is normalised: a query whose words match nothing well
+    still gets the best lexical chunk a full lexical share, but a chunk both close in meaning and sharing
+    the query's rare words outranks one that has only either."""
+    best = max((score for _, score in by_terms), default=0.0)
+    terms = {eid: score / best for eid, score in by_terms} if best > 0 else {}
+    cos = dict(by_vector) | cosines
+    fused = {
+        eid: DENSE_WEIGHT * cos.get(eid, 0.0) + (1 - DENSE_WEIGHT) * terms.get(eid, 0.0)
+        for eid in dict.fromkeys([e for e, _ in by_vector] + [e for e, _ in by_terms])
+    }
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _cosines(
+    s: Session, query: np.ndarray, by_vector: list[tuple[int, float]], by_terms: list[tuple[int, float]]
+) -> dict[int, float]:
+    """The cosine of the query with each lexical hit the dense search did not return (read from SQL)."""
+    have = {eid for eid, _ in by_vector}
+    missing = [eid for eid, _ in by_terms if eid not in have]
+    if not missing:
+        return {}
+    rows = s.execute(select(EmbeddingRow.id, EmbeddingRow.vector).where(EmbeddingRow.id.in_(missing))).all()
+    if not rows:
+        return {}
+    vectors = np.frombuffer(b"".join(v for _, v in rows), dtype="<f4").reshape(len(rows), -1)
+    return dict(zip([eid for eid, _ in rows], (vectors @ query).tolist(), strict=True))
+
+
+def _by_memory(s: Session, raw: list[tuple[int, float]]) -> list[tuple[int, float, int]]:
+    """Chunk hits (embedding id, score), best first, as one entry per memory, its best chunk's: (memory id,
+    score, that chunk's char_start)."""
     if not raw:
         return []
+    chunk = {
+        eid: (mid, start)
+        for eid, mid, start in s.execute(
+            select(EmbeddingRow.id, EmbeddingRow.memory_id, EmbeddingRow.char_start).where(
+                EmbeddingRow.id.in_([eid for eid, _ in raw])
+            )
+        )
+    }
+    out: list[tuple[int, float, int]] = []
+    seen: set[int] = set()
+    for eid, score in raw:
+        if eid in chunk and chunk[eid][0] not in seen:
+            seen.add(chunk[eid][0])
+            out.append((chunk[eid][0], score, chunk[eid][1]))
+    return out
+
+
+def _hits(core: Core, ranked: list[tuple[int, float, int]], wanted: dict[str, Any], k: int) -> list[Hit]:
+    if not ranked:
+        return []
+    best = {mid: (score, start) for mid, score, start in ranked}
     # Plain column queries, not ORM objects: this is the search hot path.
     with core.session() as s:
-        chunk = {
-            eid: (mid, start)
-            for eid, mid, start in s.execute(
-                select(EmbeddingRow.id, EmbeddingRow.memory_id, EmbeddingRow.char_start).where(
-                    EmbeddingRow.id.in_([eid for eid, _ in raw])
-                )
-            )
-        }
-        best: dict[int, tuple[float, int]] = {}
-        for eid, sc in raw:
-            if eid in chunk and chunk[eid][0] not in best:  # raw is best first
-                best[chunk[eid][0]] = (sc, chunk[eid][1])
         rows = {
             row.id: row
             for row in s.execute(
@@ -222,7 +299,7 @@ def _hits(core: Core, raw: list[tuple[int, float]], wanted: dict[str, Any], k: i
         page_sides = {sp.page_id: sp.side for v in spans.values() for sp in v}
         page_text = {sp.page_id: sp.text_tokens for v in spans.values() for sp in v}
     hits = []
-    for mid, (sc, char_start) in sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0])):
+    for mid, sc, char_start in ranked:
         if mid not in rows:
             continue  # expired
         m = rows[mid]

@@ -67,8 +67,6 @@ class OpticalMemory:
         self.path: Path = core.path
         self.config: StoreConfig = core.config
         self.embedder: Embedder = core.embedder
-        self.counter: TokenCounter = core.counter
-        self.renderer: Renderer = core.renderer
         self.blobs: BlobStore = core.blobs
         self.index: VectorIndex = core.index
 
@@ -77,6 +75,14 @@ class OpticalMemory:
     @property
     def reader(self) -> Reader:
         return self._core.reader
+
+    @property
+    def counter(self) -> TokenCounter:
+        return self._core.counter
+
+    @property
+    def renderer(self) -> Renderer:
+        return self._core.renderer
 
     @property
     def encoder(self) -> Encoder | None:
@@ -255,14 +261,20 @@ class OpticalMemory:
         k: int = 5,
         scope: str | Sequence[str] | None = None,
         filters: Mapping[str, Any] | None = None,
+        mode: str | None = None,
     ) -> list[Hit]:
-        """The ``k`` memories closest in meaning to ``query``, best first, one hit per memory.
+        """The ``k`` memories that best answer ``query``, best first, one hit per memory.
 
+        ``mode`` (default ``StoreConfig.retrieval``, "hybrid"): "dense" ranks by the cosine of the query's
+        embedding and a memory's best gist vector (``Hit.score`` is that cosine); "lexical" by BM25 over the
+        words of its chunks (``Hit.score`` is BM25; a query of only function words or emoji finds nothing);
+        "hybrid" scores every chunk either finds on both: half its cosine plus half its BM25 over the query's
+        best BM25 (``Hit.score``; at most 1.0).
         ``scope`` restricts the search to one tenant, or to a sequence of them (None searches all; an
         unknown one raises ``ScopeNotFound``). ``filters`` keeps memories whose ``kind``, ``role``, ``tier``
         or metadata keys equal the given values. Expired memories are never returned.
         """
-        return retrieval.search(self._core, query, k=k, scope=scope, filters=filters)
+        return retrieval.search(self._core, query, k=k, scope=scope, filters=filters, mode=mode)
 
     # -- reading ---------------------------------------------------------------------------------------------
 

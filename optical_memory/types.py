@@ -22,8 +22,8 @@ class TextLine:
 
 @dataclass(frozen=True)
 class Hit:
-    """A search result: the memory ``id``, its best chunk's cosine ``score``, the page holding that chunk
-    (None while the memory is still in the text tier) and the memory's current tier."""
+    """A search result: the memory ``id``, its ``score`` (cosine, BM25 or fused: see ``search``'s ``mode``),
+    the page holding its best chunk (None while the memory is still in the text tier) and its current tier."""
 
     id: int
     score: float
@@ -136,6 +136,7 @@ class VerifyReport:
     corrupt_blobs: list[int] = field(default_factory=list)  # page ids
     orphan_blobs: list[str] = field(default_factory=list)  # blob file names with no row
     damaged_vision: list[int] = field(default_factory=list)  # page ids whose vision-token blob is bad
+    lexical_orphans: int = 0  # lexical index rows whose gist vector is gone (removed by repair)
     rerendered: list[int] = field(default_factory=list)  # page ids healed from retained text
     marked_lost: list[int] = field(default_factory=list)  # page ids that could not be healed
     index_rebuilt: bool = False
@@ -143,4 +144,10 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.missing_blobs or self.corrupt_blobs or self.orphan_blobs or self.damaged_vision)
+        return not (
+            self.missing_blobs
+            or self.corrupt_blobs
+            or self.orphan_blobs
+            or self.damaged_vision
+            or self.lexical_orphans
+        )

@@ -200,9 +200,11 @@ def test_embedder_is_deterministic_and_batch_independent(embedder) -> None:
     np.testing.assert_allclose(batch[:5], alone, atol=1e-5)
 
 
-def test_a_query_runs_on_one_thread_with_the_same_numbers_and_bulk_keeps_torch_threads(embedder) -> None:
+def test_a_query_runs_on_one_thread_with_the_same_numbers_and_bulk_keeps_torch_threads() -> None:
     import torch
 
+    embedder = MiniLMEmbedder(engine="torch")
+    embedder.embed(["load"])
     assert embedder.query_threads == 1  # the default policy
     before = torch.get_num_threads()
     seen: list[int] = []
@@ -213,7 +215,7 @@ def test_a_query_runs_on_one_thread_with_the_same_numbers_and_bulk_keeps_torch_t
     finally:
         hook.remove()
     assert seen == [1, before] and torch.get_num_threads() == before  # restored after the query
-    free = MiniLMEmbedder(query_threads=None)
+    free = MiniLMEmbedder(query_threads=None, engine="torch")
     np.testing.assert_allclose(one, free.embed(["where is the train ticket?"]), atol=1e-5)
     assert bulk.shape == (embedder.query_texts + 1, 384)
     with pytest.raises(InvalidInput, match="query_threads"):
@@ -253,6 +255,79 @@ def test_embedder_matches_sentence_transformers(embedder) -> None:
     assert model.max_seq_length == 256
     ours = embedder.embed(texts)
     assert np.abs(ours - reference).max() < 1e-5
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory) -> Path:
+    """A folder holding a current ONNX export of MiniLM: the user's cache when `make` made one there, else
+    one exported now (about 30 s), so the ONNX engine is always tested on a real export."""
+    from optical_memory.backends.minilm import (
+        _export_is_current,
+        _model_path,
+        cache_dir,
+        export_onnx,
+        onnx_path,
+    )
+
+    if _export_is_current(onnx_path(), _model_path()):
+        return cache_dir()
+    folder = tmp_path_factory.mktemp("onnx")
+    facts = export_onnx(folder)
+    assert facts["max_abs_diff"] <= 1e-5 and Path(facts["path"]).is_file()
+    return folder
+
+
+def test_onnx_engine_matches_torch_and_tokenises_alike(onnx_cache, monkeypatch) -> None:
+    monkeypatch.setenv("OPTICAL_MEMORY_CACHE", str(onnx_cache))
+    fast, reference = MiniLMEmbedder(engine="onnx"), MiniLMEmbedder(engine="torch")
+    texts = [
+        "The cat sits on the mat.",
+        "",
+        "  leading and trailing spaces  ",
+        "数学是科学的语言 Tromsø naïve 🎉",
+        "long " * 400,  # truncated at 256 word pieces by both
+        *[PROSE[i : i + 80 + i % 150] for i in range(0, 1100, 100)],
+    ]
+    ours, theirs = fast.embed(texts), reference.embed(texts)
+    assert ours.shape == theirs.shape == (len(texts), 384) and ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert np.abs(fast.embed(texts[:1]) - theirs[:1]).max() < 1e-5  # the one-thread query session too
+    for text in texts:  # the tokenizers library alone gives transformers' ids, truncation included
+        want = reference._tokenizer([text], truncation="longest_first", max_length=256)["input_ids"][0]
+        assert fast._tokenizer.encode(text).ids == want
+
+
+def test_a_cli_search_imports_neither_torch_nor_transformers(onnx_cache, tmp_path, embedder) -> None:
+    import os
+    import subprocess
+
+    import optical_memory as om
+
+    with om.open(tmp_path / "s", embedder=embedder) as store:
+        store.add("the door code of the amber boathouse is 4417-K23", scope="me")
+    probe = textwrap.dedent(
+        f"""
+        import sys
+        from optical_memory.cli import main
+        main(["--store", {str(tmp_path / "s")!r}, "search", "--scope", "me", "amber boathouse door code"])
+        heavy = sorted(m for m in ("torch", "transformers") if m in sys.modules)
+        print("imported:", heavy)
+        """
+    )
+    env = {**os.environ, "OPTICAL_MEMORY_CACHE": str(onnx_cache)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "imported: []" in out.stdout
+    assert out.stdout.splitlines()[2].split()[0] == "1"  # the first hit is the memory
+
+
+def test_onnx_engine_without_an_export_names_the_command(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OPTICAL_MEMORY_CACHE", str(tmp_path))
+    with pytest.raises(MissingDependency, match="optical-memory export-embedder"):
+        MiniLMEmbedder(engine="onnx")
+    assert MiniLMEmbedder().engine == "torch"  # auto: torch when there is no export
+    with pytest.raises(InvalidInput, match="'gpu'"):
+        MiniLMEmbedder(engine="gpu")
 
 
 def test_embedder_missing_package_names_pip_command(monkeypatch) -> None:
