@@ -219,10 +219,10 @@ def pct(xs: list[float], q: float) -> float:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 1)
 
 
-def run(name: str, stream, checkpoints: list[int], folder: Path) -> list[dict]:
+def run(name: str, stream, checkpoints: list[int], folder: Path, gist: str) -> list[dict]:
     rows: list[dict] = []
     facts: dict[int, Fact] = {}  # memory id -> fact
-    with om.open(folder / name) as store:
+    with om.open(folder / name, gist=gist) as store:
         streamed, batch, batch_facts = 0, [], []
         todo = sorted(checkpoints)
         started = time.perf_counter()
@@ -256,6 +256,7 @@ def measure(store: om.OpticalMemory, name: str, checkpoint: int, facts: dict[int
     stats = store.stats()
     row: dict = {
         "conversation": name,
+        "gist": store.config.gist,
         "checkpoint_tokens": checkpoint,
         "memories": stats.memories,
         "facts": len(asked),
@@ -285,7 +286,12 @@ def pooled(rows: list[dict]) -> list[dict]:
         if len(group) < 2:
             continue
         n = sum(r["facts"] for r in group)
-        row: dict = {"conversation": "both", "checkpoint_tokens": checkpoint, "facts": n}
+        row: dict = {
+            "conversation": "both",
+            "gist": group[0]["gist"],
+            "checkpoint_tokens": checkpoint,
+            "facts": n,
+        }
         for mode in MODES:
             for k in KS:
                 row[f"{mode}_r@{k}"] = round(sum(r[f"{mode}_r@{k}"] * r["facts"] for r in group) / n, 3)
@@ -295,10 +301,10 @@ def pooled(rows: list[dict]) -> list[dict]:
 
 
 def table_of(rows: list[dict]) -> str:
-    headers = ["conversation", "tokens", "facts"] + [f"{m[:3]} r@{k}" for m in MODES for k in KS]
+    headers = ["conversation", "gist", "tokens", "facts"] + [f"{m[:3]} r@{k}" for m in MODES for k in KS]
     headers += [f"{m[:3]} p50/p99 ms" for m in MODES]
     body = [
-        [r["conversation"], r["checkpoint_tokens"], r["facts"]]
+        [r["conversation"], r["gist"], r["checkpoint_tokens"], r["facts"]]
         + [f"{r[f'{m}_r@{k}']:.3f}" for m in MODES for k in KS]
         + [f"{r[f'{m}_p50_ms']}/{r[f'{m}_p99_ms']}" for m in MODES]
         for r in rows
@@ -312,6 +318,7 @@ def main() -> None:
     ap.add_argument("--facts", type=int, default=60, help="facts planted per checkpoint, per conversation")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=("recall", "paraphrase"), default=None)
+    ap.add_argument("--gist", choices=("chunks", "sentences"), default="chunks", help="StoreConfig.gist")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "retrieval.json"))
     args = ap.parse_args()
     checkpoints = sorted(parse_tokens(t) for t in args.tokens.split(","))
@@ -322,13 +329,12 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "recall"):
-            rows += run(
-                "recall", recall_stream(checkpoints, args.facts, args.seed, count), checkpoints, Path(tmp)
-            )
+            stream = recall_stream(checkpoints, args.facts, args.seed, count)
+            rows += run("recall", stream, checkpoints, Path(tmp), args.gist)
         if args.only in (None, "paraphrase"):
             planted = paraphrase_facts(checkpoints, args.facts, args.seed)
             stream = paraphrase_stream(planted, max(checkpoints), args.seed, count)
-            rows += run("paraphrase", stream, checkpoints, Path(tmp))
+            rows += run("paraphrase", stream, checkpoints, Path(tmp), args.gist)
     rows += pooled(rows)
     print()
     print(table_of(rows))

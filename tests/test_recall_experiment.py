@@ -152,7 +152,8 @@ def test_small_run_asks_every_planted_fact_at_every_later_checkpoint(small_run) 
 def test_small_run_finds_and_reads_back_young_facts(small_run) -> None:
     _, report = small_run
     assert all(r["rank"] is not None for r in report.rows)  # unique subjects: every fact is in its top 10
-    assert all(r["rank"] == r["baseline_rank"] for r in report.rows)  # same vectors, nothing forgotten yet
+    # nothing forgotten yet, and the same vectors plus the lexical index: at least text RAG's first places
+    assert sum(r["rank"] == 1 for r in report.rows) >= sum(r["baseline_rank"] == 1 for r in report.rows)
     for r in report.rows:
         if r["tier"] in ("text", "1024", "640"):
             assert r["survived"], r  # RapidOCR reads these tiers verbatim

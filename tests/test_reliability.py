@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 import optical_memory as om
+from optical_memory.db import SCHEMA_VERSION
 from optical_memory import db
 from optical_memory.config import StoreConfig
 from optical_memory.db import PageRow, SpanRow
@@ -148,7 +149,8 @@ def test_a_migration_is_refused_while_another_process_has_the_store_open(tmp_pat
     engine.dispose()
     with open(path / "LOCK", "a+") as elsewhere:
         fcntl.flock(elsewhere, fcntl.LOCK_SH)  # what every open store holds
-        with pytest.raises(om.StoreLocked, match="schema version 3 and needs migrating to 4"):
+        wanted = f"schema version 3 and needs migrating to {SCHEMA_VERSION}"
+        with pytest.raises(om.StoreLocked, match=wanted):
             om.open(path, config=StoreConfig.tiny(), embedder=embedder)
     with om.open(path, config=StoreConfig.tiny(), embedder=embedder) as store:
         assert len(store.memories()) == 1 and store.verify().ok
