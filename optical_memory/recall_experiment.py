@@ -28,8 +28,9 @@ Per fact and checkpoint:
 Baseline: plain-text RAG, one FAISS ``IndexFlatIP`` over the raw turns, with the same embedder. Its vectors
 are the ones the store computed for the same turns (same model, same text, same 160-word chunks, a
 memory's score is its best chunk's), so its retrieval differs from the store's only where the store does
-something else (its lexical index, fused in the default hybrid search; forgetting, dedup, expiry); its ``text_tokens`` per query are the cl100k_base tokens of its
-top-5 turns as ``role: text`` lines, and it never forgets (``survived`` = retrieved).
+something else (its lexical index, fused in the default hybrid search; forgetting, dedup, expiry); its
+``text_tokens`` per query are the cl100k_base tokens of its top-5 turns as ``role: text`` lines, and it
+never forgets (``survived`` = retrieved).
 
 Scale, measured on the same stream: ingest throughput per window of ``window`` tokens (each window
 includes the ``age()`` calls made in it: one per ``age_every`` tokens, as an application would schedule

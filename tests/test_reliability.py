@@ -15,10 +15,9 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 import optical_memory as om
-from optical_memory.db import SCHEMA_VERSION
 from optical_memory import db
 from optical_memory.config import StoreConfig
-from optical_memory.db import PageRow, SpanRow
+from optical_memory.db import SCHEMA_VERSION, PageRow, SpanRow
 from optical_memory.reliability import crash_run, stress_run
 
 pytestmark = pytest.mark.slow
