@@ -12,9 +12,7 @@ Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import table  # benchmarks/ is on sys.path when a script runs
+from common import table, write_result  # benchmarks/ is on sys.path when a script runs
 
 import optical_memory as om
 from optical_memory.backends.minilm import _export_is_current, _model_path, onnx_path
@@ -85,16 +83,12 @@ def main() -> None:
     print()
     print(f"store: {stats.memories:,} memories, {stats.text_tokens:,} text tokens")
     print(table(["command", "engine", "min s", "median s", "max s"], rows))
-    out = {
-        "command": " ".join(["benchmarks/bench_cli.py", *sys.argv[1:]]),
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+    payload = {
         "store": {"memories": stats.memories, "text_tokens": stats.text_tokens},
         "runs": args.runs,
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "bench_cli.py", payload)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Prints a table, writes benchmarks/results/embedders.json. Run it on a quiet mach
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_retrieval import paraphrase_facts, paraphrase_stream, pct, recall_stream
-from common import table  # benchmarks/ is on sys.path when a script runs
+from common import table, write_result  # benchmarks/ is on sys.path when a script runs
 
 from optical_memory.backends.minilm import MiniLMEmbedder
 from optical_memory.backends.tiktoken_counter import TiktokenCounter
@@ -105,15 +103,11 @@ def main() -> None:
     headers = ["conversation", "embedder", "facts", "r@1", "r@5", "r@10", "passages/s", "query p50/p99 ms"]
     print()
     print(table(headers, rows))
-    out = {
-        "command": " ".join(["benchmarks/bench_embedders.py", *sys.argv[1:]]),
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+    payload = {
         "tokens": tokens,
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "bench_embedders.py", payload)
 
 
 if __name__ == "__main__":

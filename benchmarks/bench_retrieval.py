@@ -25,18 +25,15 @@ benchmarks/results/retrieval.json. Run it on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import table  # benchmarks/ is on sys.path when a script runs
+from common import table, write_result  # benchmarks/ is on sys.path when a script runs
 
 import optical_memory as om
 from optical_memory.demo import conversation
@@ -338,15 +335,11 @@ def main() -> None:
     rows += pooled(rows)
     print()
     print(table_of(rows))
-    out = {
-        "command": " ".join(["benchmarks/bench_retrieval.py", *sys.argv[1:]]),
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+    payload = {
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, "bench_retrieval.py", payload)
 
 
 if __name__ == "__main__":

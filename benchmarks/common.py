@@ -1,6 +1,12 @@
-"""Shared by the benchmark scripts: the printed table."""
+"""Shared by the benchmark scripts: the printed table and the JSON file."""
 
 from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -10,3 +16,15 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     out = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def write_result(out: str | Path, script: str, payload: dict[str, Any]) -> None:
+    """Write a benchmark's JSON: the command that made it and the machine, then ``payload``; say where."""
+    record = {
+        "command": " ".join([f"benchmarks/{script}", *sys.argv[1:]]),
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        **payload,
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from . import demo as demo_module
 from . import experiments
+from .config import RETRIEVAL_MODES
 from .errors import InvalidInput, OpticalMemoryError
 from .store import OpticalMemory, open_store
 from .types import Stats
@@ -351,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scope")
     s.add_argument(
         "--mode",
-        choices=("hybrid", "dense", "lexical"),
+        choices=RETRIEVAL_MODES,
         default=None,
         help="rank by meaning and words fused (hybrid, the default), by meaning alone, or by words alone",
     )

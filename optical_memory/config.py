@@ -144,6 +144,9 @@ class AgingPolicy:
         return None if self.forget else n - 1
 
 
+#: How a search can rank (``StoreConfig.retrieval``, ``search(mode=...)``).
+RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
+
 #: Models a store can use as its reader and encoder (``StoreConfig.model``).
 MODELS = ("deepseek-ocr", "optical-mini")
 
@@ -182,8 +185,8 @@ class StoreConfig:
     # scores its best vector either way. Sentences found planted facts that chunks missed (README,
     # Benchmarks) at the price of more vectors. Applies to memories added from then on.
     gist: str = "chunks"
-    # How search ranks: "hybrid" fuses the gist vectors' cosine ranking with the lexical index's BM25
-    # ranking (reciprocal rank fusion); "dense" and "lexical" use one of them. search(mode=...) overrides it.
+    # How search ranks (RETRIEVAL_MODES): "hybrid" scores each chunk on its gist vector's cosine and its
+    # lexical BM25 together; "dense" and "lexical" use one of them. search(mode=...) overrides it.
     retrieval: str = "hybrid"
 
     def __post_init__(self) -> None:
@@ -196,8 +199,9 @@ class StoreConfig:
             raise InvalidInput(f"chunk_words must be >= 8, got {self.chunk_words!r}")
         if self.gist not in ("chunks", "sentences"):
             raise InvalidInput(f"gist must be 'chunks' or 'sentences', got {self.gist!r}")
-        if self.retrieval not in ("hybrid", "dense", "lexical"):
-            raise InvalidInput(f"retrieval must be 'hybrid', 'dense' or 'lexical', got {self.retrieval!r}")
+        if self.retrieval not in RETRIEVAL_MODES:
+            known = ", ".join(map(repr, RETRIEVAL_MODES))
+            raise InvalidInput(f"retrieval must be one of {known}, got {self.retrieval!r}")
         if self.model not in (None, *MODELS):
             raise InvalidInput(
                 f"unknown model {self.model!r}; known: {', '.join(map(repr, MODELS))} (or None for none)"

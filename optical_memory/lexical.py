@@ -14,7 +14,8 @@ hashes are keyed with a random per-store salt (``meta.lexical_salt``): a guess c
 holding the database, as with any searchable index, and a precomputed table of word hashes is useless.
 
 SQLite ranks with FTS5's own ``bm25()``; the scope is an indexed column (its :func:`db.scope_key`) that the
-match intersects, so a search never scores another tenant's rows. PostgreSQL has no BM25: rows keep a
+match intersects, so a search never scores another tenant's rows (its IDF statistics are the whole
+table's). PostgreSQL has no BM25: rows keep a
 ``tsvector`` of the hashes under a GIN index, and BM25 is computed in SQL over the matched rows, with
 document frequencies and lengths taken within the searched scopes.
 
@@ -41,118 +42,16 @@ K1, B = 1.2, 0.75  # BM25's usual constants (FTS5's bm25() uses the same)
 
 # English function words a question shares with every turn ("what", "the", "is"): they only add noise and
 # posting-list length. Content words are never dropped.
-STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "after",
-        "again",
-        "all",
-        "am",
-        "an",
-        "and",
-        "any",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "before",
-        "being",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "doing",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "having",
-        "he",
-        "her",
-        "here",
-        "hers",
-        "him",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "itself",
-        "just",
-        "me",
-        "my",
-        "myself",
-        "no",
-        "nor",
-        "not",
-        "of",
-        "off",
-        "on",
-        "once",
-        "only",
-        "or",
-        "other",
-        "our",
-        "ours",
-        "out",
-        "over",
-        "own",
-        "s",
-        "same",
-        "she",
-        "should",
-        "so",
-        "some",
-        "such",
-        "t",
-        "than",
-        "that",
-        "the",
-        "their",
-        "theirs",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "through",
-        "to",
-        "too",
-        "under",
-        "until",
-        "up",
-        "very",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "while",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-        "yours",
-    ]
-)
+STOPWORDS = frozenset((
+    "a", "about", "after", "again", "all", "am", "an", "and", "any", "are", "as", "at", "be", "been",
+    "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing", "for", "from", "had",
+    "has", "have", "having", "he", "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is",
+    "it", "its", "itself", "just", "me", "my", "myself", "no", "nor", "not", "of", "off", "on", "once",
+    "only", "or", "other", "our", "ours", "out", "over", "own", "s", "same", "she", "should", "so", "some",
+    "such", "t", "than", "that", "the", "their", "theirs", "them", "then", "there", "these", "they", "this",
+    "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when",
+    "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours",
+))  # fmt: skip
 
 _WORD = re.compile(r"\w+|[^\w\s]")  # words, and single other characters: emoji and symbols are terms
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+")
@@ -206,16 +105,25 @@ def supported(dialect: str) -> bool:
     return dialect in ("sqlite", "postgresql")
 
 
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def _id_column(dialect: str) -> str:
+    """The column holding a row's embedding id: FTS5's rowid, PostgreSQL's id."""
+    return "rowid" if dialect == "sqlite" else "id"
+
+
 def backfill(session: Session) -> tuple[int, int]:
     """Index every embedding whose memory still has its text (a store from before schema 5): each chunk is
     the text from its ``char_start`` to the next chunk's, its stand-ins restored to the characters they
     stand for. Returns (chunks indexed, memories skipped)."""
-
-    if not supported(session.get_bind().dialect.name):
+    dialect = _dialect(session)
+    if not supported(dialect):
         return 0, 0
     key = lexical_salt(session)
     indexed = skipped = 0
-    column = "rowid" if session.get_bind().dialect.name == "sqlite" else "id"
+    column = _id_column(dialect)
     have = set(session.scalars(text(f"SELECT {column} FROM {TABLE}")))  # a migration run twice: kept
     rows = session.execute(
         select(
@@ -254,7 +162,7 @@ def backfill(session: Session) -> tuple[int, int]:
 
 def add(session: Session, scope: str, rows: Sequence[tuple[int, str]], salt: bytes) -> None:
     """Index chunks ``(embedding id, chunk text)`` of ``scope``."""
-    dialect = session.get_bind().dialect.name
+    dialect = _dialect(session)
     if not rows or not supported(dialect):
         return
     key = scope_key(scope)
@@ -276,10 +184,10 @@ def add(session: Session, scope: str, rows: Sequence[tuple[int, str]], salt: byt
 
 def remove(session: Session, embedding_ids: Sequence[int]) -> None:
     """Delete the rows of these embeddings (PostgreSQL's cascade does it too; SQLite's FTS5 has no keys)."""
-    dialect = session.get_bind().dialect.name
+    dialect = _dialect(session)
     if not embedding_ids or not supported(dialect):
         return
-    column = "rowid" if dialect == "sqlite" else "id"
+    column = _id_column(dialect)
     ids = list(embedding_ids)
     for i in range(0, len(ids), 500):
         batch = ids[i : i + 500]
@@ -289,10 +197,10 @@ def remove(session: Session, embedding_ids: Sequence[int]) -> None:
 
 def orphans(session: Session) -> list[int]:
     """Ids of rows whose embedding is gone (SQLite's FTS5 table has no foreign key to keep them in step)."""
-    dialect = session.get_bind().dialect.name
+    dialect = _dialect(session)
     if not supported(dialect):
         return []
-    column = "rowid" if dialect == "sqlite" else "id"
+    column = _id_column(dialect)
     found = session.scalars(
         text(f"SELECT {column} FROM {TABLE} WHERE {column} NOT IN (SELECT id FROM embeddings)")
     )
@@ -300,10 +208,11 @@ def orphans(session: Session) -> list[int]:
 
 
 def remove_scope(session: Session, scope: str) -> None:
-    if not supported(session.get_bind().dialect.name):
+    dialect = _dialect(session)
+    if not supported(dialect):
         return
     key = scope_key(scope)
-    if session.get_bind().dialect.name == "sqlite":  # the scope column is matched, not compared
+    if dialect == "sqlite":  # the scope column is matched, not compared
         session.execute(text(f"DELETE FROM {TABLE} WHERE {TABLE} MATCH :q"), {"q": f"scope : {key}"})
     else:
         session.execute(text(f"DELETE FROM {TABLE} WHERE scope = :scope"), {"scope": key})
@@ -317,7 +226,7 @@ def search(
 ) -> list[tuple[int, float]]:
     """The ``k`` best ``(embedding id, BM25 score)`` for ``query`` within ``scopes`` (None: all), best
     first; higher is better. A query with no index terms (only function words, only emoji) finds nothing."""
-    dialect = session.get_bind().dialect.name
+    dialect = _dialect(session)
     words = sorted(set(hashed(terms(query), salt)))
     if not words or not supported(dialect) or scopes == []:
         return []

