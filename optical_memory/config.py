@@ -190,6 +190,13 @@ class StoreConfig:
     retrieval: str = "hybrid"
 
     def __post_init__(self) -> None:
+        for name in ("embedder", "reader", "encoder"):  # names here; objects go to optical_memory.open
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(
+                    f"StoreConfig.{name} is a backend name, got a {type(value).__name__}: pass the object "
+                    f"to optical_memory.open(path, {name}=...) instead"
+                )
         if self.render.page_side != self.aging.tiers[0].side:
             raise InvalidInput(
                 f"the first aging tier ({self.aging.tiers[0].side}px) must equal the page side "

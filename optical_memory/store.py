@@ -405,13 +405,13 @@ def open_store(path: str | os.PathLike[str], **options: Any) -> OpticalMemory:
     Options are ``StoreConfig`` fields (``retain_text=True``, ``database_url=...``,
     ``render=RenderConfig(...)``, ``aging=AgingPolicy(...)``, ``reader="tesseract"``,
     ``model="optical-mini"``, ``model="deepseek-ocr", model_dir=...``), ``config=StoreConfig(...)`` whole,
-    or backend objects
-    ``embedder=``, ``reader=``, ``counter=`` implementing the protocols in ``optical_memory.protocols``.
+    or backend objects ``embedder=``, ``reader=``, ``counter=``, ``encoder=`` implementing the protocols in
+    ``optical_memory.protocols``.
     """
     # a backend named by a string ("tesseract") is a config field; an object is used as it is
     backends = {
         key: options.pop(key)
-        for key in ("embedder", "reader", "counter")
+        for key in ("embedder", "reader", "counter", "encoder")
         if key in options and not isinstance(options[key], str)
     }
     config = options.pop("config", None)

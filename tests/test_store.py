@@ -815,6 +815,34 @@ def test_unknown_option_is_named(tmp_path):
         om.open(tmp_path / "s", retain_txt=True)
 
 
+class MeanPatchEncoder:
+    """A real Encoder written against the protocol, as a user would bring one: 8x8 grey patch means."""
+
+    name = "mean-patch"
+
+    def encode(self, images):
+        grey = [np.asarray(im.convert("L").resize((8, 8)), dtype=np.float32) for im in images]
+        return [g.reshape(64, 1) / 255 for g in grey]
+
+
+def test_every_backend_slot_takes_a_protocol_object(tmp_path, embedder, counter, reader):
+    encoder = MeanPatchEncoder()
+    options = {"embedder": embedder, "reader": reader, "counter": counter, "encoder": encoder}
+    with om.open(tmp_path / "s", config=om.StoreConfig.tiny(), **options) as store:
+        assert (store.embedder, store.reader, store.counter, store.encoder) == tuple(options.values())
+        for i in range(6):
+            store.add(f"turn {i} about the harbour", scope="a")
+        store.age()
+        (page,) = {h.page_id for h in store.search("harbour", k=10, scope="a") if h.page_id is not None}
+        tokens = store.vision_tokens(page)
+        assert tokens is not None and tokens.shape == (64, 1)
+
+
+def test_a_backend_object_in_a_config_field_is_named(tmp_path):
+    with pytest.raises(om.InvalidInput, match=r"StoreConfig\.encoder is a backend name, got a MeanPatch"):
+        om.StoreConfig(encoder=MeanPatchEncoder())
+
+
 def test_public_api_is_pinned():
     assert sorted(om.__all__) == sorted(
         [
