@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import lexical
 from .config import RETRIEVAL_MODES, vision_tokens
-from .core import Core, live, tier_name, tier_of
+from .core import FORGOTTEN, Core, live, tier_name, tier_of
 from .db import EmbeddingRow, MemoryRow, PageRow, ScopeRow, SpanRow
 from .errors import InvalidInput, MemoryNotFound, ScopeNotFound
 from .types import Hit, MemoryInfo
@@ -58,19 +58,9 @@ def memories(
     limit: int | None = None,
     offset: int = 0,
 ) -> list[MemoryInfo]:
-    wanted = check_metadata(filters)
+    wanted = check_filters(core, filters)
     if "tier" in wanted:
         raise InvalidInput("memories() cannot filter on 'tier' (it is computed): filter the results")
-    for key, value in wanted.items():
-        if value is not None and not isinstance(value, (str, int, float, bool)):
-            raise InvalidInput(
-                f"memories() filters compare JSON scalars, got {type(value).__name__} {shown(value)} "
-                f"for {shown(key)}"
-            )
-        if isinstance(value, int) and not -SQL_INT <= value < SQL_INT:
-            raise InvalidInput(
-                f"memories() filters compare integers of at most 64 bits, got {shown(value)} for {shown(key)}"
-            )
     count = check_count(limit, "limit", allow_none=True)
     skip = check_count(offset, "offset", allow_none=False)
     with core.lock, core.session() as s:
@@ -87,6 +77,55 @@ def memories(
                 stmt = stmt.where(_meta_equals(core, key, value))
         stmt = stmt.order_by(MemoryRow.created_at.desc(), MemoryRow.id.desc()).offset(skip).limit(count)
         return _infos(s, list(s.scalars(stmt)))
+
+
+FIELDS = ("kind", "role", "tier")  # filter keys that are a memory's own fields; any other key is metadata's
+
+
+def check_filters(core: Core, filters: object) -> dict[str, Any]:
+    """``filters`` of search() and memories(), checked: every key a field (``FIELDS``) or a metadata key,
+    every value the one JSON scalar it must equal (str, int, float, bool or None). There are no operators:
+    a dict value such as ``{"$regex": ...}`` is refused, naming the operator, rather than matching nothing.
+    A tier is a page side, as an int or as the string hits carry ("1024"), or "text" or "forgotten"."""
+    wanted = check_metadata(filters)
+    for key, value in wanted.items():
+        if isinstance(value, dict) and any(str(op).startswith("$") for op in value):
+            ops = ", ".join(repr(op) for op in value if str(op).startswith("$"))
+            raise InvalidInput(
+                f"filters[{shown(key)}]: operator(s) {ops} are not supported; a filter keeps memories whose "
+                f"{shown(key)} equals one value, e.g. {{{key!r}: 'x'}}"
+            )
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise InvalidInput(
+                f"filters[{shown(key)}] compares one JSON scalar (str, int, float, bool or None), got "
+                f"{type(value).__name__} {shown(value)}"
+            )
+        if isinstance(value, int) and not -SQL_INT <= value < SQL_INT:
+            raise InvalidInput(f"filters[{shown(key)}] compares integers of at most 64 bits: {shown(value)}")
+    if "kind" in wanted and wanted["kind"] not in ("turn", "document"):
+        raise InvalidInput(f"filters['kind'] is 'turn' or 'document', got {shown(wanted['kind'])}")
+    if "role" in wanted and not isinstance(wanted["role"], (str, type(None))):
+        raise InvalidInput(f"filters['role'] is a str or None, got {shown(wanted['role'])}")
+    if "tier" in wanted:
+        wanted["tier"] = _tier_filter(core, wanted["tier"])
+    return wanted
+
+
+def _tier_filter(core: Core, tier: object) -> str:
+    """A tier filter as hits spell it ("text", "1024", "forgotten"), for a tier this store has."""
+    if isinstance(tier, int) and not isinstance(tier, bool):
+        tier = str(tier)
+    known = ["text", *(str(t.side) for t in core.config.aging.tiers), FORGOTTEN]
+    if tier in known:
+        return str(tier)
+    if isinstance(tier, str) and tier.isdecimal():  # a side an earlier ladder left pages at
+        with core.session() as s:
+            if s.scalar(select(PageRow.id).where(PageRow.side == int(tier)).limit(1)) is not None:
+                return tier
+    raise InvalidInput(
+        f"filters['tier'] must be one of this store's tiers {', '.join(known)} (a side as int or str), "
+        f"got {shown(tier)}"
+    )
 
 
 def memory_info(core: Core, memory_id: int) -> MemoryInfo:
@@ -173,7 +212,7 @@ def search(
     mode = core.config.retrieval if mode is None else mode
     if mode not in RETRIEVAL_MODES:
         raise InvalidInput(f"mode must be one of {', '.join(map(repr, RETRIEVAL_MODES))}, got {shown(mode)}")
-    wanted = check_metadata(filters)
+    wanted = check_filters(core, filters)
     with core.lock:
         with core.session() as s:
             names = scope_names(core, s, scope)

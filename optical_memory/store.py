@@ -242,7 +242,8 @@ class OpticalMemory:
         ``scope``: one scope, a sequence of scopes, or None for all; an unknown one raises
         ``ScopeNotFound``. ``filters`` keeps memories whose ``kind``, ``role`` or metadata keys equal the
         given JSON scalars (str, int, float, bool or None; JSON types are compared as such: ``True`` does
-        not equal ``1``, ``1`` equals ``1.0``). The filters run in SQL (SQLite's ``json_each``, PostgreSQL's
+        not equal ``1``, ``1`` equals ``1.0``); several keys must all match. A list, a dict or an operator
+        such as ``{"$regex": ...}`` raises ``InvalidInput`` naming the key. The filters run in SQL (SQLite's ``json_each``, PostgreSQL's
         json operators) over the rows of the scopes asked for, which the scope index finds; without a
         scope, over every row.
         """
@@ -272,7 +273,10 @@ class OpticalMemory:
         best BM25 (``Hit.score``; at most 1.0).
         ``scope`` restricts the search to one tenant, or to a sequence of them (None searches all; an
         unknown one raises ``ScopeNotFound``). ``filters`` keeps memories whose ``kind``, ``role``, ``tier``
-        or metadata keys equal the given values. Expired memories are never returned.
+        or metadata keys equal the given values, as :meth:`memories` compares them; ``tier`` is a page side
+        (``1024`` or ``"1024"``), ``"text"`` or ``"forgotten"``, and is the tier of the page the hit is on.
+        There are no operators: ``{"n": {"$gt": 1}}`` raises ``InvalidInput`` naming them. Expired memories
+        are never returned.
         """
         return retrieval.search(self._core, query, k=k, scope=scope, filters=filters, mode=mode)
 

@@ -285,6 +285,34 @@ def test_search_filters_and_kinds(store):
     assert hit.tier == "256" and hit.page_id is not None
 
 
+def test_tier_filters_take_the_side_as_int_or_str_and_unsupported_filters_are_named(store):
+    turn = store.add("apples are red", scope=SCOPE)
+    doc = store.add("a field guide to apples", scope=SCOPE, kind="document")  # paged at once: tier 256
+    for tier in (256, "256"):
+        assert [h.id for h in store.search("apples", scope=SCOPE, filters={"tier": tier})] == [doc]
+    assert [h.id for h in store.search("apples", scope=SCOPE, filters={"tier": "text"})] == [turn]
+    refused = [  # (filters, what the error says)
+        ({"kind": {"$regex": "doc"}}, "filters['kind']: operator(s) '$regex' are not supported"),
+        ({"n": {"$gt": 1, "$lt": 5}}, "filters['n']: operator(s) '$gt', '$lt' are not supported"),
+        (
+            {"tag": ["a", "b"]},
+            "filters['tag'] compares one JSON scalar (str, int, float, bool or None), got list",
+        ),
+        ({"tier": 1024}, "filters['tier'] must be one of this store's tiers text, 256, 128, 64, forgotten"),
+        ({"tier": "256px"}, "got '256px'"),
+        ({"kind": "turns"}, "filters['kind'] is 'turn' or 'document', got 'turns'"),
+    ]
+    for filters, says in refused:
+        calls = [lambda f: store.search("apples", scope=SCOPE, filters=f)]
+        if "tier" not in filters:  # memories() refuses every tier filter (a tier is computed)
+            calls.append(lambda f: store.memories(scope=SCOPE, filters=f))
+        for call in calls:
+            with pytest.raises(om.InvalidInput) as refusal:
+                call(filters)
+            assert says in str(refusal.value)
+    assert len(store.memories(scope=SCOPE)) == 2  # nothing lost
+
+
 # -- listing without a query, searching several scopes
 
 
