@@ -243,9 +243,9 @@ class OpticalMemory:
         ``ScopeNotFound``. ``filters`` keeps memories whose ``kind``, ``role`` or metadata keys equal the
         given JSON scalars (str, int, float, bool or None; JSON types are compared as such: ``True`` does
         not equal ``1``, ``1`` equals ``1.0``); several keys must all match. A list, a dict or an operator
-        such as ``{"$regex": ...}`` raises ``InvalidInput`` naming the key. The filters run in SQL (SQLite's ``json_each``, PostgreSQL's
-        json operators) over the rows of the scopes asked for, which the scope index finds; without a
-        scope, over every row.
+        such as ``{"$regex": ...}`` raises ``InvalidInput`` naming the key. The filters run in SQL
+        (SQLite's ``json_each``, PostgreSQL's json operators) over the rows of the scopes asked for, which
+        the scope index finds; without a scope, over every row.
         """
         return retrieval.memories(self._core, scope=scope, filters=filters, limit=limit, offset=offset)
 
