@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -107,17 +108,90 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_add(args: argparse.Namespace) -> None:
+    given = [name for name, v in (("TEXT", args.text), ("--file", args.files), ("--jsonl", args.jsonl)) if v]
+    if len(given) > 1:
+        raise InvalidInput(f"give one of TEXT, --file or --jsonl, not {' and '.join(given)}")
+    if args.files and (args.role is not None or args.kind is not None):
+        raise InvalidInput("--role and --kind apply to text; a --file is stored as a document (or its pages)")
+    if args.jsonl:
+        return _add_jsonl(args)
+    if args.scope is None:
+        raise InvalidInput("--scope is required (the tenant or conversation the memory belongs to)")
     with _open(args) as store:
-        ids: list[int] = []
         if args.files:
-            for f in tqdm(
-                args.files, desc="adding files", unit="file", disable=args.quiet or len(args.files) < 2
-            ):
-                ids.extend(store.add_file(f, scope=args.scope))
+            with tqdm(
+                total=len(args.files),
+                desc="reading files",
+                unit="file",
+                disable=args.quiet or len(args.files) < 2,
+            ) as bar:
+                ids = [
+                    i
+                    for file in store.add_files(args.files, scope=args.scope, progress=bar.update)
+                    for i in file
+                ]
         else:
             text = args.text if args.text is not None else sys.stdin.read()
-            ids.append(store.add(text, scope=args.scope, role=args.role, kind=args.kind))
+            ids = [store.add(text, scope=args.scope, role=args.role, kind=args.kind or "turn")]
         print(json.dumps({"ids": ids}))
+
+
+JSONL_FIELDS = ("text", "content", "role", "scope", "kind", "timestamp", "metadata", "ttl")
+
+
+def _add_jsonl(args: argparse.Namespace) -> None:
+    """``add --jsonl FILE|-``: one JSON object a line, its fields as ``add()`` takes them plus ``scope`` and
+    ``kind`` (defaults: --scope, --role, --kind). Every line is parsed and checked for text and a scope
+    before anything is written; each run of lines with the same scope and kind is then one ``add_many``
+    transaction, validated whole before it is written."""
+    source = sys.stdin if args.jsonl == "-" else None
+    name = "stdin" if source else args.jsonl
+    try:
+        lines = (source or open(args.jsonl, encoding="utf-8")).read().splitlines()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"cannot read --jsonl {name!r}: {e}") from None
+    runs: list[tuple[str, str, list[dict[str, Any]], list[int]]] = []  # (scope, kind, items, line numbers)
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{name} line {number}: not JSON ({e})") from None
+        if not isinstance(record, dict):
+            raise InvalidInput(f"{name} line {number}: expected a JSON object, got {type(record).__name__}")
+        unknown = sorted(set(record) - set(JSONL_FIELDS))
+        if unknown:
+            raise InvalidInput(
+                f"{name} line {number}: unknown field(s) {unknown}; known: {list(JSONL_FIELDS)}"
+            )
+        if not isinstance(record.get("text", record.get("content")), str):
+            raise InvalidInput(f'{name} line {number}: needs a "text" string')
+        scope, kind = record.pop("scope", args.scope), record.pop("kind", args.kind or "turn")
+        if scope is None:
+            raise InvalidInput(f'{name} line {number}: no "scope" and no --scope to default to')
+        record.setdefault("role", args.role)
+        if runs and runs[-1][:2] == (scope, kind):
+            runs[-1][2].append(record)
+            runs[-1][3].append(number)
+        else:
+            runs.append((scope, kind, [record], [number]))
+    ids: list[int] = []
+    total = sum(len(items) for _, _, items, _ in runs)
+    with _open(args) as store, tqdm(total=total, desc="adding", unit="turn", disable=args.quiet) as bar:
+        for scope, kind, items, numbers in runs:
+            try:
+                ids += store.add_many(items, scope=scope, kind=kind, progress=bar.update)  # type: ignore[arg-type]
+            except OpticalMemoryError as e:
+                where = re.match(r"item (\d+): ", str(e))
+                line = numbers[int(where.group(1))] if where else numbers[0]
+                reason = str(e)[where.end() :] if where else str(e)
+                stored = f"; lines before {numbers[0]} were stored: {json.dumps({'ids': ids})}" if ids else ""
+                e.args = (
+                    f"{name} line {line}: {reason} (nothing from line {numbers[0]} on was stored{stored})",
+                )
+                raise
+    print(json.dumps({"ids": ids}))
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -312,7 +386,20 @@ def cmd_mcp(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="optical-memory", description=__doc__, allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="optical-memory",
+        description="Long-term memory for LLM agents, kept as page images that fade with age:\n"
+        "add turns and files, search them, read them back, and build an LLM context under a token budget.",
+        epilog="examples:\n"
+        "  optical-memory add 'I moved to Lisbon in May' --scope alice --role user\n"
+        "  optical-memory add --jsonl chat.jsonl --scope alice\n"
+        "  optical-memory search 'where does she live?' --scope alice\n"
+        "  optical-memory context 'where does she live?' --scope alice --budget 2000\n"
+        "  optical-memory age    # apply the forgetting ladder (run it on a schedule)\n"
+        "run 'optical-memory COMMAND --help' for a command's options",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     p.add_argument(
         "--store", default=DEFAULT_STORE, help="store folder (default: %(default)s, or $OPTICAL_MEMORY_STORE)"
     )
@@ -335,21 +422,50 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="build a store from a long generated conversation, age it, question it")
     d.add_argument("--out", default="demo-output", help="folder for the demo store and page images")
     d.add_argument("--tokens", type=int, default=100_000, help="text tokens of conversation to generate")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--seed", type=int, default=0, help="seed of the generated conversation (default: %(default)s)"
+    )
     d.set_defaults(func=cmd_demo)
 
-    a = sub.add_parser("add", help="add text (argument or stdin) or files")
-    a.add_argument("text", nargs="?", help="text to add; read from stdin when omitted")
-    a.add_argument("--scope", required=True)
-    a.add_argument("--role")
-    a.add_argument("--kind", choices=["turn", "document"], default="turn")
-    a.add_argument("--file", dest="files", action="append", help="a .txt/.md/.pdf/image file (repeatable)")
+    a = sub.add_parser(
+        "add",
+        help="add a turn (argument or stdin), files, or many turns from JSON Lines",
+        description="Store one turn or document (TEXT, or stdin when no TEXT, --file or --jsonl is given), "
+        "files (--file, repeatable: all are read and checked before any is stored), or many memories from "
+        "JSON Lines (--jsonl). Prints the new ids as JSON.",
+    )
+    a.add_argument("text", nargs="?", metavar="TEXT", help="the text to store; read from stdin when omitted")
+    a.add_argument(
+        "--scope",
+        help="the tenant or conversation the memories belong to (required unless every --jsonl "
+        "line names its own)",
+    )
+    a.add_argument("--role", help="who said it (user, assistant, tool, ...); drawn as the turn's label")
+    a.add_argument(
+        "--kind",
+        choices=["turn", "document"],
+        default=None,
+        help="a turn ages from the text tier; a document is paged at once (default: turn)",
+    )
+    a.add_argument(
+        "--file",
+        dest="files",
+        action="append",
+        metavar="FILE",
+        help="a .txt/.md (a form feed starts a new page), .pdf or image file; repeatable",
+    )
+    a.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help='JSON Lines (\'-\' for stdin): one object a line with "text" and optional "role", '
+        '"scope", "kind", "timestamp", "metadata", "ttl" (defaults: --scope, --role, --kind)',
+    )
     a.set_defaults(func=cmd_add)
 
     s = sub.add_parser("search", help="the memories that best answer a query")
-    s.add_argument("query")
-    s.add_argument("-k", type=int, default=5)
-    s.add_argument("--scope")
+    s.add_argument("query", help="what to look for, in words")
+    s.add_argument("-k", type=int, default=5, help="how many hits (default: %(default)s)")
+    s.add_argument("--scope", help="search this scope only (default: every scope)")
     s.add_argument(
         "--mode",
         choices=RETRIEVAL_MODES,
@@ -365,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_export_embedder)
 
     r = sub.add_parser("recall", help="read a memory back as text")
-    r.add_argument("id", type=int)
+    r.add_argument("id", type=int, help="the memory's id (from add or search)")
     r.add_argument("--read", action="store_true", help="read the page image even if the text is retained")
     r.set_defaults(func=cmd_recall)
 
@@ -373,27 +489,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_age)
 
     c = sub.add_parser("context", help="build an LLM context for a query under a token budget")
-    c.add_argument("query")
-    c.add_argument("--budget", type=int, default=4000)
-    c.add_argument("--mode", choices=["text", "image", "vision"], default="text")
-    c.add_argument("--scope")
+    c.add_argument("query", help="the question the context should help answer")
+    c.add_argument(
+        "--budget", type=int, default=4000, help="token budget of the context (default: %(default)s)"
+    )
+    c.add_argument(
+        "--mode",
+        choices=["text", "image", "vision"],
+        default="text",
+        help="memories as text read back, as page images (for multimodal chat models) or as DeepSeek-OCR "
+        "vision tokens (default: %(default)s)",
+    )
+    c.add_argument("--scope", help="build it from this scope only (default: every scope)")
     c.set_defaults(func=cmd_context)
 
     an = sub.add_parser(
         "answer", help="run the DeepSeek-OCR decoder over the vision context (needs --model-dir)"
     )
-    an.add_argument("question")
-    an.add_argument("--budget", type=int, default=2048)
-    an.add_argument("--max-new-tokens", type=int, default=512)
-    an.add_argument("--scope")
+    an.add_argument("question", help="the question to answer from memory")
+    an.add_argument(
+        "--budget", type=int, default=2048, help="context budget in tokens (default: %(default)s)"
+    )
+    an.add_argument(
+        "--max-new-tokens", type=int, default=512, help="longest answer in tokens (default: %(default)s)"
+    )
+    an.add_argument("--scope", help="answer from this scope only (default: every scope)")
     an.set_defaults(func=cmd_answer)
 
     st = sub.add_parser("stats", help="memories, pages, tokens and bytes per tier")
     st.set_defaults(func=cmd_stats)
 
     sh = sub.add_parser("show", help="export a memory's page images at their current tier")
-    sh.add_argument("id", type=int)
-    sh.add_argument("--out", default=".")
+    sh.add_argument("id", type=int, help="the memory's id")
+    sh.add_argument("--out", default=".", help="folder to write the PNG files to (default: %(default)s)")
     sh.set_defaults(func=cmd_show)
 
     m = sub.add_parser(
@@ -437,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated page sides in px (default: %(default)s)",
     )
     fg.add_argument("--pages", type=int, default=4, help="pages of 600-1300 tokens (default: %(default)s)")
-    fg.add_argument("--seed", type=int, default=0)
+    fg.add_argument("--seed", type=int, default=0, help="seed of the generated pages (default: %(default)s)")
     fg.set_defaults(func=cmd_experiment_forgetting)
     rc = exsub.add_parser(
         "recall",
@@ -452,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument(
         "--facts", type=int, default=24, help="facts planted per checkpoint (default: %(default)s)"
     )
-    rc.add_argument("--seed", type=int, default=0)
+    rc.add_argument("--seed", type=int, default=0, help="seed of the conversation (default: %(default)s)")
     rc.add_argument(
         "--age-every", default="250k", help="age() the store every N tokens (default: %(default)s)"
     )
@@ -472,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc.set_defaults(func=cmd_experiment_recall)
 
     v = sub.add_parser("verify", help="check blobs and index; --repair heals what can be healed")
-    v.add_argument("--repair", action="store_true")
+    v.add_argument(
+        "--repair", action="store_true", help="rebuild the index, remove orphans and heal damaged pages"
+    )
     v.set_defaults(func=cmd_verify)
     return p
 
@@ -484,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         args.func(args)
+    except BrokenPipeError:  # the reader went away (`stats | head -1`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(0)
     except OpticalMemoryError as e:
         print(f"optical-memory: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -103,20 +103,27 @@ def add_many(
             raise
     if not pending:
         return []
-    texts = [chunk for p in pending for chunk in originals(p)]
-    vectors = core.embedder.embed(texts)
-    at = 0
-    for p in pending:
-        p.vectors = vectors[at : at + len(p.chunks)]
-        at += len(p.chunks)
-    with core.lock:
+    _embed(core, pending, progress)
+    with core.lock, core.write() as w:
         if kind == "document":
-            ids = [_write_document(core, p) for p in pending]
-        else:
-            ids = _write_turns(core, pending)
+            return [_write_document(core, w, p) for p in pending]
+        return _write_turns(w, pending)
+
+
+EMBED_SLICE = 256  # items embedded at a time, so a long batch reports progress as it goes
+
+
+def _embed(core: Core, pending: Sequence[Pending], progress: Progress | None = None) -> None:
+    """Every pending memory's gist vectors (``progress(n)`` after each slice of ``n`` items)."""
+    for at in range(0, len(pending), EMBED_SLICE):
+        group = pending[at : at + EMBED_SLICE]
+        vectors = core.embedder.embed([chunk for p in group for chunk in originals(p)])
+        first = 0
+        for p in group:
+            p.vectors = vectors[first : first + len(p.chunks)]
+            first += len(p.chunks)
         if progress:
-            progress(len(ids))
-        return ids
+            progress(len(group))
 
 
 def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
@@ -129,7 +136,7 @@ def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
     if role is not None:
         check_name(role, "role", max_len=64)
         core.renderer.normalise(role)  # a label that is not text fails now, not in age()
-    normalised, stand_ins = core.renderer.prepare(text)
+    normalised, stand_ins = _normalise(core, text, kind)
     meta = check_metadata(metadata)
     if STAND_INS in meta:
         raise InvalidInput(f"metadata key {STAND_INS!r} is reserved (the store records stand-ins there)")
@@ -148,6 +155,19 @@ def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
         chunks=gist_chunks(core, normalised),
         ttl_s=ttl_s,
     )
+
+
+def _normalise(core: Core, text: Any, kind: Kind) -> tuple[str, dict[str, str]]:
+    """``Renderer.prepare`` of a memory's text. In a document a form feed is a page break: each section
+    between form feeds is normalised on its own, blank ones dropped, and they are joined by one form feed
+    each (``_write_document`` starts a page at each)."""
+    if kind != "document" or not isinstance(text, str) or "\f" not in text:
+        return core.renderer.prepare(text)
+    sections = [section for section in text.split("\f") if section.strip()]
+    if not sections:
+        raise InvalidInput(f"text is empty or only whitespace and page breaks: {text[:40]!r}")
+    prepared = [core.renderer.prepare(section) for section in sections]
+    return "\f".join(n for n, _ in prepared), {k: v for _, found in prepared for k, v in found.items()}
 
 
 # -- gist chunks ---------------------------------------------------------------------------------------------
@@ -249,30 +269,39 @@ def _add_embeddings(w: Write, memory: MemoryRow, p: Pending) -> None:
     lexical.add(w.s, p.scope, list(zip([r.id for r in rows], originals(p), strict=True)), w.salt)
 
 
-def _write_turns(core: Core, pending: list[Pending]) -> list[int]:
-    scope = pending[0].scope
+def _write_turns(w: Write, pending: list[Pending]) -> list[int]:
+    s = w.s
+    srow = _ensure_scope(s, pending[0].scope, pending[0].timestamp)
     ids = []
-    with core.write() as w:
-        s = w.s
-        srow = _ensure_scope(s, scope, pending[0].timestamp)
-        for p in pending:
-            srow.turns += 1
-            memory = _new_memory(s, p, turn_index=srow.turns, paged=False)
-            _add_embeddings(w, memory, p)
-            ids.append(memory.id)
+    for p in pending:
+        srow.turns += 1
+        memory = _new_memory(s, p, turn_index=srow.turns, paged=False)
+        _add_embeddings(w, memory, p)
+        ids.append(memory.id)
     return ids
 
 
-def _write_document(core: Core, p: Pending) -> int:
-    pages, spans = core.renderer.layout([(None, p.text)])
-    with core.write() as w:
-        s = w.s
-        srow = _ensure_scope(s, p.scope, p.timestamp)
-        memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
-        write_pages(core, s, p.scope, pages, spans, [memory], leave_last_open=False)
-        if not core.config.retain_text:
-            memory.text = None
-        _add_embeddings(w, memory, p)
+def _write_document(core: Core, w: Write, p: Pending) -> int:
+    """A document laid out and written as pages at once; each form feed in it starts a new page."""
+    pages: list[list[Line]] = []
+    spans: list[Span] = []
+    offsets: list[int] = []
+    at = 0
+    for section in p.text.split("\f"):
+        laid, placed = core.renderer.layout([(None, section)])
+        spans += [replace(sp, item=len(offsets), page=sp.page + len(pages)) for sp in placed]
+        pages += laid
+        offsets.append(at)
+        at += len(section) + 1
+    s = w.s
+    srow = _ensure_scope(s, p.scope, p.timestamp)
+    memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
+    write_pages(
+        core, s, p.scope, pages, spans, [memory] * len(offsets), leave_last_open=False, offsets=offsets
+    )
+    if not core.config.retain_text:
+        memory.text = None
+    _add_embeddings(w, memory, p)
     return memory.id
 
 
@@ -343,8 +372,51 @@ def write_pages(
 def add_file(
     core: Core, path: str | os.PathLike[str], *, scope: str, metadata: Mapping[str, Any] | None = None
 ) -> list[int]:
+    return add_files(core, [path], scope=scope, metadata=metadata)[0]
+
+
+@dataclass
+class FilePart:
+    """One memory a file gives, read and embedded: a text document (``image`` None: laid out into pages
+    when written) or a PDF or image page kept as its own pixels."""
+
+    pending: Pending
+    image: Image.Image | None = None
+
+
+def add_files(
+    core: Core,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    scope: str,
+    metadata: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> list[list[int]]:
+    """Every file read, checked, read by the reader where it has no text layer, and embedded before
+    anything is written; then all of them in one transaction, so a bad file stores nothing and its error
+    names it. Returns each file's memory ids, in order (``progress(1)`` after each file is read)."""
     check_scope(scope)
     meta = check_metadata(metadata)
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
+        raise InvalidInput(f"add_files takes a list of paths, got {type(paths).__name__}; use add_file()")
+    if progress is not None and not callable(progress):
+        raise InvalidInput(f"progress must be a callable or None, got {type(progress).__name__}")
+    files: list[list[FilePart]] = []
+    for path in paths:
+        try:
+            files.append(_file_parts(core, path, scope, meta))
+        except InvalidInput as e:  # say which file, however deep the check that refused it
+            if str(path) not in str(e):
+                e.args = (f"{str(path)[:300]!r}: {e}", *e.args[1:])
+            raise
+        if progress:
+            progress(1)
+    _embed(core, [part.pending for parts in files for part in parts])
+    with core.lock, core.write() as w:
+        return [[_write_part(core, w, part) for part in parts] for parts in files]
+
+
+def _file_parts(core: Core, path: object, scope: str, meta: dict[str, Any]) -> list[FilePart]:
     file = check_file(path)
     suffix = file.suffix.lower()
     # a name undecodable in the file system's encoding holds lone surrogates: no metadata may
@@ -356,70 +428,69 @@ def add_file(
             raise InvalidInput(f"{str(file)!r} is not UTF-8 text ({e})") from None
         except OSError as e:
             raise InvalidInput(f"cannot read {str(file)!r}: {e.strerror or e}") from None
-        return [add(core, text, scope=scope, kind="document", metadata=meta)]
+        item = {"text": text, "metadata": meta}
+        return [FilePart(_prepare(core, item, scope=scope, kind="document"))]
     if suffix != ".pdf" and suffix not in IMAGE_FILE_SUFFIXES:
         known = sorted(TEXT_FILE_SUFFIXES | IMAGE_FILE_SUFFIXES | {".pdf"})
         raise InvalidInput(f"unsupported file type {suffix!r} for {str(file)!r}; supported: {known}")
     images = load_page_file(file, core.config.render.page_side)
     texts = _pdf_texts(file) if suffix == ".pdf" else [""] * len(images)
-    ids = []
+    parts = []
     for number, (image, text) in enumerate(zip(images, texts, strict=True)):
         if not text.strip():
             text = "\n".join(line.text for line in core.reader.read([image])[0])
-        ids.append(_write_image_page(core, image, text, scope, {**meta, "page": number + 1}))
-    return ids
-
-
-def _write_image_page(core: Core, image: Image.Image, text: str, scope: str, meta: dict[str, Any]) -> int:
-    text = " ".join(text.split()) or "(no text found)"
-    ts = now()
-    p = Pending(
-        text=text,
-        scope=scope,
-        kind="document",
-        role=None,
-        metadata=meta,
-        timestamp=ts,
-        tokens=core.counter.count(text),
-        chunks=gist_chunks(core, text),
-    )
-    p.vectors = core.embedder.embed(originals(p))
-    side = core.config.render.page_side
-    with core.write() as w:
-        s = w.s
-        srow = _ensure_scope(s, scope, ts)
-        memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
-        blob = core.blobs.put(png(image))
-        page = PageRow(
+        text = " ".join(text.split()) or "(no text found)"
+        p = Pending(
+            text=text,
             scope=scope,
-            render_side=0,
-            side=side,
-            blob=blob,
-            blob_bytes=core.blobs.size(blob),
-            is_open=False,
-            lost=False,
-            created_at=ts,
-            last_turn_index=srow.turns,
-            text_tokens=p.tokens,
+            kind="document",
+            role=None,
+            metadata={**meta, "page": number + 1},
+            timestamp=now(),
+            tokens=core.counter.count(text),
+            chunks=gist_chunks(core, text),
         )
-        s.add(page)
-        s.flush()
-        # render_side 0 marks a free-form page: no line grid, the span covers the whole page.
-        s.add(
-            SpanRow(
-                memory_id=memory.id,
-                page_id=page.id,
-                line_start=0,
-                line_end=0,
-                char_start=0,
-                char_end=len(text),
-                joins="",
-                label_len=0,
-            )
+        parts.append(FilePart(p, image))
+    return parts
+
+
+def _write_part(core: Core, w: Write, part: FilePart) -> int:
+    if part.image is None:
+        return _write_document(core, w, part.pending)
+    p, s = part.pending, w.s
+    srow = _ensure_scope(s, p.scope, p.timestamp)
+    memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
+    blob = core.blobs.put(png(part.image))
+    page = PageRow(
+        scope=p.scope,
+        render_side=0,
+        side=core.config.render.page_side,
+        blob=blob,
+        blob_bytes=core.blobs.size(blob),
+        is_open=False,
+        lost=False,
+        created_at=p.timestamp,
+        last_turn_index=srow.turns,
+        text_tokens=p.tokens,
+    )
+    s.add(page)
+    s.flush()
+    # render_side 0 marks a free-form page: no line grid, the span covers the whole page.
+    s.add(
+        SpanRow(
+            memory_id=memory.id,
+            page_id=page.id,
+            line_start=0,
+            line_end=0,
+            char_start=0,
+            char_end=len(p.text),
+            joins="",
+            label_len=0,
         )
-        if not core.config.retain_text:
-            memory.text = None
-        _add_embeddings(w, memory, p)
+    )
+    if not core.config.retain_text:
+        memory.text = None
+    _add_embeddings(w, memory, p)
     return memory.id
 
 

@@ -3,7 +3,7 @@ over to the room of the data flow it belongs to, all of them working through one
 
     validation   user input checked before anything is written
     core         the folder and its LOCK, SQL sessions, the write transaction, blobs, the index
-    ingest       add, add_many, add_file: rows, gist embeddings, pages for documents and files
+    ingest       add, add_many, add_file(s): rows, gist embeddings, pages for documents and files
     aging        age: expiry, packing turns into pages, the tier ladder; pin, set_ttl, delete
     vision       sync_vision, vision_tokens: each page's tokens at its tier
     retrieval    search, memories: the index, scopes and filters
@@ -160,6 +160,19 @@ class OpticalMemory:
         comes from the PDF's text layer or, failing that, from the reader.
         """
         return ingest.add_file(self._core, path, scope=scope, metadata=metadata)
+
+    def add_files(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        scope: str,
+        metadata: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> list[list[int]]:
+        """Store several files (as :meth:`add_file` does each) all or nothing: every file is read and
+        checked before any is written, a bad one raises ``InvalidInput`` naming it and stores nothing, and
+        the rest are written in one transaction. Returns each file's memory ids, in order."""
+        return ingest.add_files(self._core, paths, scope=scope, metadata=metadata, progress=progress)
 
     # -- aging -----------------------------------------------------------------------------------------------
 

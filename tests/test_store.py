@@ -907,6 +907,7 @@ def test_public_api_is_pinned():
         "add",
         "add_many",
         "add_file",
+        "add_files",
         "search",
         "recall",
         "age",
