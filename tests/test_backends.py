@@ -178,6 +178,15 @@ def test_counter_treats_special_tokens_as_text(counter) -> None:
     assert counter.count_many([text, "hello world", ""]) == [n, 2, 0]
 
 
+def test_counter_counts_a_megabyte_of_whitespace(counter) -> None:
+    """tiktoken's pre-tokenizer overflows its regex stack on a run of ~1M spaces (a pasted blank page):
+    such a run is counted in pieces of 65,536, each costing what that many spaces cost alone."""
+    piece = counter.count(" " * 65_536)
+    assert piece > 0 and counter.count(" " * 2**20 + "x") == 16 * piece + 1
+    assert counter.count_many([" " * 2**20 + "x", "hello world"]) == [16 * piece + 1, 2]
+    assert len(counter.encode("\n" * 2**20)) == counter.count("\n" * 2**20) > 0
+
+
 # -- embedder ---------------------------------------------------------------------------------------------
 
 

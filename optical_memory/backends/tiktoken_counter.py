@@ -9,7 +9,8 @@ would fetch them from the network. Text is counted as ordinary text: a user who 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import InvalidInput, MissingDependency
@@ -45,14 +46,41 @@ class TiktokenCounter:
 
     def count(self, text: str) -> int:
         """How many tokens ``text`` costs; special-token strings count as the plain text they are."""
-        return len(self._encoding.encode(text, disallowed_special=()))
+        return len(self.encode(text))
 
     def encode(self, text: str) -> list[int]:
         """The token ids of ``text``, special-token strings encoded as the plain text they are."""
-        return list(self._encoding.encode_ordinary(text))
+        try:
+            return list(self._encoding.encode(text, disallowed_special=()))
+        except ValueError:  # the pre-tokenizer's regex ran out of backtracking stack (a huge whitespace run)
+            return [
+                token
+                for piece in _pieces(text)
+                for token in self._encoding.encode(piece, disallowed_special=())
+            ]
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
         """``count`` for many texts at once (tiktoken encodes the batch on several threads)."""
         if isinstance(texts, str):
             raise InvalidInput(f"count_many() takes a sequence of texts, not one string: {texts[:40]!r}")
-        return [len(tokens) for tokens in self._encoding.encode_ordinary_batch(list(texts))]
+        try:
+            return [len(t) for t in self._encoding.encode_batch(list(texts), disallowed_special=())]
+        except ValueError:  # one of them holds a run too long for the pre-tokenizer: count each alone
+            return [self.count(text) for text in texts]
+
+
+RUN_CHARS = 65_536  # the longest run of like characters tiktoken's pre-tokenizer is given at once
+
+
+def _pieces(text: str) -> Iterator[str]:
+    """``text`` cut so that no run of whitespace (or of anything else) is longer than ``RUN_CHARS``:
+    tiktoken's regex backtracks over a whole run, and overflows its stack on ~1M spaces. The cuts fall
+    inside such runs only, so a text without one is encoded exactly as it is whole."""
+    start = 0
+    for run in re.finditer(r"\s+|\S+", text):
+        if run.end() - run.start() > RUN_CHARS:
+            yield text[start : run.start()]
+            for at in range(run.start(), run.end(), RUN_CHARS):
+                yield text[at : min(at + RUN_CHARS, run.end())]
+            start = run.end()
+    yield text[start:]
