@@ -4,12 +4,16 @@ build_context -> recent raw turns (the text tier, newest first) up to ``recent_s
               -> hits for the query -> each as recalled text (text mode), its page as an image part at
                  its tier (image mode), or its page's vision tokens (vision mode) while they fit
               -> chat content parts (or the decoder's inputs_embeds) and the account of every item
+A hit on a page whose image is missing or corrupt is left out, in every mode, and its page listed in the
+account's ``damaged`` (``verify(repair=True)`` heals it); the rest of the context is built as ever.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -17,14 +21,16 @@ import numpy as np
 from .config import vision_tokens
 from .core import Core
 from .db import MemoryRow, PageRow
-from .errors import InvalidInput
+from .errors import BlobError, InvalidInput
 from .protocols import VisionContext
-from .reading import page_bytes, page_text, recall, text_tier_turns, turn_text
+from .reading import damaged_pages, page_bytes, page_text, recall, text_tier_turns, turn_text
 from .retrieval import search
 from .types import Context, ContextItem, Hit
 from .validation import shown
 from .vision import sync_vision
 from .vision import vision_tokens as page_vision_tokens
+
+log = logging.getLogger(__name__)
 
 
 def build_context(
@@ -37,7 +43,15 @@ def build_context(
     k: int = 8,
     recent_share: float = 0.5,
     page_form: str = "vision",
+    exclude: Iterable[int] = (),
 ) -> Context:
+    if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
+        raise InvalidInput(f"exclude must be memory ids, got {shown(exclude)}")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise InvalidInput(f"k must be a positive int, got {shown(k)}")
+    excluded = set(exclude)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in excluded):
+        raise InvalidInput(f"exclude must be memory ids (ints), got {shown(sorted(excluded, key=repr))}")
     if mode not in ("text", "image", "vision"):
         raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {shown(mode)}")
     if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
@@ -56,12 +70,19 @@ def build_context(
     # int that large times a float would overflow
     recent_budget = min(budget_tokens, sys.maxsize) * recent_share
     if mode == "vision":
-        return _vision_context(core, query, budget_tokens, recent_budget, scope, k, page_form)
-    return _chat_context(core, query, budget_tokens, recent_budget, mode, scope, k)
+        return _vision_context(core, query, budget_tokens, recent_budget, scope, k, page_form, excluded)
+    return _chat_context(core, query, budget_tokens, recent_budget, mode, scope, k, excluded)
 
 
 def _chat_context(
-    core: Core, query: str, budget_tokens: int, recent_budget: float, mode: str, scope: str | None, k: int
+    core: Core,
+    query: str,
+    budget_tokens: int,
+    recent_budget: float,
+    mode: str,
+    scope: str | None,
+    k: int,
+    excluded: set[int],
 ) -> Context:
     """Text and image modes: chat content parts, "Recalled memories:" then "Recent conversation:"."""
     with core.lock:
@@ -76,18 +97,21 @@ def _chat_context(
             recent.append((m, line, cost))
             used += cost
             items.append(ContextItem(id=m.id, origin="recent", tier="text", tokens=cost, text_tokens=cost))
-        recent_ids = {m.id for m, _, _ in recent}
+        skip = {m.id for m, _, _ in recent} | excluded
         retrieved_parts: list[dict[str, Any]] = []
         seen_pages: set[int] = set()
-        for hit in search(core, query, k=k, scope=scope):
-            if hit.id in recent_ids:
-                continue
+        damaged: list[int] = []
+        for hit in _candidates(core, query, k, scope, skip):
             with core.session() as s:
                 text_tokens = core.memory(s, hit.id).text_tokens
             if mode == "image" and hit.page_id is not None:
-                if hit.page_id in seen_pages:
+                if hit.page_id in seen_pages or hit.page_id in damaged:
                     continue
-                part, side, page_tokens = _image_part(core, hit.page_id)
+                try:
+                    part, side, page_tokens = _image_part(core, hit.page_id)
+                except BlobError as e:
+                    _left_out(damaged, [hit.page_id], e)
+                    continue
                 if part is None or side is None:
                     continue
                 cost = vision_tokens(side)
@@ -97,7 +121,11 @@ def _chat_context(
                 seen_pages.add(hit.page_id)
                 retrieved_parts.append(part)
             else:
-                r = recall(core, hit.id)
+                try:
+                    r = recall(core, hit.id)
+                except BlobError as e:
+                    _left_out(damaged, damaged_pages(core, hit.id), e)
+                    continue
                 if not r.text:
                     continue
                 block = f"[memory {hit.id}, {r.tier}] {r.role + ': ' if r.role else ''}{r.text}"
@@ -122,7 +150,23 @@ def _chat_context(
             budget_tokens=budget_tokens,
             used_tokens=used,
             saved_tokens=saved,
+            damaged=damaged,
         )
+
+
+def _candidates(core: Core, query: str, k: int, scope: str | None, skip: set[int]) -> list[Hit]:
+    """The ``k`` best hits that are not in ``skip`` (the recent turns and the excluded memories, already
+    in the prompt: they take none of the ``k`` places)."""
+    hits = search(core, query, k=k + len(skip), scope=scope)
+    return [hit for hit in hits if hit.id not in skip][:k]
+
+
+def _left_out(damaged: list[int], page_ids: list[int], error: BlobError) -> None:
+    """Note pages left out of a context because their image is missing or corrupt."""
+    for page_id in page_ids:
+        if page_id not in damaged:
+            damaged.append(page_id)
+    log.warning("left out of the context: %s", error)
 
 
 def _retrieved(hit: Hit, cost: int, text_tokens: int) -> ContextItem:
@@ -134,15 +178,22 @@ def _retrieved(hit: Hit, cost: int, text_tokens: int) -> ContextItem:
 
 def _image_part(core: Core, page_id: int) -> tuple[dict[str, Any] | None, int | None, int]:
     """A page as a chat image part, its side, and the text tokens it carries."""
+    found = _page_png(core, page_id)
+    if found is None:
+        return None, None, 0
+    data, page = found
+    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    return {"type": "image_url", "image_url": {"url": url}}, page.side, page.text_tokens
+
+
+def _page_png(core: Core, page_id: int) -> tuple[bytes, PageRow] | None:
+    """A page's image bytes and its row (None: deleted or forgotten); ``BlobError`` if missing or corrupt."""
     with core.session() as s:
         page = s.get(PageRow, page_id)
         if page is None or page.blob is None or page.side is None:
-            return None, None, 0
+            return None
         data = page_bytes(core, page_id, page.blob)
-    if data is None:
-        return None, None, 0
-    url = "data:image/png;base64," + base64.b64encode(data).decode()
-    return {"type": "image_url", "image_url": {"url": url}}, page.side, page.text_tokens
+    return None if data is None else (data, page)
 
 
 # -- vision mode: the DeepSeek decoder's own input -----------------------------------------------------------
@@ -156,6 +207,7 @@ def _vision_context(
     scope: str | None,
     k: int,
     page_form: str = "vision",
+    excluded: frozenset[int] | set[int] = frozenset(),
 ) -> Context:
     """Vision mode: [BOS] [page tokens, "\\n"]... ["Recent conversation:\\n" + turns] [query + "\\n"]."""
     decoder = core.encoder
@@ -184,11 +236,19 @@ def _vision_context(
             items.append(ContextItem(id=m.id, origin="recent", tier="text", tokens=cost, text_tokens=cost))
         if lines:
             used += recent_cost
-        recent_ids = {i.id for i in items}
+        skip = {i.id for i in items} | excluded
         pages: list[tuple[int, str | np.ndarray]] = []
+        damaged: list[int] = []
         newline = decoder.count_text("\n")
-        for hit in search(core, query, k=k, scope=scope):
-            if hit.id in recent_ids or hit.page_id is None or hit.page_id in {p for p, _ in pages}:
+        for hit in _candidates(core, query, k, scope, skip):
+            if hit.page_id is None or hit.page_id in {p for p, _ in pages}:
+                continue
+            if hit.page_id in damaged:
+                continue
+            try:  # tokens made before the damage are not served either: the page is left out until healed
+                _page_png(core, hit.page_id)
+            except BlobError as e:
+                _left_out(damaged, [hit.page_id], e)
                 continue
             tokens = page_vision_tokens(core, hit.page_id)
             if tokens is None:
@@ -230,6 +290,7 @@ def _vision_context(
             saved_tokens=max(0, sum(i.text_tokens for i in items) - sum(i.tokens for i in items)),
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
+            damaged=damaged,
         )
 
 

@@ -1,6 +1,7 @@
 """Maintenance: what the store holds (stats), and whether it is whole (verify and repair): page blobs
-against their hashes, orphan blobs, vision tokens, and the index against SQL. Repair re-renders what the
-retained text can rebuild, marks the rest lost, drops damaged tokens, sweeps orphans, rebuilds the index.
+against their hashes, orphan blobs, vision tokens, and the index against SQL. Repair re-draws a damaged
+page from what is still known of it (retained text, else the cached read of its tier), marks the rest lost,
+sweeps the damaged files, drops damaged tokens, sweeps orphans, rebuilds the index.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 
 from PIL import Image
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from . import lexical
 from .config import vision_tokens
@@ -87,6 +89,7 @@ def stats(core: Core) -> Stats:
 def verify(core: Core, *, repair: bool = False, orphan_grace_s: float = ORPHAN_GRACE_S) -> VerifyReport:
     with core.lock:
         rerendered: list[int] = []
+        from_cache: list[int] = []
         lost: list[int] = []
         with core.session() as s:
             pages = list(s.execute(select(PageRow.id, PageRow.blob).where(PageRow.blob.is_not(None))).all())
@@ -115,10 +118,12 @@ def verify(core: Core, *, repair: bool = False, orphan_grace_s: float = ORPHAN_G
                 with core.write() as w:
                     stale = core.drop_vision(w.s, damaged_vision)
                 core.sweep(stale)
-            for page_id in missing + corrupt:
-                healed = heal_page(core, page_id)
+            for page_id in sorted(missing + corrupt):
+                healed = _heal(core, page_id)
                 if healed is not None:  # None: another process deleted or healed it meanwhile
-                    (rerendered if healed else lost).append(page_id)
+                    (lost if healed == LOST else rerendered).append(page_id)
+                    if healed == CACHED:
+                        from_cache.append(page_id)
             if not index_ok:
                 core.rebuild_index()
         return VerifyReport(
@@ -129,6 +134,7 @@ def verify(core: Core, *, repair: bool = False, orphan_grace_s: float = ORPHAN_G
             damaged_vision=damaged_vision,
             lexical_orphans=len(lexical_orphans),
             rerendered=rerendered,
+            from_cache=from_cache,
             marked_lost=lost,
             index_rebuilt=repair and not index_ok,
             repaired=repair,
@@ -175,8 +181,32 @@ def index_matches_sql(core: Core) -> bool:
 
 
 def heal_page(core: Core, page_id: int) -> bool | None:
-    """Re-render a damaged page (True), or mark it lost (False); None if, once the write lock is held,
-    it is gone or no longer damaged (another process deleted, moved or healed it)."""
+    """Re-draw a damaged page (True), or mark it lost (False); None if, once the write lock is held, it is
+    gone or no longer damaged (another process deleted, moved or healed it, or stored its bytes again)."""
+    healed = _heal(core, page_id)
+    return None if healed is None else healed != LOST
+
+
+LOST = "lost"
+RETAINED = "retained"
+CACHED = "cached"
+
+
+def _heal(core: Core, page_id: int) -> str | None:
+    """Heal a damaged page from what is still known of it, in this order, and say from what:
+
+    1. ``RETAINED``: every memory on it retains its text: the page is drawn again exactly as it was
+       (downsampled to its tier); the recall cache of the old pixels is dropped.
+    2. ``CACHED``: a reader's read of the page at its current tier is cached (this store's reader first):
+       the page is drawn from those lines (with any retained text drawn exactly over them), and that read
+       is kept, so recall returns what was readable before the damage. A read of an earlier, sharper tier
+       is never used: that would give back what aging took away.
+    3. ``LOST``: nothing is known: the page is marked lost, its memories forgotten (rows and gists remain).
+
+    A free-form page (a scan, a PDF page) has no line grid to draw again: it comes back as a text page of
+    its retained text or its read. The damaged file and the page's vision tokens are swept once the change
+    commits.
+    """
     stale: list[str] = []
     try:
         with core.write() as w:
@@ -185,24 +215,79 @@ def heal_page(core: Core, page_id: int) -> bool | None:
             if page is None or page.blob is None or core.blobs.check(page.blob) is None:
                 return None
             stale += core.drop_vision(s, [page_id])  # tokens of damaged pixels are not to be trusted
+            stale.append(page.blob)  # the damaged file itself: swept unless the healed page has its name
             spans = list(
                 s.scalars(select(SpanRow).where(SpanRow.page_id == page_id).order_by(SpanRow.line_start))
             )
-            memories = [s.get(MemoryRow, sp.memory_id) for sp in spans]
-            if page.render_side == 0 or not spans or any(m is None or m.text is None for m in memories):
+            texts = [_retained(s.get(MemoryRow, sp.memory_id), sp) for sp in spans]
+            read = _cached_read(core, s, page)
+            if not spans or (read is None and any(t is None for t in texts)):
                 page.lost, page.side, page.blob, page.blob_bytes = True, None, None, 0
-                return False
-            items = [
-                (m.role if sp.char_start == 0 else None, m.text[sp.char_start : sp.char_end])  # type: ignore[union-attr,index]
-                for sp, m in zip(spans, memories, strict=True)
-            ]
-            pages, _ = core.renderer.layout(items)
-            image = core.renderer.draw(pages[0])
+                return LOST
+            lines = _page_lines(core, page, spans, texts, read)
+            image = core.renderer.draw(lines)
             if page.side is not None and page.side != image.width:
                 image = image.resize((page.side, page.side), Image.Resampling.LANCZOS)
             page.blob = core.blobs.put(png(image))
             page.blob_bytes = core.blobs.size(page.blob)
-            s.execute(delete(RecallRow).where(RecallRow.page_id == page_id))
-            return True
+            source = RETAINED if all(t is not None for t in texts) else CACHED
+            forget = delete(RecallRow).where(RecallRow.page_id == page_id)
+            if source == CACHED and read is not None:  # the read the page was drawn from stays its read
+                forget = forget.where((RecallRow.side != read.side) | (RecallRow.reader != read.reader))
+            s.execute(forget)
+            return source
     finally:
-        core.sweep(stale)  # after the commit: the tokens' blobs are unreferenced by then
+        core.sweep(stale)  # after the commit: nothing refers to these blobs by then
+
+
+def _retained(memory: MemoryRow | None, span: SpanRow) -> tuple[str | None, str] | None:
+    """A span's ``(speaker, text)`` as the renderer laid it out, if its memory retains its text."""
+    if memory is None or memory.text is None:
+        return None
+    return (memory.role if span.char_start == 0 else None), memory.text[span.char_start : span.char_end]
+
+
+def _cached_read(core: Core, s: Session, page: PageRow) -> RecallRow | None:
+    """A reader's cached read of a page at its current tier, this store's reader's first."""
+    if page.side is None:
+        return None
+    reads = list(
+        s.scalars(
+            select(RecallRow)
+            .where(RecallRow.page_id == page.id, RecallRow.side == page.side)
+            .order_by(RecallRow.reader)
+        )
+    )
+    if len(reads) > 1:  # only then is the reader made (a model's reader loads nothing until it reads)
+        mine = core.reader.name
+        reads.sort(key=lambda r: r.reader != mine)
+    return reads[0] if reads else None
+
+
+def _page_lines(
+    core: Core,
+    page: PageRow,
+    spans: list[SpanRow],
+    texts: list[tuple[str | None, str] | None],
+    read: RecallRow | None,
+) -> list[str]:
+    """The lines to draw a damaged page from: its cached read, then each span whose text is retained laid
+    out alone where the renderer put it (a span's lines depend on its text only). A free-form page (a
+    scan) comes back as a text page of what is known of it."""
+    renderer = core.renderer
+    lines = [""] * renderer.lines_per_page
+    if page.render_side == 0:  # free-form: one span, read as one block of text
+        known = texts[0][1] if texts[0] is not None else (read.lines.get("0", "") if read else "")
+        drawn, _ = renderer.layout([(None, known)])
+        return [line.text for line in drawn[0]]
+    if read is not None:
+        for key, text in read.lines.items():
+            if 0 <= int(key) < len(lines):  # a line read wider than a line keeps what fits
+                wrapped, _ = renderer.layout([(None, " ".join(text.split()))])
+                lines[int(key)] = wrapped[0][0].text
+    for span, item in zip(spans, texts, strict=True):
+        if item is not None:
+            drawn, _ = renderer.layout([item])
+            for offset, line in enumerate(drawn[0][: span.line_end - span.line_start]):
+                lines[span.line_start + offset] = line.text
+    return lines

@@ -3,6 +3,8 @@
     recall -> retained text as it is, or: the memory's spans -> the reader over each page image at its
               current tier (its lines cached in SQL per page, tier and reader) -> the span's lines joined
               back as the renderer recorded them, the role label stripped
+A page whose image is missing or corrupt is not read, not even from the cache: recall raises ``BlobError``
+naming it, and ``verify(repair=True)`` re-draws it from its retained text or its cached read.
 Also the turns still verbatim in the text tier, a page's text as retained, and page images as stored.
 """
 
@@ -75,18 +77,19 @@ def _page_lines(
     must not be cached over with the old pixels' text)."""
     assert page.side is not None and page.blob is not None
     reader = core.reader
-    cached = s.get(RecallRow, (page.id, page.side, reader.name))
-    if cached is not None:
-        return {int(k): v for k, v in cached.lines.items()}
-    try:
-        image = Image.open(io.BytesIO(core.blobs.get(page.blob)))
+    try:  # checked even when the read is cached: no text is served as read from pixels that are gone
+        data = core.blobs.get(page.blob)
     except BlobError as e:
         if not last_try and _page_blob(core, page.id) != page.blob:
             raise _PageMoved from None
         raise BlobError(
-            f"cannot recall memory {memory_id}: page {page.id}: {e}; "
-            "run verify(repair=True) to heal what can be healed"
+            f"cannot recall memory {memory_id}: page {page.id}: {e}; run verify(repair=True): it re-draws "
+            "the page from what is still known (its retained text, or its cached read)"
         ) from None
+    cached = s.get(RecallRow, (page.id, page.side, reader.name))
+    if cached is not None:
+        return {int(k): v for k, v in cached.lines.items()}
+    image = Image.open(io.BytesIO(data))
     found = reader.read([image])[0]
     lines: dict[int, str] = {}
     if page.render_side == 0:  # a free-form page (PDF, image): all its text, in reading order
@@ -160,6 +163,18 @@ def page_bytes(core: Core, page_id: int, blob: str) -> bytes | None:
                 raise
             blob = current
     return None
+
+
+def damaged_pages(core: Core, memory_id: int) -> list[int]:
+    """The pages holding a memory whose image is missing or corrupt."""
+    with core.session() as s:
+        pages = s.execute(
+            select(PageRow.id, PageRow.blob)
+            .join(SpanRow, SpanRow.page_id == PageRow.id)
+            .where(SpanRow.memory_id == memory_id, PageRow.blob.is_not(None))
+            .order_by(PageRow.id)
+        ).all()
+    return [page_id for page_id, blob in pages if blob and core.blobs.check(blob)]
 
 
 def page_image(core: Core, memory_id: int, *, page_id: int | None = None) -> list[Image.Image]:

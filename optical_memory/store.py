@@ -316,6 +316,7 @@ class OpticalMemory:
         k: int = 8,
         recent_share: float = 0.5,
         page_form: str = "vision",
+        exclude: Iterable[int] = (),
     ) -> Context:
         """Recent raw turns plus memories retrieved for ``query``, packed into ``budget_tokens``.
 
@@ -323,7 +324,9 @@ class OpticalMemory:
         as image parts at their current tier and cost DeepEncoder's vision tokens. ``mode="vision"`` (needs a
         DeepSeek-OCR model): their pages' stored vision tokens go straight into the decoder's input
         embeddings, see :class:`Context`. Recent turns (the text tier, newest first) take up to
-        ``recent_share`` of the budget; retrieved memories fill the rest.
+        ``recent_share`` of the budget; retrieved memories fill the rest: the ``k`` best hits that are not
+        among those recent turns or in ``exclude`` (ids the caller already sends verbatim, such as an
+        agent's own recent messages), so what is already in the prompt takes none of the ``k`` places.
 
         ``page_form`` (vision mode) swaps each page's vision tokens for a text baseline of the same length
         (``"meanpool"``: its text's token embeddings mean-pooled to as many vectors; ``"truncate"``: its
@@ -338,6 +341,7 @@ class OpticalMemory:
             k=k,
             recent_share=recent_share,
             page_form=page_form,
+            exclude=exclude,
         )
 
     def recent_turns(self, scope: str, *, limit: int | None = None) -> list[Recall]:

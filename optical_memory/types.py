@@ -89,6 +89,10 @@ class Context:
     In vision mode the parts are ``{"type": "vision", "page_id": ..., "positions": ...}`` and text parts,
     and ``inputs_embeds`` (1, T, hidden) with ``attention_mask`` (1, T) are the DeepSeek decoder's input,
     T == ``used_tokens`` exactly (BOS, text in the decoder's own tokens, and each page's vision tokens).
+
+    ``damaged`` lists the pages a hit was on that were left out because their image is missing or corrupt
+    (in every mode: neither their pixels, their cached read nor their vision tokens are served until
+    ``verify(repair=True)`` heals them). A memory whose text is retained is still recalled in text mode.
     """
 
     mode: str
@@ -99,6 +103,7 @@ class Context:
     saved_tokens: int
     inputs_embeds: Any = None
     attention_mask: Any = None
+    damaged: list[int] = field(default_factory=list)  # page ids left out: image missing or corrupt
 
     @property
     def text(self) -> str:
@@ -137,7 +142,8 @@ class VerifyReport:
     orphan_blobs: list[str] = field(default_factory=list)  # blob file names with no row
     damaged_vision: list[int] = field(default_factory=list)  # page ids whose vision-token blob is bad
     lexical_orphans: int = 0  # lexical index rows whose gist vector is gone (removed by repair)
-    rerendered: list[int] = field(default_factory=list)  # page ids healed from retained text
+    rerendered: list[int] = field(default_factory=list)  # page ids re-drawn from what is still known
+    from_cache: list[int] = field(default_factory=list)  # of those, drawn from their tier's cached read
     marked_lost: list[int] = field(default_factory=list)  # page ids that could not be healed
     index_rebuilt: bool = False
     repaired: bool = False
