@@ -9,6 +9,10 @@
     history.add_messages([HumanMessage("..."), AIMessage("...")])
     history.messages  # a memory block recalled from old pages, then the recent turns verbatim
 
+Every langchain-core message round-trips through the history as it does through the framework's own
+histories (content blocks, tool calls and their ids, names, ids, kwargs and metadata, as JSON round-trips
+them): see ``OpticalChatMessageHistory``.
+
 Each Document's content is the memory recalled as text from its page at its current tier (``mode="text"``),
 or a reference to its page image (``mode="image"``: ``optical-memory://page/<id>`` with the PNG as a data
 URL in ``metadata["image_url"]``, for multimodal chat models). Metadata carries the memory's id, scope,
@@ -20,15 +24,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
+import logging
+import re
+import reprlib
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..errors import InvalidInput, MissingDependency
+from ..errors import InvalidInput, MemoryNotFound, MissingDependency
+from ..types import Recall
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
     from langchain_core.chat_history import BaseChatMessageHistory
     from langchain_core.documents import Document
-    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+    from langchain_core.messages import (
+        AIMessage,
+        BaseMessage,
+        ChatMessage,
+        HumanMessage,
+        SystemMessage,
+        ToolMessage,
+        message_to_dict,
+        messages_from_dict,
+    )
     from langchain_core.retrievers import BaseRetriever
     from pydantic import ConfigDict
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -37,6 +56,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 __all__ = ["OpticalChatMessageHistory", "OpticalMemoryRetriever"]
+
+logger = logging.getLogger(__name__)
 
 
 class OpticalMemoryRetriever(BaseRetriever):
@@ -100,7 +121,7 @@ class OpticalMemoryRetriever(BaseRetriever):
         return Document(page_content=recall.text, metadata=metadata, id=str(hit.id))
 
 
-_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+MESSAGE = "langchain_message"  # a turn's metadata key: the message's serialized form (see the history)
 
 
 class OpticalChatMessageHistory(BaseChatMessageHistory):
@@ -109,9 +130,18 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     ``messages`` returns, within ``budget_tokens``: a ``SystemMessage`` holding older turns recalled from
     their page images (retrieved by meaning for the latest user message), then the turns still in the
     store's text tier, verbatim and in order: up to ``recent_share`` of the budget, newest first (the newest
-    turn is always kept, whatever its length). Each ``add_messages`` ages the store (``auto_age``), so old
-    turns move into pages and fade down the ladder as the session grows. ``clear()`` deletes the
-    session's rows, vectors and page images.
+    turn is always kept, whatever its length, and a tool result always with the message that called it).
+    Each ``add_messages`` ages the store (``auto_age``), so old turns move into pages and fade down the
+    ladder as the session grows. ``clear()`` deletes the session's rows, vectors and page images.
+
+    Each message is one turn. Its text, what the page shows and search finds, is the message read as a
+    person would: its text content, ``[image_url]`` for a block that is not text, one ``tool call NAME
+    {JSON args}`` line per tool call, ``(empty message)`` when there is nothing to show. The rest of the
+    message rides in the turn's metadata (``MESSAGE``: ``message_to_dict``'s form), so the recent turns come
+    back equal to what was added; what JSON cannot hold (an object as artifact, NaN, a NUL character) is
+    refused, naming the message and the field. A plain text content that the page shows verbatim is not
+    copied there: with ``retain_text=False`` its words leave SQL when its page closes. Content blocks,
+    tool calls, kwargs, metadata and artifacts stay in the metadata until the turn is deleted.
     """
 
     def __init__(
@@ -143,16 +173,19 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
         if self.session_id not in self.store.scopes():
             return []
-        turns: list[Any] = []
-        used = 0
-        for turn in reversed(self.store.recent_turns(self.session_id)):  # newest first, within the share
-            cost = self.store.counter.count(turn.text)
-            if turns and used + cost > self.budget_tokens * self.recent_share:
-                break  # (the newest turn is always kept: it is usually the question being answered)
-            turns.insert(0, turn)
-            used += cost
-        out: list[BaseMessage] = []
+        recent = self.store.recent_turns(self.session_id)  # oldest first
+        costs = [self.store.counter.count(t.text) for t in recent]
+        start = max(len(recent) - 1, 0)  # the newest turn is always kept: it is usually the question
+        while start > 0 and sum(costs[start - 1 :]) <= self.budget_tokens * self.recent_share:
+            start -= 1  # then older ones, newest first, within the share
+        while 0 < start < len(recent) and recent[start].role == "tool":
+            start -= 1  # a tool result comes with the message that called it
+        turns = recent[start:]
         query = next((t.text for t in reversed(turns) if t.role == "user"), turns[-1].text if turns else "")
+        while turns and turns[0].role == "tool":
+            turns = turns[1:]  # ... and without it, once that message has left the text tier, not at all
+        used = sum(self.store.counter.count(t.text) for t in turns)
+        out: list[BaseMessage] = []
         if query.strip() and self.budget_tokens > used:
             older = self.store.build_context(
                 query,
@@ -160,24 +193,23 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
                 scope=self.session_id,
                 k=self.k,
                 recent_share=0.0,
+                exclude=[t.id for t in turns],  # sent verbatim below: they take none of the k places
             )
-            shown = {t.id for t in turns}
-            retrieved = [p["text"] for p in older.parts[1:] if p.get("type") == "text"]  # after the heading
-            kept = [text for text, item in zip(retrieved, older.items, strict=True) if item.id not in shown]
+            kept = [p["text"] for p in older.parts[1:] if p.get("type") == "text"]  # after the heading
             if kept:
                 out.append(
                     SystemMessage("Memory recalled from earlier in this conversation:\n" + "\n".join(kept))
                 )
-        out += [_message(t.role, t.text) for t in turns]
+        for turn in turns:
+            try:
+                metadata = self.store.memory_info(turn.id).metadata
+            except MemoryNotFound:  # deleted (or expired) since it was listed
+                continue
+            out.append(_restore(turn, metadata))
         return out
 
     def add_messages(self, messages: Any) -> None:
-        items = []
-        for m in messages:
-            if not isinstance(m, BaseMessage):
-                raise InvalidInput(f"add_messages takes LangChain messages, got {type(m).__name__}")
-            content = m.content if isinstance(m.content, str) else m.text
-            items.append({"text": content, "role": _ROLES.get(m.type, m.type)})
+        items = [self._turn(number, m) for number, m in enumerate(messages)]
         if items:
             self.store.add_many(items, scope=self.session_id)
             if self.auto_age:
@@ -195,6 +227,116 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
 
     async def aclear(self) -> None:
         await asyncio.to_thread(self.clear)
+
+    def _turn(self, number: int, m: object) -> dict[str, Any]:
+        """The store item for message ``number``: its readable text, role and serialized form."""
+        if not isinstance(m, BaseMessage):
+            raise InvalidInput(f"add_messages takes LangChain messages, got {type(m).__name__}")
+        label = f"message {number} ({type(m).__name__})"
+        text = _readable(m)
+        serialized = message_to_dict(m)
+        data = dict(serialized["data"])
+        envelope: dict[str, Any] = {"type": serialized["type"], "data": data}
+        try:
+            verbatim = self._verbatim(text)
+        except InvalidInput as e:  # a lone surrogate: no store can keep it
+            raise InvalidInput(f"{label}: {e}") from None
+        if isinstance(m.content, str) and text.startswith(m.content) and verbatim:
+            del data["content"]  # the turn's text carries it
+            envelope["content_chars"] = len(m.content)
+        _check_json(data, label)
+        return {"text": text, "role": _role(m), "metadata": {MESSAGE: envelope}}
+
+    def _verbatim(self, text: str) -> bool:
+        """Whether the store keeps ``text`` as it is (it normalises whitespace; stand-ins are restored)."""
+        normalised, stand_ins = self.store.renderer.prepare(text)
+        drawn = text
+        for shown_as, ch in stand_ins.items():
+            if shown_as in text:
+                return False  # a stand-in written out in the text itself would be restored too
+            drawn = drawn.replace(ch, shown_as)
+        return bool(normalised == drawn)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # what pages cannot draw: Cc but \t \n \r
+
+
+def _readable(m: BaseMessage) -> str:
+    """A message as a person reads it: its text, a ``[type]`` mark per other block, a line per tool call."""
+    blocks = [m.content] if isinstance(m.content, str) else [_block_text(block) for block in m.content]
+    body = "\n".join(blocks)
+    lines = [body] if body.strip() else []
+    if isinstance(m, AIMessage):
+        lines += [f"tool call {c['name']} {_json(c['args'])}" for c in m.tool_calls]
+        lines += [f"invalid tool call {c.get('name')} {c.get('args')}" for c in m.invalid_tool_calls]
+    text = "\n".join(lines) if lines else "(empty message)"
+    return _CONTROL.sub(lambda c: f"[U+{ord(c.group()):04X}]", text)
+
+
+def _block_text(block: str | dict[Any, Any]) -> str:
+    if isinstance(block, str):
+        return block
+    if block.get("type") == "text" and isinstance(block.get("text"), str):
+        return str(block["text"])
+    return f"[{block.get('type', 'block')}]"
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def _check_json(data: Mapping[str, Any], label: str) -> None:
+    """Refuse, naming the field, what the store's JSON metadata cannot keep."""
+    for key, value in data.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise InvalidInput(
+                f"{label}: its {key} is not JSON-serialisable, so the store cannot keep it: "
+                f"{reprlib.repr(value)} ({e})"
+            ) from None
+        if _has_nul(value):
+            raise InvalidInput(
+                f"{label}: its {key} holds a NUL character, which the store's databases cannot keep: "
+                f"{reprlib.repr(value)}"
+            )
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _role(m: BaseMessage) -> str:
+    """The label the page shows before the turn."""
+    if isinstance(m, HumanMessage):
+        return "user"
+    if isinstance(m, AIMessage):
+        return "assistant"
+    if isinstance(m, (SystemMessage, ToolMessage)):
+        return m.type
+    if isinstance(m, ChatMessage) and m.role.strip() and len(m.role) <= 64 and m.role.isprintable():
+        return m.role
+    return m.type
+
+
+def _restore(turn: Recall, metadata: Mapping[str, Any]) -> BaseMessage:
+    """A recent turn as the message that was added (rows of the earlier format: from role and text)."""
+    envelope = metadata.get(MESSAGE)
+    if envelope is not None:
+        try:
+            data = dict(envelope["data"])
+            if "content" not in data:
+                data["content"] = turn.text[: envelope["content_chars"]]
+            return messages_from_dict([{"type": envelope["type"], "data": data}])[0]
+        except (KeyError, TypeError, ValueError) as e:
+            logger.warning("turn %d: its %r metadata is unreadable (%s); using its text", turn.id, MESSAGE, e)
+    return _message(turn.role, turn.text)
 
 
 def _message(role: str | None, text: str) -> BaseMessage:
