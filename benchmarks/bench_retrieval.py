@@ -1,6 +1,7 @@
 """Dense vs lexical vs hybrid retrieval: recall@1/5/10 of planted facts, and search latency, by store size.
 
-    .venv/bin/python benchmarks/bench_retrieval.py [--tokens 100k,1M] [--facts 60] [--seed 0]
+    .venv/bin/python benchmarks/bench_retrieval.py [--tokens 100k,1M] [--facts 60] [--seed 0] [--keep DIR]
+    .venv/bin/python benchmarks/bench_retrieval.py --keep DIR --reuse   # measure kept stores again, quietly
 
 Two conversations are streamed into one fresh store each (the default configuration; ``age()`` is not run:
 ranking reads only the gist vectors and the lexical index, which aging leaves as they are), and at every
@@ -20,17 +21,24 @@ checkpoint each fact planted so far is asked with ``search(question, k=10, mode=
 A fact counts as found at k when its turn is among the top k hits. Latency: p50/p99 of ``search(k=5)``
 per mode over the questions, query embedding included. Prints a table, writes
 benchmarks/results/retrieval.json. Run it on a quiet machine.
+
+A 10M-token checkpoint takes about an hour of ingest per conversation on 2 cores. ``--keep DIR`` keeps each
+store (``DIR/recall``, ``DIR/paraphrase``) with its planted facts (``DIR/<name>.facts.json``), and
+``--reuse`` measures kept stores again without ingesting (at the checkpoint they were built to), so the
+latency can be taken on a quiet machine after a long ingest that was not.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common import table, write_result  # benchmarks/ is on sys.path when a script runs
@@ -43,6 +51,7 @@ MODES = ("dense", "lexical", "hybrid")
 KS = (1, 5, 10)
 SCOPE = "bench"
 BATCH = 64
+PROGRESS_TOKENS = 250_000  # a progress line on stderr every this many streamed tokens
 
 
 @dataclass(frozen=True)
@@ -217,12 +226,18 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def run(name: str, stream, checkpoints: list[int], folder: Path, gist: str) -> list[dict]:
+    """Stream one conversation into a fresh store in ``folder``, measuring at each checkpoint."""
+    if (folder / name).exists():
+        raise SystemExit(
+            f"{folder / name} exists: pass --reuse to measure it, or remove it to build it again"
+        )
     rows: list[dict] = []
     facts: dict[int, Fact] = {}  # memory id -> fact
     with om.open(folder / name, gist=gist) as store:
         streamed, batch, batch_facts = 0, [], []
         todo = sorted(checkpoints)
         started = time.perf_counter()
+        next_report = PROGRESS_TOKENS
 
         def flush() -> None:
             ids = store.add_many(batch, scope=SCOPE)
@@ -238,6 +253,10 @@ def run(name: str, stream, checkpoints: list[int], folder: Path, gist: str) -> l
             streamed += tokens
             if len(batch) == BATCH or (todo and streamed >= todo[0]):
                 flush()
+            if streamed >= next_report:
+                next_report += PROGRESS_TOKENS
+                rate = streamed / (time.perf_counter() - started) * 60
+                print(f"  {name}: {streamed:,} tokens, {rate:,.0f} tokens/min", file=sys.stderr, flush=True)
             while todo and streamed >= todo[0]:
                 rows.append(measure(store, name, todo.pop(0), facts, time.perf_counter() - started))
                 print(table_of(rows[-1:]), flush=True)
@@ -245,7 +264,23 @@ def run(name: str, stream, checkpoints: list[int], folder: Path, gist: str) -> l
             flush()
         while todo:  # the stream ended at the last checkpoint's facts
             rows.append(measure(store, name, todo.pop(0), facts, time.perf_counter() - started))
+    kept = {"checkpoint_tokens": max(checkpoints), "gist": gist, "ingest_s": rows[-1]["ingest_s"]}
+    kept["facts"] = {str(mid): asdict(f) for mid, f in facts.items()}
+    (folder / f"{name}.facts.json").write_text(json.dumps(kept, indent=1) + "\n")
     return rows
+
+
+def remeasure(name: str, folder: Path) -> list[dict]:
+    """Measure a store kept by ``--keep`` again, at the checkpoint it was built to, without ingesting."""
+    path = folder / f"{name}.facts.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: build the store first with --keep {folder}")
+    kept = json.loads(path.read_text())
+    facts = {int(mid): Fact(**f) for mid, f in kept["facts"].items()}
+    with om.open(folder / name) as store:
+        row = measure(store, name, kept["checkpoint_tokens"], facts, kept["ingest_s"])
+    print(table_of([row]), flush=True)
+    return [row]
 
 
 def measure(store: om.OpticalMemory, name: str, checkpoint: int, facts: dict[int, Fact], ingest_s: float):
@@ -316,22 +351,32 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=("recall", "paraphrase"), default=None)
     ap.add_argument("--gist", choices=("chunks", "sentences"), default="chunks", help="StoreConfig.gist")
+    ap.add_argument("--keep", metavar="DIR", help="build the stores in DIR and keep them, with their facts")
+    ap.add_argument("--reuse", action="store_true", help="measure the stores kept in --keep DIR again")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "retrieval.json"))
     args = ap.parse_args()
+    if args.reuse and not args.keep:
+        ap.error("--reuse needs --keep DIR (the folder a --keep run built its stores in)")
     checkpoints = sorted(parse_tokens(t) for t in args.tokens.split(","))
     from optical_memory.backends.tiktoken_counter import TiktokenCounter
 
     count = TiktokenCounter().count
     started = time.perf_counter()
     rows: list[dict] = []
+    names = [n for n in ("recall", "paraphrase") if args.only in (None, n)]
     with tempfile.TemporaryDirectory() as tmp:
-        if args.only in (None, "recall"):
-            stream = recall_stream(checkpoints, args.facts, args.seed, count)
-            rows += run("recall", stream, checkpoints, Path(tmp), args.gist)
-        if args.only in (None, "paraphrase"):
-            planted = paraphrase_facts(checkpoints, args.facts, args.seed)
-            stream = paraphrase_stream(planted, max(checkpoints), args.seed, count)
-            rows += run("paraphrase", stream, checkpoints, Path(tmp), args.gist)
+        folder = Path(args.keep or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if args.reuse:
+                rows += remeasure(name, folder)
+            elif name == "recall":
+                stream = recall_stream(checkpoints, args.facts, args.seed, count)
+                rows += run(name, stream, checkpoints, folder, args.gist)
+            else:
+                planted = paraphrase_facts(checkpoints, args.facts, args.seed)
+                stream = paraphrase_stream(planted, max(checkpoints), args.seed, count)
+                rows += run(name, stream, checkpoints, folder, args.gist)
     rows += pooled(rows)
     print()
     print(table_of(rows))
