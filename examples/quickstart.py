@@ -16,9 +16,11 @@ with tempfile.TemporaryDirectory() as folder, om.open(folder, aging=AgingPolicy(
     store.add("A lentil curry; it has no nuts at all.", scope="alice", role="assistant")
     print(store.age())  # packs the two older turns into a 1024px page
 
-    hit = store.search("Which nut is Ingrid allergic to?", scope="alice", k=1)[0]
-    recall = store.recall(hit.id)  # read back from the page image by the OCR reader
-    print(f"[{recall.tier}px via {recall.source}] {recall.text}")
+    hit = store.search("What is Ingrid allergic to?", scope="alice", k=1)[0]
+    # The page is not full, so the store still keeps its turns' text and recall(hit.id) would return it
+    # (source "retained"); read=True makes the OCR reader (RapidOCR) read the page image instead.
+    recall = store.recall(hit.id, read=True)
+    print(f"[{recall.tier} px, read by {recall.source}] {recall.text}")
 
     ctx = store.build_context("What can Ingrid not eat?", budget_tokens=500, scope="alice")
     print(ctx.text)

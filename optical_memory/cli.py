@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +142,9 @@ JSONL_FIELDS = ("text", "content", "role", "scope", "kind", "timestamp", "metada
 
 def _add_jsonl(args: argparse.Namespace) -> None:
     """``add --jsonl FILE|-``: one JSON object a line, its fields as ``add()`` takes them plus ``scope`` and
-    ``kind`` (defaults: --scope, --role, --kind). Every line is parsed and checked for text and a scope
-    before anything is written; each run of lines with the same scope and kind is then one ``add_many``
-    transaction, validated whole before it is written."""
+    ``kind`` (defaults: --scope, --role, --kind); a ``timestamp`` is epoch seconds or ISO 8601. Every line
+    is parsed and checked for text and a scope before anything is written; each run of lines with the
+    same scope and kind is then one ``add_many`` transaction, validated whole before it is written."""
     source = sys.stdin if args.jsonl == "-" else None
     name = "stdin" if source else args.jsonl
     try:
@@ -171,6 +172,15 @@ def _add_jsonl(args: argparse.Namespace) -> None:
         if scope is None:
             raise InvalidInput(f'{name} line {number}: no "scope" and no --scope to default to')
         record.setdefault("role", args.role)
+        if isinstance(record.get("timestamp"), str):  # ISO 8601 (UTC unless it says otherwise)
+            try:
+                stamp = datetime.fromisoformat(record["timestamp"])
+            except ValueError:
+                raise InvalidInput(
+                    f"{name} line {number}: timestamp {record['timestamp'][:60]!r} is neither ISO 8601 "
+                    "nor epoch seconds"
+                ) from None
+            record["timestamp"] = stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
         if runs and runs[-1][:2] == (scope, kind):
             runs[-1][2].append(record)
             runs[-1][3].append(number)
@@ -458,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jsonl",
         metavar="FILE",
         help='JSON Lines (\'-\' for stdin): one object a line with "text" and optional "role", '
-        '"scope", "kind", "timestamp", "metadata", "ttl" (defaults: --scope, --role, --kind)',
+        '"scope", "kind", "timestamp" (epoch seconds or ISO 8601), "metadata", "ttl" (defaults: '
+        "--scope, --role, --kind)",
     )
     a.set_defaults(func=cmd_add)
 

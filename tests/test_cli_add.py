@@ -83,13 +83,15 @@ def test_jsonl_adds_many_turns_with_their_fields(tmp_path, capsys, embedder, mon
         {"text": "Noted: Lisbon since May.", "role": "assistant", "metadata": {"turn": 2}},
         {"text": "東京の天気は晴れです", "role": "user", "scope": "bob"},
         {"text": "A travel guide to Lisbon", "kind": "document"},
+        {"text": "Back from Lisbon.", "role": "user", "timestamp": "2023-11-14T22:13:20Z"},
+        {"text": "Welcome back!", "role": "assistant", "timestamp": "2023-11-14T22:13:21"},  # naive: UTC
     ]
     body = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n\n"
     file = tmp_path / "chat.jsonl"
     file.write_text(body, encoding="utf-8")
     store = tmp_path / "store"
     ids = json.loads(run(capsys, store, "add", "--jsonl", str(file), "--scope", "alice"))["ids"]
-    assert len(ids) == 4
+    assert len(ids) == 6
     with open_store(store) as s:
         info = [s.memory_info(i) for i in ids]
         assert [(m.scope, m.kind, m.role) for m in info] == [
@@ -97,8 +99,11 @@ def test_jsonl_adds_many_turns_with_their_fields(tmp_path, capsys, embedder, mon
             ("alice", "turn", "assistant"),
             ("bob", "turn", "user"),
             ("alice", "document", None),
+            ("alice", "turn", "user"),
+            ("alice", "turn", "assistant"),
         ]
         assert info[0].created_at == 1_700_000_000 and info[1].metadata == {"turn": 2}
+        assert [m.created_at for m in info[4:]] == [1_700_000_000, 1_700_000_001]  # ISO 8601, as UTC
         assert s.recall(ids[0]).text == lines[0]["text"]
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"text": "from a pipe"}) + "\n"))
     assert len(json.loads(run(capsys, store, "add", "--jsonl", "-", "--scope", "alice"))["ids"]) == 1
