@@ -120,21 +120,40 @@ def cmd_add(args: argparse.Namespace) -> None:
         raise InvalidInput("--scope is required (the tenant or conversation the memory belongs to)")
     with _open(args) as store:
         if args.files:
-            with tqdm(
-                total=len(args.files),
-                desc="reading files",
-                unit="file",
-                disable=args.quiet or len(args.files) < 2,
-            ) as bar:
-                ids = [
-                    i
-                    for file in store.add_files(args.files, scope=args.scope, progress=bar.update)
-                    for i in file
-                ]
+            with _bar(len(args.files), "adding files", args.quiet or not _big(args.files)) as bar:
+                added = store.add_files(args.files, scope=args.scope, progress=bar.update)
+            ids = [i for file in added for i in file]
         else:
             text = args.text if args.text is not None else sys.stdin.read()
-            ids = [store.add(text, scope=args.scope, role=args.role, kind=args.kind or "turn")]
+            with _bar(1, "embedding", args.quiet or len(text) < BIG_TEXT) as bar:
+                ids = [
+                    store.add(
+                        text, scope=args.scope, role=args.role, kind=args.kind or "turn", progress=bar.update
+                    )
+                ]
         print(json.dumps({"ids": ids}))
+
+
+BIG_TEXT = 200_000  # characters: from about here an add takes seconds, so it shows a progress bar
+
+
+def _big(files: Sequence[str]) -> bool:
+    """Whether adding these files takes long enough to show a bar: several, or one that is large."""
+    if len(files) > 1:
+        return True
+    with contextlib.suppress(OSError):
+        return os.path.getsize(files[0]) >= BIG_TEXT
+    return False
+
+
+def _bar(total: int, desc: str, disable: bool) -> tqdm:
+    """A progress bar on stderr that takes fractional updates (the store reports a long item in parts)."""
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=disable,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}",
+    )
 
 
 JSONL_FIELDS = ("text", "content", "role", "scope", "kind", "timestamp", "metadata", "ttl")

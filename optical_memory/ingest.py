@@ -8,7 +8,9 @@ aging also uses to pack turns that left the text tier).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,7 +44,7 @@ TEXT_FILE_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
 IMAGE_FILE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 JOIN_CODES = {" ": "s", "": "h", "\n": "n"}  # how a rendered line joins the next, as a span records it
 
-Progress = Callable[[int], None]
+Progress = Callable[[float], None]  # items done since the last call (fractions of a huge one)
 
 
 @dataclass
@@ -71,9 +73,10 @@ def add(
     metadata: Mapping[str, Any] | None = None,
     timestamp: float | datetime | None = None,
     ttl: float | None = None,
+    progress: Progress | None = None,
 ) -> int:
     item = {"text": text, "role": role, "metadata": metadata, "timestamp": timestamp, "ttl": ttl}
-    return add_many(core, [item], scope=scope, kind=kind)[0]
+    return add_many(core, [item], scope=scope, kind=kind, progress=progress)[0]
 
 
 def add_many(
@@ -110,20 +113,35 @@ def add_many(
         return _write_turns(w, pending)
 
 
-EMBED_SLICE = 256  # items embedded at a time, so a long batch reports progress as it goes
+EMBED_CHUNKS = 256  # gist chunks embedded per call (~200 kB of text): progress is reported after each
 
 
-def _embed(core: Core, pending: Sequence[Pending], progress: Progress | None = None) -> None:
-    """Every pending memory's gist vectors (``progress(n)`` after each slice of ``n`` items)."""
-    for at in range(0, len(pending), EMBED_SLICE):
-        group = pending[at : at + EMBED_SLICE]
-        vectors = core.embedder.embed([chunk for p in group for chunk in originals(p)])
-        first = 0
-        for p in group:
-            p.vectors = vectors[first : first + len(p.chunks)]
-            first += len(p.chunks)
+def _embed(
+    core: Core, pending: Sequence[Pending], progress: Progress | None = None, share: float = 1.0
+) -> None:
+    """Every pending memory's gist vectors, embedded ``EMBED_CHUNKS`` chunks at a time. After each call
+    ``progress(n)``: the items (times ``share``) finished since the last report, in fractions for an item
+    spread over several calls, so even one huge memory moves a bar as it goes; they add up to exactly
+    ``len(pending) * share``."""
+    sizes = [len(p.chunks) for p in pending]
+    ends = list(itertools.accumulate(sizes))  # each item's chunks end here in the flat list
+    texts = [chunk for p in pending for chunk in originals(p)]
+    parts = []
+    reported = 0.0
+    for at in range(0, len(texts), EMBED_CHUNKS):
+        parts.append(core.embedder.embed(texts[at : at + EMBED_CHUNKS]))
         if progress:
-            progress(len(group))
+            done = min(at + EMBED_CHUNKS, len(texts))
+            whole = bisect.bisect_right(ends, done)  # items all of whose chunks are embedded
+            partial = 0.0
+            if whole < len(pending) and done > ends[whole] - sizes[whole]:
+                partial = (done - ends[whole] + sizes[whole]) / sizes[whole]
+            now = (whole + partial) * share
+            progress(now - reported)
+            reported = now
+    vectors = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else core.embedder.embed([])
+    for p, end, size in zip(pending, ends, sizes, strict=True):
+        p.vectors = vectors[end - size : end]
 
 
 def _prepare(core: Core, item: object, *, scope: str, kind: Kind) -> Pending:
@@ -394,7 +412,8 @@ def add_files(
 ) -> list[list[int]]:
     """Every file read, checked, read by the reader where it has no text layer, and embedded before
     anything is written; then all of them in one transaction, so a bad file stores nothing and its error
-    names it. Returns each file's memory ids, in order (``progress(1)`` after each file is read)."""
+    names it. Returns each file's memory ids, in order. ``progress(n)``: files done since the last call, in
+    fractions (half a file once it is read, the other half as its text is embedded)."""
     check_scope(scope)
     meta = check_metadata(metadata)
     if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
@@ -410,8 +429,9 @@ def add_files(
                 e.args = (f"{str(path)[:300]!r}: {e}", *e.args[1:])
             raise
         if progress:
-            progress(1)
-    _embed(core, [part.pending for parts in files for part in parts])
+            progress(0.5)  # read (and OCR'd where it has no text layer): half of a file's work
+    pending = [part.pending for parts in files for part in parts]
+    _embed(core, pending, progress, share=0.5 * len(files) / max(len(pending), 1))
     with core.lock, core.write() as w:
         return [[_write_part(core, w, part) for part in parts] for parts in files]
 

@@ -113,6 +113,7 @@ class OpticalMemory:
         metadata: Mapping[str, Any] | None = None,
         timestamp: float | datetime | None = None,
         ttl: float | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Store one conversation turn or document; returns its id.
 
@@ -123,6 +124,10 @@ class OpticalMemory:
         search or listing returns it, and the next ``age`` deletes it like ``delete``. Until then its pages
         walk the whole forgetting ladder over its lifetime (``AgingPolicy.ttl_tier_index``), so it fades
         before it goes. See :meth:`set_ttl` to extend or clear it.
+
+        Any length is stored; the cost is embedding its gist chunks (one per 160 words: about a minute per
+        MB of text on 2 cores), and a document's pages are drawn at once. ``progress(n)`` reports the
+        share of the memory embedded since the last call (fractions adding up to 1), for a progress bar.
         """
         return ingest.add(
             self._core,
@@ -133,6 +138,7 @@ class OpticalMemory:
             metadata=metadata,
             timestamp=timestamp,
             ttl=ttl,
+            progress=progress,
         )
 
     def add_many(
@@ -147,7 +153,8 @@ class OpticalMemory:
 
         Each item is a string or a mapping with ``text`` (or ``content``) and optional ``role``,
         ``metadata``, ``timestamp``, ``ttl`` (see :meth:`add`). All items are validated before anything is
-        written.
+        written. ``progress(n)``: items embedded since the last call, after every 256 gist chunks (in
+        fractions while one long item spans several such slices); they add up to the number of items.
         """
         return ingest.add_many(self._core, items, scope=scope, kind=kind, progress=progress)
 

@@ -162,3 +162,31 @@ def test_help_is_for_people_and_every_option_says_what_it_does():
                 commands += list(action.choices.values())
             elif action.help is None:
                 pytest.fail(f"{command.prog}: {'/'.join(action.option_strings) or action.dest} has no help")
+
+
+# -- progress on long input ----------------------------------------------------------------------------------
+
+
+def test_progress_moves_during_one_long_memory_and_adds_up(tmp_path, embedder, monkeypatch):
+    """A long text is embedded a slice of gist chunks at a time, and progress is reported after each: a
+    single memory moves a bar in fractions (a 1 MB turn takes about a minute), and the reports add up to
+    exactly the items (or files) done."""
+    monkeypatch.setattr("optical_memory.ingest.EMBED_CHUNKS", 3)  # slices of 3 chunks: 160 words each
+    long_text = " ".join(f"word{i}" for i in range(160 * 10))  # 10 gist chunks
+    with open_store(tmp_path / "store", embedder=embedder) as s:
+        calls: list[float] = []
+        s.add(long_text, scope="a", progress=calls.append)
+        assert len(calls) == 4 and all(0 < c < 1 for c in calls[:3])  # 3/10, 3/10, 3/10, then 1/10
+        assert sum(calls) == pytest.approx(1.0, abs=1e-12)
+
+        calls.clear()
+        s.add_many(["short one", long_text, "short two"], scope="a", progress=calls.append)
+        assert len(calls) == 4 and sum(calls) == pytest.approx(3.0, abs=1e-12)
+
+        files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+        files[0].write_text(long_text)
+        files[1].write_text("A short note.")
+        calls.clear()
+        s.add_files(files, scope="a", progress=calls.append)
+        assert calls[:2] == [0.5, 0.5]  # each file read, then their 11 chunks embedded in 4 slices
+        assert len(calls) == 6 and sum(calls) == pytest.approx(2.0, abs=1e-12)
