@@ -2,11 +2,12 @@
 
     .venv/bin/python examples/langgraph_agent.py            # about a minute on 2 cores
 
-The graph is LangGraph's usual memory pattern: ``recall`` searches the store for what the user asks about,
-``respond`` answers with the memories in the system prompt, ``remember`` saves what the user said. Its
+The graph is LangGraph's usual memory pattern, with the search as a tool: ``recall`` calls the
+``search_memory`` tool with the question, LangGraph's ``ToolNode`` runs it against the store, ``respond``
+answers with the memories it returned in the system prompt, ``remember`` saves what the user said. Its
 store is an ``OpticalMemoryStore``: every item is rendered to a page, and with a ttl (here 30 days) the page
 walks down the forgetting ladder over its lifetime. The example stores a month of notes, moves the clock on
-two weeks so they fade to 512 px, and then asks about them in a new thread: ``recall`` reads each memory
+two weeks so they fade to 512 px, and then asks about them in a new thread: the tool reads each memory
 back from its faded page (``store.recall``), and SmolLM2-135M-Instruct answers from what it read.
 """
 
@@ -18,9 +19,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, ToolRuntime
 from langgraph.runtime import Runtime
 from smollm import SmolLM2
 
@@ -45,24 +48,39 @@ class State(MessagesState):
     memories: list[str]
 
 
-def recall(state: State, runtime: Runtime[User]) -> dict:
-    """Find the notes closest to the question, and read each back from its page as it is now."""
+@tool
+def search_memory(query: str, runtime: ToolRuntime[User]) -> str:
+    """Look up the user's notes: the closest ones, each read back from its page as it is now."""
     store = runtime.store
     assert isinstance(store, OpticalMemoryStore)
     namespace = ("memories", runtime.context.user_id)
-    found = store.search(namespace, query=state["messages"][-1].text, limit=2)
-    return {"memories": [store.recall(namespace, item.key).text for item in found]}
+    found = store.search(namespace, query=query, limit=2)
+    return json.dumps([store.recall(namespace, item.key).text for item in found], ensure_ascii=False)
 
 
-def respond(state: State, runtime: Runtime[User]) -> dict:
-    notes = [m.removeprefix("text:").strip() for m in state["memories"]]  # the page shows "field: value"
+def recall(state: State) -> dict:
+    """Call the memory tool with the question (SmolLM2 cannot call tools: a tool-calling model would)."""
+    question = state["messages"][-1].text
+    call = {"name": search_memory.name, "args": {"query": question}, "id": f"call-{uuid.uuid4().hex[:8]}"}
+    return {"messages": [AIMessage("", tool_calls=[call])]}
+
+
+def respond(state: State) -> dict:
+    found = next(m for m in reversed(state["messages"]) if isinstance(m, ToolMessage))
+    memories = json.loads(found.text)
+    notes = [m.removeprefix("text:").strip() for m in memories]  # the page shows "field: value"
     system = SystemMessage("\n".join([INSTRUCTIONS, *(f"- {note}" for note in notes)]))
-    return {"messages": [SmolLM2().invoke([system, *state["messages"]])]}
+    said = [
+        m
+        for m in state["messages"]
+        if isinstance(m, HumanMessage) or (isinstance(m, AIMessage) and not m.tool_calls)
+    ]
+    return {"messages": [SmolLM2().invoke([system, *said])], "memories": memories}
 
 
 def remember(state: State, runtime: Runtime[User]) -> dict:
     assert runtime.store is not None
-    said = state["messages"][-2].text  # the user's message, before the reply
+    said = next(m for m in reversed(state["messages"]) if isinstance(m, HumanMessage)).text
     runtime.store.put(("memories", runtime.context.user_id), str(uuid.uuid4()), {"text": said})
     return {}
 
@@ -70,10 +88,12 @@ def remember(state: State, runtime: Runtime[User]) -> dict:
 def build(store: OpticalMemoryStore):
     graph = StateGraph(State, context_schema=User)
     graph.add_node(recall)
+    graph.add_node("tools", ToolNode([search_memory]))
     graph.add_node(respond)
     graph.add_node(remember)
     graph.add_edge(START, "recall")
-    graph.add_edge("recall", "respond")
+    graph.add_edge("recall", "tools")
+    graph.add_edge("tools", "respond")
     graph.add_edge("respond", "remember")
     return graph.compile(store=store, checkpointer=InMemorySaver())
 
