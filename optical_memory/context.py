@@ -49,9 +49,10 @@ def build_context(
         raise InvalidInput(f"exclude must be memory ids, got {shown(exclude)}")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise InvalidInput(f"k must be a positive int, got {shown(k)}")
-    excluded = set(exclude)
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in excluded):
-        raise InvalidInput(f"exclude must be memory ids (ints), got {shown(sorted(excluded, key=repr))}")
+    ids = list(exclude)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):  # checked before hashing
+        raise InvalidInput(f"exclude must be memory ids (ints), got {shown(ids)}")
+    excluded = set(ids)
     if mode not in ("text", "image", "vision"):
         raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {shown(mode)}")
     if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:

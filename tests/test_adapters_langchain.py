@@ -411,7 +411,7 @@ def test_turns_sent_verbatim_take_none_of_the_k_recalled_places(tmp_path, embedd
 
 def test_build_context_exclude_is_checked(tmp_path, embedder):
     with om.open(tmp_path / "store", config=StoreConfig.tiny(), embedder=embedder) as store:
-        for bad in ("12", [1, "2"], 3):
+        for bad in ("12", [1, "2"], 3, [[1]]):
             with pytest.raises(om.InvalidInput, match="exclude"):
                 store.build_context("q", budget_tokens=100, exclude=bad)  # type: ignore[arg-type]
         with pytest.raises(om.InvalidInput, match="k must"):
