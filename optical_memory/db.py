@@ -200,6 +200,7 @@ def make_engines(url: str) -> tuple[Engine, Engine]:
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable across process crashes
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA secure_delete=ON")  # deleted memories are zeroed, not left in free pages
+            cursor.execute(LEXICAL_VOCAB_DDL)
             cursor.close()
 
     reads = create_engine(url, connect_args={"timeout": WRITE_LOCK_WAIT_S})
@@ -286,6 +287,10 @@ def _add_index_log(session: Session) -> None:
 
 LEXICAL_TABLE = "lexical"
 LEXICAL_SALT = "lexical_salt"  # meta key: the hex key its term hashes are made with
+LEXICAL_VOCAB = "lexical_vocab"  # SQLite: each term's row count, read from the FTS5 index (a temp table)
+LEXICAL_VOCAB_DDL = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{LEXICAL_VOCAB} USING fts5vocab(main, {LEXICAL_TABLE}, 'row')"
+)
 
 
 def create_lexical(connection: Connection) -> None:

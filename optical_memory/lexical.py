@@ -13,9 +13,10 @@ turn's text once its page closes leaves nothing readable behind, and one code pa
 hashes are keyed with a random per-store salt (``meta.lexical_salt``): a guess can be tested only by someone
 holding the database, as with any searchable index, and a precomputed table of word hashes is useless.
 
-SQLite ranks with FTS5's own ``bm25()``; the scope is an indexed column (its :func:`db.scope_key`) that the
-match intersects, so a search never scores another tenant's rows (its IDF statistics are the whole
-table's). PostgreSQL has no BM25: rows keep a
+On SQLite, FTS5 finds the rows and BM25 is computed here over the rows of the query's rarer terms (see
+:func:`_sqlite_bm25`); the scope is an indexed column (its :func:`db.scope_key`) that the match
+intersects, so a search never scores another tenant's rows (its IDF statistics are the whole table's).
+PostgreSQL has no BM25: rows keep a
 ``tsvector`` of the hashes under a GIN index, and BM25 is computed in SQL over the matched rows, with
 document frequencies and lengths taken within the searched scopes.
 
@@ -27,6 +28,7 @@ index log: it is always at the store's generation. Rows are deleted with their e
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -35,10 +37,12 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from .db import LEXICAL_TABLE as TABLE
+from .db import LEXICAL_VOCAB as VOCAB
 from .db import EmbeddingRow, MemoryRow, lexical_salt, scope_key
 from .render import STAND_INS, restore
 
 K1, B = 1.2, 0.75  # BM25's usual constants (FTS5's bm25() uses the same)
+CANDIDATE_ROWS = 2_000  # SQLite: the rows a query's rarer terms may bring to be scored (see _sqlite_bm25)
 
 # English function words a question shares with every turn ("what", "the", "is"): they only add noise and
 # posting-list length. Content words are never dropped.
@@ -233,18 +237,100 @@ def search(
     keys = None if scopes is None else sorted({scope_key(s) for s in scopes})
     k = min(k, 2**62)  # SQL's LIMIT is a 64-bit integer; no index holds more rows anyway
     if dialect == "sqlite":
-        match = "terms : (" + " OR ".join(words) + ")"
-        if keys is not None:
-            match = "scope : (" + " OR ".join(keys) + ") AND " + match
-        found = session.execute(
+        return _sqlite_bm25(session, words, k, keys)
+    return _postgres_bm25(session, words, k, keys)
+
+
+def _sqlite_bm25(
+    session: Session, words: list[str], k: int, keys: list[str] | None
+) -> list[tuple[int, float]]:
+    """BM25 over the rows that hold one of the query's rarer terms, every query term counted in the score.
+
+    A term in a third of the rows ("keep", "last" in a long chat) adds little to any row's score, yet FTS5
+    ranking an OR of the query's terms walks and scores every row that has it: ~50 ms a query at 10M
+    tokens. So the query's terms are taken rarest first while their rows add up to at most
+    ``CANDIDATE_ROWS``; those rows are the candidates, and each is scored here on all the query's terms
+    (the common ones included, with their low IDF), from the term hashes it stores. A row that shares only
+    common terms with the query is no lexical match: Elasticsearch's common-terms rule. In a store smaller
+    than ``CANDIDATE_ROWS`` rows every term is rare and this is exact BM25 over every matching row. A query
+    whose every term is common (its rarest in more rows than that) is ranked by FTS5's own ``bm25()`` over
+    all of them: slower, and the same ranking but for the IDF of terms in over half the rows (FTS5 counts
+    those 0).
+
+    Document frequencies come from the FTS5 index (an ``fts5vocab`` table); the row count and the mean
+    row length from its averages record. Scores use the same BM25 as PostgreSQL's, with IDF over the whole
+    table (a store's scopes share one vocabulary)."""
+    marks = ", ".join(f":w{i}" for i in range(len(words)))
+    found = session.execute(
+        text(f"SELECT term, doc FROM {VOCAB} WHERE term IN ({marks})"),
+        {f"w{i}": w for i, w in enumerate(words)},
+    ).all()
+    df = {str(term): int(n) for term, n in found}
+    if not df:
+        return []  # no row holds any of the query's terms
+    scoped = "" if keys is None else "scope : (" + " OR ".join(keys) + ") AND "
+    rare: list[str] = []
+    rows = 0
+    for word in sorted(df, key=lambda w: (df[w], w)):
+        if rows + df[word] > CANDIDATE_ROWS:
+            break
+        rare.append(word)
+        rows += df[word]
+    if not rare:
+        ranked = session.execute(
             text(
                 f"SELECT rowid, bm25({TABLE}, 0.0, 1.0) AS score FROM {TABLE} "
                 f"WHERE {TABLE} MATCH :match ORDER BY score, rowid LIMIT :k"
             ),
-            {"match": match, "k": k},
+            {"match": scoped + "terms : (" + " OR ".join(df) + ")", "k": k},
         )
-        return [(int(eid), -float(score)) for eid, score in found]  # FTS5's bm25 is negated: lower is better
-    return _postgres_bm25(session, words, k, keys)
+        return [(int(eid), -float(score)) for eid, score in ranked]  # FTS5's bm25 is negated: lower is better
+    n_rows, avgdl = _totals(session)
+    idf = {w: math.log(1 + (n_rows - n + 0.5) / (n + 0.5)) for w, n in df.items()}
+    scored = []
+    for eid, doc in session.execute(
+        text(f"SELECT rowid, terms FROM {TABLE} WHERE {TABLE} MATCH :match"),
+        {"match": scoped + "terms : (" + " OR ".join(rare) + ")"},
+    ):
+        # Each term is "t" + 16 hex digits, space separated, and "t" is no hex digit: a substring count of a
+        # term counts exactly its occurrences.
+        norm = K1 * (1 - B + B * (doc.count(" ") + 1) / avgdl)
+        score = 0.0
+        for word, weight in idf.items():
+            tf = doc.count(word)
+            if tf:
+                score += weight * tf * (K1 + 1) / (tf + norm)
+        scored.append((int(eid), score))
+    scored.sort(key=lambda hit: (-hit[1], hit[0]))
+    return scored[:k]
+
+
+def _totals(session: Session) -> tuple[int, float]:
+    """The table's row count and mean terms per row, from FTS5's averages record (row 1 of its ``_data``
+    table: the row count, then each column's total tokens, as SQLite varints)."""
+    block = session.execute(text(f"SELECT block FROM {TABLE}_data WHERE id = 1")).scalar_one()
+    n_rows, _scope_tokens, term_tokens = _varints(bytes(block))[:3]
+    return n_rows, max(term_tokens / max(n_rows, 1), 1.0)
+
+
+def _varints(data: bytes) -> list[int]:
+    """Decode a run of SQLite varints (big-endian, 7 bits a byte while the top bit is set; a ninth byte
+    gives all 8)."""
+    out: list[int] = []
+    i = 0
+    while i < len(data):
+        value = 0
+        for j in range(9):
+            byte = data[i]
+            i += 1
+            if j == 8:
+                value = (value << 8) | byte
+                break
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                break
+        out.append(value)
+    return out
 
 
 def _postgres_bm25(

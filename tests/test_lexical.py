@@ -4,10 +4,12 @@ in the database once a turn's text is dropped, and the migration of a schema-4 s
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 from test_store import sql_engine, sql_rows, tiny, turn
 
 import optical_memory as om
@@ -111,6 +113,54 @@ def test_fuse_scores_every_chunk_on_both_indexes():
     assert fused[3] == pytest.approx(w * 0.4 + (1 - w) * 1.0)  # its cosine read for the fusion
     assert [eid for eid, _ in fuse(by_vector, by_terms, {3: 0.4})] == sorted(fused, key=lambda e: -fused[e])
     assert fuse(by_vector, [], {}) == [(e, pytest.approx(w * c)) for e, c in by_vector]  # dense order
+
+
+def _bm25(query: str, row: str, rows: list[str]) -> float:
+    """BM25 of one row for a query, over a table of ``rows`` (the formula, written out independently)."""
+    docs = [lexical.terms(r) for r in rows]
+    doc, avgdl = lexical.terms(row), sum(map(len, docs)) / len(docs)
+    k1, b = lexical.K1, lexical.B
+    score = 0.0
+    for word in set(lexical.terms(query)):
+        n, tf = sum(word in d for d in docs), doc.count(word)
+        idf = math.log(1 + (len(docs) - n + 0.5) / (n + 0.5))
+        score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc) / avgdl))
+    return score
+
+
+def test_sqlite_candidates_come_from_the_rarer_terms_and_are_scored_on_every_term(
+    tmp_path, embedder, monkeypatch
+):
+    monkeypatch.setattr(lexical, "CANDIDATE_ROWS", 4)  # "keep" is in 7 rows: a common term here
+    common = [f"we keep talking about the weather on day {i}" for i in range(6)]
+    both, rare = "keep the spare key under the mat", "the spare key is with Ingrid in Tromsø today"
+    with tiny(tmp_path, embedder) as store:
+        store.add_many(common, scope="a")
+        ids = store.add_many([both, rare], scope="a")
+        other = store.add("keep talking, keep talking", scope="b")
+        rows = [*common, both, rare, "keep talking, keep talking"]
+        hits = store.search("Who keeps the spare key?", scope="a", mode="lexical", k=10)
+        assert [h.id for h in hits] == ids  # a row with only the common "keep" is no match
+        for hit, row in zip(hits, (both, rare), strict=True):
+            assert hit.score == pytest.approx(_bm25("Who keeps the spare key?", row, rows))  # "keep" counts
+        everywhere = store.search("keep talking", mode="lexical", k=10)  # every term common: FTS5 ranks
+        assert len(everywhere) == 8 and everywhere[0].id == other
+        assert other not in {h.id for h in store.search("keep talking", scope="a", mode="lexical", k=10)}
+
+
+def test_sqlite_reads_the_row_count_and_mean_length_from_the_fts5_index(tmp_path, embedder):
+    texts = ["the amber boathouse", "oat milk and three lemons", "Tromsø", "🙂 ok"]
+    with tiny(tmp_path, embedder) as store:
+        store.add_many(texts * 3, scope="a")
+        store.delete(store.add("a turn to delete again", scope="b"))
+    engine = sql_engine(tmp_path, None)
+    with Session(engine) as s:
+        n_rows, avgdl = lexical._totals(s)
+        stored = s.execute(text("SELECT terms FROM lexical")).scalars().all()
+    engine.dispose()
+    assert n_rows == len(stored) == 12
+    assert avgdl == pytest.approx(sum(len(t.split()) for t in stored) / 12)
+    assert avgdl == pytest.approx(sum(len(lexical.terms(t)) for t in texts) / 4)
 
 
 def test_every_mode_keeps_to_its_scopes_and_filters(store):
