@@ -1,9 +1,10 @@
 """CLI start-up: `optical-memory search` and `add`, process start to printed result, by embedder engine.
 
-    .venv/bin/python benchmarks/bench_cli.py [--runs 7] [--turns 2000] [--store DIR]
+    .venv/bin/python benchmarks/bench_cli.py [--runs 7] [--turns 2000] [--store DIR --scope SCOPE]
 
 Builds a store of ``--turns`` demo turns (or uses ``--store``), then runs each command ``--runs`` times as a
-new process, as a shell script or an agent's tool call would: with the ONNX export of MiniLM (the default
+new process, as a shell script or an agent's tool call would (``search`` in ``--scope``; ``add`` into the
+scope ``cli``, apart from a kept benchmark store's own): with the ONNX export of MiniLM (the default
 once `make` has exported it) and with the torch engine (``OPTICAL_MEMORY_CACHE`` pointed at an empty
 folder, so no export is found). Prints min / median / max seconds and writes benchmarks/results/cli.json.
 Run it on a quiet machine.
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--turns", type=int, default=2000)
     ap.add_argument("--store", default=None, help="an existing store to search (default: build one)")
+    ap.add_argument("--scope", default="me", help="the scope searched (a bench_retrieval.py store: bench)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cli.json"))
     args = ap.parse_args()
     if not _export_is_current(onnx_path(), _model_path()):
@@ -53,7 +55,7 @@ def main() -> None:
             turns = conversation(seed=0, min_tokens=10**9, count=count, facts=())
             texts = [next(turns).text for _ in range(args.turns)]
             with om.open(store_dir) as store:
-                store.add_many(["the door code of the amber boathouse is 4417-K23", *texts], scope="me")
+                store.add_many(["the door code of the amber boathouse is 4417-K23", *texts], scope=args.scope)
                 stats = store.stats()
         else:
             with om.open(store_dir) as store:
@@ -62,8 +64,8 @@ def main() -> None:
         empty.mkdir()
         engines = {"onnx": dict(os.environ), "torch": {**os.environ, "OPTICAL_MEMORY_CACHE": str(empty)}}
         commands = {
-            "search": [CLI, "--store", store_dir, "search", "--scope", "me", QUERY],
-            "add": [CLI, "--store", store_dir, "add", "--scope", "bench", "a new turn from the command line"],
+            "search": [CLI, "--store", store_dir, "search", "--scope", args.scope, QUERY],
+            "add": [CLI, "--store", store_dir, "add", "--scope", "cli", "a new turn from the command line"],
         }
         rows, results = [], []
         for name, argv in commands.items():
