@@ -221,7 +221,9 @@ def _heal(core: Core, page_id: int) -> str | None:
             )
             texts = [_retained(s.get(MemoryRow, sp.memory_id), sp) for sp in spans]
             read = _cached_read(core, s, page)
-            if not spans or (read is None and any(t is None for t in texts)):
+            if not spans or any(
+                t is None and not _covers(read, sp) for sp, t in zip(spans, texts, strict=True)
+            ):
                 page.lost, page.side, page.blob, page.blob_bytes = True, None, None, 0
                 return LOST
             lines = _page_lines(core, page, spans, texts, read)
@@ -245,6 +247,15 @@ def _retained(memory: MemoryRow | None, span: SpanRow) -> tuple[str | None, str]
     if memory is None or memory.text is None:
         return None
     return (memory.role if span.char_start == 0 else None), memory.text[span.char_start : span.char_end]
+
+
+def _covers(read: RecallRow | None, span: SpanRow) -> bool:
+    """Whether a cached read holds every line of a span (a read of single lines may hold only some)."""
+    if read is None:
+        return False
+    if span.line_end <= span.line_start:  # a free-form page: read whole, as line 0
+        return "0" in read.lines
+    return all(str(i) in read.lines for i in range(span.line_start, span.line_end))
 
 
 def _cached_read(core: Core, s: Session, page: PageRow) -> RecallRow | None:

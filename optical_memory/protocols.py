@@ -43,6 +43,14 @@ class Reader(Protocol):
 
 
 @runtime_checkable
+class LineReader(Reader, Protocol):
+    """A reader that can also read single lines: each image is one line of text (no layout analysis), read
+    as a string ("" for none). Recall uses it to read only the lines of a memory, not its whole page."""
+
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]: ...
+
+
+@runtime_checkable
 class Encoder(Protocol):
     name: str
 

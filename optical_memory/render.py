@@ -63,6 +63,7 @@ CJK_TTC_INDEX = 2  # NotoSansCJK-Regular.ttc holds JP, KR, SC, TC, HK (then the 
 # can list one page object 100,000 times in 600 kB; Pillow refuses images over twice MAX_IMAGE_PIXELS but
 # only warns (and decodes) between once and twice, so a 97 kB PNG would decode to 10,000 x 10,000 pixels.
 MAX_FILE_PAGES = 1000  # pages of a PDF, frames of a TIFF
+INK = 224  # a grey darker than this is ink (a line's edges, for reading one line alone)
 MAX_PAGE_PIXELS = 89_478_485  # Pillow's MAX_IMAGE_PIXELS default: a page scanned at 9,000 x 9,000 fits
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # category Cc except \t \n \r
@@ -498,6 +499,19 @@ class Renderer:
         cfg = self.config
         at = (y * cfg.page_side / side - cfg.margin) / cfg.line_height
         return min(max(math.floor(at + 1e-9), 0), self.lines_per_page - 1)  # 1e-9: a band's top is its own
+
+    def line_band(self, image: Image.Image, index: int) -> Image.Image | None:
+        """Line ``index`` of a page (at any side): its band, every pixel row it touches, cut to its ink with
+        a cell's margin each side; None when nothing is drawn on it."""
+        side = image.height
+        top = math.floor(self.line_top(index, side) + 1e-9)
+        bottom = min(math.ceil(self.line_top(index + 1, side) - 1e-9), side)
+        band = np.asarray(image.convert("L").crop((0, top, image.width, bottom)))
+        ink = np.flatnonzero(band.min(axis=0) < INK)
+        if ink.size == 0:
+            return None
+        pad = max(2, round(self.cell_width * side / self.config.page_side))
+        return image.crop((max(int(ink[0]) - pad, 0), top, min(int(ink[-1]) + 1 + pad, image.width), bottom))
 
     def redact(self, image: Image.Image, line_start: int, line_end: int) -> Image.Image:
         """A copy of a page (at any side) with the bands of lines ``[line_start, line_end)`` painted white.

@@ -244,8 +244,9 @@ def test_recall_reads_page_at_full_tier(tmp_path, embedder, backend):
             assert cer(text, r.text) <= 0.01, (text, r.text)
         # cached per tier: a second recall does not run the reader
         calls = []
-        real_read = store.reader.read
+        real_read, real_lines = store.reader.read, store.reader.read_lines
         store.reader.read = lambda images: calls.append(len(images)) or real_read(images)  # type: ignore[method-assign]
+        store.reader.read_lines = lambda images: calls.append(len(images)) or real_lines(images)  # type: ignore[method-assign]
         assert cer(texts[0], store.recall(ids[0], read=True).text) <= 0.01
         assert calls == []
 

@@ -109,6 +109,23 @@ class RapidOCRReader:
             raise InvalidInput("read() takes a sequence of images; wrap a single image in a list")
         return [self._read_one(image) for image in images]
 
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
+        """Read each image as one line of text: the recogniser alone, no detection ("" for a blank image
+        or a line it is less sure of than ``text_score``, as a page read drops it)."""
+        if isinstance(images, Image.Image):
+            raise InvalidInput("read_lines() takes a sequence of images; wrap a single image in a list")
+        out = [""] * len(images)
+        todo = [(i, image) for i, image in enumerate(images) if min(image.size) > 0 and not is_blank(image)]
+        if not todo:
+            return out
+        crops = [np.asarray(image.convert("RGB")) for _, image in todo]
+        engine = self._load()
+        with self._lock:
+            result = engine.recognize_txt(crops)
+        for (i, _), text, score in zip(todo, result.txts, result.scores, strict=True):
+            out[i] = str(text) if score >= self.text_score else ""
+        return out
+
     def _read_one(self, image: Image.Image) -> list[TextLine]:
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")

@@ -1,0 +1,148 @@
+"""First recall of a memory from its page: its own lines read one by one, against a read of the whole page.
+
+    .venv/bin/python benchmarks/bench_recall.py [--turns 120] [--sides 1024,640,512] [--seed 0]
+
+For each page side, the same demo turns (default ``RenderConfig``: 1024 px pages of 51 lines) are paged at
+that side in two fresh stores with the RapidOCR reader: one reads a memory's own lines (the default, the
+reader's ``read_lines``), the other is given the same reader behind an object that can only read whole
+pages, as every recall did before. Every memory is then recalled once, oldest first, so each recall reads
+lines never read before; in the whole-page store only the first memory of a page reads, and the rest come
+from its cache. Reported per side: the latency of each memory's first recall (p50 / p99 / max) and the time
+of a whole-page read, the character error rate of both against the text that was stored, and the share of
+memories whose two reads are the same text. Prints a table, writes benchmarks/results/recall_latency.json.
+Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from common import table, write_result  # benchmarks/ is on sys.path when a script runs
+from PIL import Image
+
+import optical_memory as om
+from optical_memory.backends import make_reader
+from optical_memory.backends.tiktoken_counter import TiktokenCounter
+from optical_memory.config import AgingPolicy, Tier
+from optical_memory.demo import conversation
+from optical_memory.metrics import cer
+from optical_memory.protocols import Reader
+from optical_memory.types import TextLine
+
+
+class WholePages:
+    """A reader that reads whole pages only: the given reader without its ``read_lines``; it times each
+    page it reads."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.name = reader.name
+        self._reader = reader
+        self.seconds: list[float] = []
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]:
+        start = time.perf_counter()
+        found = self._reader.read(images)
+        self.seconds.append((time.perf_counter() - start) / max(len(images), 1))
+        return found
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def first_recalls(
+    folder: Path, texts: list[str], side: int, reader: Reader
+) -> tuple[list[str | None], list[float]]:
+    """Each memory's first recall at ``side``: (text read, seconds); None for a memory on a page that is not
+    at ``side`` (pages are drawn at 1024 px, and the newest stays there)."""
+    top = om.config.RenderConfig().page_side
+    tiers = (Tier(side=side),) if side == top else (Tier(side=top, max_turns=0), Tier(side=side))
+    with om.open(folder, aging=AgingPolicy(text_turns=0, tiers=tiers, forget=False), reader=reader) as store:
+        ids = store.add_many([{"text": t, "role": "user"} for t in texts], scope="bench")
+        store.age()
+        read: list[str | None] = []
+        seconds = []
+        for memory_id in ids:
+            if store.memory_info(memory_id).tier != str(side):
+                read.append(None)
+                continue
+            start = time.perf_counter()
+            read.append(store.recall(memory_id, read=True).text)
+            seconds.append(time.perf_counter() - start)
+    return read, seconds
+
+
+def mean_cer(texts: list[str], read: list[str]) -> float:
+    return round(statistics.fmean(cer(t, r) for t, r in zip(texts, read, strict=True)), 4)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--turns", type=int, default=120)
+    ap.add_argument("--sides", default="1024,640,512")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recall_latency.json"))
+    args = ap.parse_args()
+    turns = conversation(seed=args.seed, min_tokens=10**9, count=TiktokenCounter().count, facts=())
+    texts = [next(turns).text for _ in range(args.turns)]
+    reader = make_reader("rapidocr")
+    reader.read([Image.new("L", (64, 32), 255), Image.new("L", (64, 32), 0)])  # the models load once, here
+    headers = [
+        "side",
+        "lines p50/p99/max s",
+        "page read s",
+        "lines CER",
+        "page CER",
+        "same text",
+    ]
+    rows, results = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in (int(s) for s in args.sides.split(",")):
+            by_line, line_s = first_recalls(Path(tmp) / f"lines-{side}", texts, side, reader)
+            pages = WholePages(reader)
+            by_page, _ = first_recalls(Path(tmp) / f"page-{side}", texts, side, pages)
+            page_reads = pages.seconds  # one per page: its first memory's recall; the rest are cached
+            kept = [
+                (t, a, b)
+                for t, a, b in zip(texts, by_line, by_page, strict=True)
+                if a is not None and b is not None
+            ]
+            stored, lines, whole = (list(column) for column in zip(*kept, strict=True))
+            result = {
+                "side": side,
+                "memories": len(kept),
+                "lines_p50_s": round(pct(line_s, 0.5), 3),
+                "lines_p99_s": round(pct(line_s, 0.99), 3),
+                "lines_max_s": round(max(line_s), 3),
+                "lines_mean_s": round(statistics.fmean(line_s), 3),
+                "page_reads": len(page_reads),
+                "page_read_mean_s": round(statistics.fmean(page_reads), 3) if page_reads else None,
+                "lines_cer": mean_cer(stored, lines),
+                "page_cer": mean_cer(stored, whole),
+                "same_text": round(statistics.fmean(a == b for a, b in zip(lines, whole, strict=True)), 3),
+            }
+            results.append(result)
+            rows.append(
+                [
+                    side,
+                    f"{result['lines_p50_s']}/{result['lines_p99_s']}/{result['lines_max_s']}",
+                    result["page_read_mean_s"],
+                    result["lines_cer"],
+                    result["page_cer"],
+                    result["same_text"],
+                ]
+            )
+            print(table(headers, rows[-1:]), flush=True)
+    print()
+    print(table(headers, rows))
+    write_result(args.out, "bench_recall.py", {"turns": args.turns, "results": results})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Recall reads a memory's own lines, cut from its page, with the real RapidOCR reader on real pages: the
+same text as a read of the whole page, the lines cached per tier, the whole page read where that reads
+better or costs less, and a repair that never draws a page from a read of only some of its lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+import optical_memory as om
+from optical_memory import reading
+from optical_memory.config import AgingPolicy, StoreConfig, Tier
+from optical_memory.db import RecallRow, SpanRow
+from optical_memory.metrics import cer
+from optical_memory.types import TextLine
+
+pytestmark = pytest.mark.slow  # real OCR
+
+SCOPE = "home"
+TEXTS = [
+    "Before I forget: the wifi password at the lake cabin is heron-4417, all lowercase.",
+    "Sure. I noted the cabin password. For the tomatoes, water them at the base before the heat of midday "
+    "and check the soil an inch down; if it is still damp, skip a day. Mulch keeps the soil moist for "
+    "longer, and a layer of straw works as well as bark.",
+    "Thanks! Next week we fly to Reykjavik on FI 615, leaving Copenhagen at 07:40 on a Tuesday. 🛫",
+    "Noted: FI 615, Tuesday 07:40 from Copenhagen.",
+]
+
+
+class Counting:
+    """The real reader, counting the whole pages and the single lines it is asked to read."""
+
+    def __init__(self, reader) -> None:
+        self.name = reader.name
+        self._reader = reader
+        self.pages: list[int] = []
+        self.lines: list[int] = []
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]:
+        self.pages.append(len(images))
+        return self._reader.read(images)
+
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
+        self.lines.append(len(images))
+        return self._reader.read_lines(images)
+
+
+class PagesOnly:
+    """The real reader behind an object that reads whole pages only (as a reader without lines does)."""
+
+    def __init__(self, reader) -> None:
+        self.name = reader.name
+        self._reader = reader
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]:
+        return self._reader.read(images)
+
+
+def paged(path, embedder, reader, **options) -> tuple[om.OpticalMemory, list[int]]:
+    """A store of TEXTS on one 1024 px page (the default renderer), every turn paged."""
+    store = om.open(path, embedder=embedder, reader=reader, aging=AgingPolicy(text_turns=0), **options)
+    roles = ["user", "assistant", "user", "assistant"]
+    ids = [store.add(t, scope=SCOPE, role=r) for t, r in zip(TEXTS, roles, strict=True)]
+    store.age()
+    return store, ids
+
+
+def cached_lines(store: om.OpticalMemory) -> set[int]:
+    with store._session() as s:
+        rows = list(s.scalars(select(RecallRow)))
+    return {int(k) for row in rows for k in row.lines}
+
+
+def lines_of(store: om.OpticalMemory, memory_id: int) -> set[int]:
+    with store._session() as s:
+        spans = list(s.scalars(select(SpanRow).where(SpanRow.memory_id == memory_id)))
+    return {i for sp in spans for i in range(sp.line_start, sp.line_end)}
+
+
+def test_recall_reads_only_the_memorys_own_lines_and_reads_them_as_a_page_read_does(
+    tmp_path, embedder, reader
+):
+    counting = Counting(reader)
+    store, ids = paged(tmp_path / "lines", embedder, counting)
+    whole, whole_ids = paged(tmp_path / "page", embedder, PagesOnly(reader))
+    with store, whole:
+        own = lines_of(store, ids[1])
+        assert len(own) >= 3  # a turn of several lines, on a page of four turns
+        first = store.recall(ids[1], read=True)
+        assert first.source == "rapidocr" and cer(TEXTS[1], first.text) <= 0.01, first.text
+        assert counting.pages == [] and counting.lines == [len(own)]  # its lines, one image each
+        assert cached_lines(store) == own  # only what was read is cached
+        assert store.recall(ids[1], read=True) == first and counting.lines == [len(own)]  # from the cache
+
+        for memory_id, other, text in zip(ids, whole_ids, TEXTS, strict=True):
+            by_lines, by_page = store.recall(memory_id, read=True), whole.recall(other, read=True)
+            assert by_lines.text == by_page.text, (by_lines.text, by_page.text)
+            assert cer(text, by_lines.text) <= 0.03  # (OCR reads no emoji)
+        assert counting.pages == []
+        assert cached_lines(store) == set().union(*(lines_of(store, i) for i in ids))
+        assert len(cached_lines(whole)) == store.renderer.lines_per_page  # a page read fills every line
+
+
+def test_more_lines_than_a_band_reads_the_whole_page_once(tmp_path, embedder, reader, monkeypatch):
+    monkeypatch.setattr(reading, "BAND_LINES", 2)
+    counting = Counting(reader)
+    store, ids = paged(tmp_path / "s", embedder, counting)
+    with store:
+        assert len(lines_of(store, ids[1])) > 2
+        assert cer(TEXTS[1], store.recall(ids[1], read=True).text) <= 0.01
+        assert counting.pages == [1] and counting.lines == []
+        assert len(cached_lines(store)) == store.renderer.lines_per_page
+        assert cer(TEXTS[0], store.recall(ids[0], read=True).text) <= 0.01  # from that read
+        assert counting.pages == [1] and counting.lines == []
+
+
+def test_a_page_whose_lines_are_tiny_at_its_tier_is_read_whole(tmp_path, embedder, reader):
+    counting = Counting(reader)
+    tiers = (Tier(side=256, max_turns=0), Tier(side=64))
+    config = StoreConfig.tiny(aging=AgingPolicy(text_turns=0, tiers=tiers))
+    turns = [f"Turn {i}: the parcel for flat {i} is on shelf {i % 5}." for i in range(12)]  # two pages
+    with om.open(tmp_path / "s", config=config, embedder=embedder, reader=counting) as store:
+        ids = [store.add(t, scope=SCOPE, role="user") for t in turns]
+        store.age()
+        assert store.memory_info(ids[0]).tier == "64"  # 15 px lines drawn at 256 px: under 4 px at 64
+        store.recall(ids[0], read=True)
+        assert counting.pages == [1] and counting.lines == []
+        assert store.memory_info(ids[-1]).tier == "256"  # the newest page stays sharp: 15 px lines
+        store.recall(ids[-1], read=True)
+        assert counting.pages == [1] and counting.lines == [len(lines_of(store, ids[-1]))]
+
+
+def test_repair_never_draws_a_page_from_a_read_of_only_some_of_its_lines(tmp_path, embedder, reader):
+    from test_damage import page_of, rot
+
+    store, ids = paged(tmp_path / "s", embedder, reader)
+    with store:
+        filler = [store.add(f"Filler turn {i}.", scope=SCOPE, role="user") for i in range(60)]
+        store.age()  # the page of TEXTS is full and closed now: its text is dropped
+        page, blob = page_of(store, ids[0])
+        assert page_of(store, filler[-1])[0] != page
+        recalled = store.recall(ids[0])
+        assert recalled.source == "rapidocr" and cer(TEXTS[0], recalled.text) <= 0.01  # its lines only
+        rot(store.blobs.path(blob))
+        report = store.verify(repair=True)
+        assert report.marked_lost == [page] and report.from_cache == []  # the other turns were never read
+        assert [store.recall(i).text for i in ids] == ["", "", "", ""]
