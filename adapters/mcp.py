@@ -9,7 +9,8 @@
 
 Tools: ``remember`` (store a turn or document, then age the store), ``search_memory`` (hits by meaning),
 ``recall_memory`` (a memory as text, read from its page images when only pixels are left), ``build_context``
-(recent turns + recalled memories within a token budget, as text or as PNG page images plus text) and
+(recent turns + recalled memories within a token budget, as text, or as text and PNG images of the bands
+of the pages that hold the memories) and
 ``forget`` (one memory, or a whole scope with ``confirm=true``). Resources: each page image as
 ``optical-memory://memories/{memory_id}/pages/{page_id}`` (image/png; search hits carry the URI), and JSON
 listings ``optical-memory://scopes`` and ``optical-memory://stats``.
@@ -362,8 +363,8 @@ class _MemoryTools:
         """Build the memory context for answering a query: the scope's recent turns verbatim plus the memories
         most relevant to the query, packed within a token budget.
 
-        Returns the context as content parts (text, or text and PNG page images in image mode) and its token
-        account as structured content. A scope that holds no memories yet gives an empty context.
+        Returns the context as content parts (text, or text and PNG images of page bands in image mode) and
+        its token account as structured content. A scope that holds no memories yet gives an empty context.
         """
         _check_arguments(ctx, self.build_context)
         scope = self._scope(scope)

@@ -23,6 +23,7 @@ from . import demo as demo_module
 from . import experiments
 from .config import RETRIEVAL_MODES
 from .errors import InvalidInput, OpticalMemoryError
+from .pricing import TARGETS
 from .store import OpticalMemory, open_store
 from .types import Stats
 
@@ -268,7 +269,10 @@ def cmd_answer(args: argparse.Namespace) -> None:
 
 def cmd_context(args: argparse.Namespace) -> None:
     with _open(args) as store:
-        ctx = store.build_context(args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope)
+        image = {"target": args.target} if args.target else {}
+        ctx = store.build_context(
+            args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope, **image
+        )
     if args.mode == "text":
         print(ctx.text)
     else:
@@ -285,7 +289,7 @@ def cmd_context(args: argparse.Namespace) -> None:
         )
     print(
         f"\n# {len(ctx.items)} items, {ctx.used_tokens} tokens used of {ctx.budget_tokens}, "
-        f"{ctx.saved_tokens} saved"
+        f"{ctx.saved_tokens} saved" + (f", images priced for {ctx.target}" if ctx.target else "")
     )
 
 
@@ -531,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
         "vision tokens (default: %(default)s)",
     )
     c.add_argument("--scope", help="build it from this scope only (default: every scope)")
+    c.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        help="image mode: price images in this model's tokens and send each at the cheapest size it still "
+        "reads (default: DeepEncoder's vision tokens, images at their tier)",
+    )
     c.set_defaults(func=cmd_context)
 
     an = sub.add_parser(

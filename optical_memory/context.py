@@ -11,19 +11,33 @@ account's ``damaged`` (``verify(repair=True)`` heals it); the rest of the contex
 from __future__ import annotations
 
 import base64
+import io
 import logging
+import math
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from sqlalchemy import func, select
 
-from .config import vision_tokens
 from .core import Core
-from .db import MemoryRow, PageRow
+from .db import MemoryRow, PageRow, SpanRow
 from .errors import BlobError, InvalidInput
-from .protocols import VisionContext
-from .reading import damaged_pages, page_bytes, page_text, recall, text_tier_turns, turn_text
+from .metrics import cer
+from .pricing import ImagePricing, pricing
+from .protocols import LineReader, VisionContext
+from .reading import (
+    BAND_MIN_LINE_PX,
+    damaged_pages,
+    page_bytes,
+    page_text,
+    recall,
+    text_tier_turns,
+    turn_text,
+)
 from .retrieval import search
 from .types import Context, ContextItem, Hit
 from .validation import shown
@@ -44,6 +58,8 @@ def build_context(
     recent_share: float = 0.5,
     page_form: str = "vision",
     exclude: Iterable[int] = (),
+    target: str | ImagePricing | None = None,
+    crop_margin: int | None = 1,
 ) -> Context:
     if isinstance(exclude, (str, bytes)) or not isinstance(exclude, Iterable):
         raise InvalidInput(f"exclude must be memory ids, got {shown(exclude)}")
@@ -67,12 +83,21 @@ def build_context(
         raise InvalidInput(f"page_form must be 'vision', 'meanpool' or 'truncate', got {shown(page_form)}")
     if page_form != "vision" and mode != "vision":
         raise InvalidInput(f"page_form={shown(page_form)} applies to mode='vision' only, not {shown(mode)}")
+    if target is not None and mode != "image":
+        raise InvalidInput(f"target={shown(target)} applies to mode='image' only, not {shown(mode)}")
+    price = pricing(target if target is not None else "deepseek-ocr")
+    if crop_margin is not None and (
+        not isinstance(crop_margin, int) or isinstance(crop_margin, bool) or crop_margin < 0
+    ):
+        raise InvalidInput(f"crop_margin must be None (whole pages) or lines >= 0, got {shown(crop_margin)}")
     # the recent turns' share in tokens; a budget beyond sys.maxsize is beyond any store's tokens, and an
     # int that large times a float would overflow
     recent_budget = min(budget_tokens, sys.maxsize) * recent_share
     if mode == "vision":
         return _vision_context(core, query, budget_tokens, recent_budget, scope, k, page_form, excluded)
-    return _chat_context(core, query, budget_tokens, recent_budget, mode, scope, k, excluded)
+    shrink = target is not None  # only a chosen target's pricing makes a smaller image worth its reading
+    images = _Images(core, price, crop_margin, shrink)
+    return _chat_context(core, query, budget_tokens, recent_budget, mode, scope, k, excluded, images)
 
 
 def _chat_context(
@@ -84,6 +109,7 @@ def _chat_context(
     scope: str | None,
     k: int,
     excluded: set[int],
+    images: _Images,
 ) -> Context:
     """Text and image modes: chat content parts, "Recalled memories:" then "Recent conversation:"."""
     with core.lock:
@@ -100,27 +126,21 @@ def _chat_context(
             items.append(ContextItem(id=m.id, origin="recent", tier="text", tokens=cost, text_tokens=cost))
         skip = {m.id for m, _, _ in recent} | excluded
         retrieved_parts: list[dict[str, Any]] = []
-        seen_pages: set[int] = set()
         damaged: list[int] = []
         for hit in _candidates(core, query, k, scope, skip):
             with core.session() as s:
                 text_tokens = core.memory(s, hit.id).text_tokens
             if mode == "image" and hit.page_id is not None:
-                if hit.page_id in seen_pages or hit.page_id in damaged:
+                if hit.page_id in damaged:
                     continue
                 try:
-                    part, side, page_tokens = _image_part(core, hit.page_id)
+                    placed = images.place(hit, budget_tokens - used)
                 except BlobError as e:
                     _left_out(damaged, [hit.page_id], e)
                     continue
-                if part is None or side is None:
+                if placed is None:
                     continue
-                cost = vision_tokens(side)
-                text_tokens = page_tokens  # the image carries its whole page, not just this memory
-                if used + cost > budget_tokens:
-                    continue
-                seen_pages.add(hit.page_id)
-                retrieved_parts.append(part)
+                cost, text_tokens = placed
             else:
                 try:
                     r = recall(core, hit.id)
@@ -136,6 +156,7 @@ def _chat_context(
                 retrieved_parts.append({"type": "text", "text": block})
             used += cost
             items.append(_retrieved(hit, cost, text_tokens))
+        retrieved_parts.extend(images.parts())
         parts: list[dict[str, Any]] = []
         if retrieved_parts:
             parts.append({"type": "text", "text": "Recalled memories:"})
@@ -152,6 +173,7 @@ def _chat_context(
             used_tokens=used,
             saved_tokens=saved,
             damaged=damaged,
+            target=images.price.name if mode == "image" else None,
         )
 
 
@@ -177,14 +199,154 @@ def _retrieved(hit: Hit, cost: int, text_tokens: int) -> ContextItem:
     )
 
 
-def _image_part(core: Core, page_id: int) -> tuple[dict[str, Any] | None, int | None, int]:
-    """A page as a chat image part, its side, and the text tokens it carries."""
-    found = _page_png(core, page_id)
-    if found is None:
-        return None, None, 0
-    data, page = found
-    url = "data:image/png;base64," + base64.b64encode(data).decode()
-    return {"type": "image_url", "image_url": {"url": url}}, page.side, page.text_tokens
+SHRINK_SCALES = (1.0, 0.75, 0.625, 0.5, 0.375)  # sizes an image is offered at with a target, of its tier's
+# A smaller image is legible if its lines read within this CER of the page at its tier: as good as the same
+# text, but for one character in 200 (RapidOCR reads 512 px pages at CER 0.0009, 384 px ones at 0.010).
+LEGIBLE_CER = 0.005
+# Nor is an image whose glyphs are under this many pixels wide as the target sees them (a 512 px page's): one
+# probe line may read, but whole pages at 384 px (3.4 px glyphs) read at CER 0.010, at 512 px at 0.0009.
+MIN_CELL_PX = 4.5
+
+
+@dataclass
+class _Image:
+    """One page's image in a context: the page at its tier, the lines it shows ([start, end); None: the
+    whole page), and the chosen part with its cost in the target's tokens."""
+
+    page: Image.Image
+    lines: tuple[int, int] | None
+    part: dict[str, Any]
+    tokens: int
+    text_tokens: int  # the page's
+    used_lines: int  # lines of the page that hold text
+    carried: int  # text tokens of the lines shown (the page's, in proportion)
+
+
+class _Images:
+    """The image parts of an image-mode context: each hit's band of its page (its lines and ``margin`` lines
+    either side; the whole page when ``margin`` is None), bands of one page merged into one image, each
+    priced in the target's tokens; with ``shrink``, at the cheapest size (of ``SHRINK_SCALES``) whose
+    lines the store's reader still reads, on the image as the target would resize it."""
+
+    def __init__(self, core: Core, price: ImagePricing, margin: int | None, shrink: bool) -> None:
+        self.core, self.price, self.margin, self.shrink = core, price, margin, shrink
+        self._by_page: dict[int, _Image] = {}
+
+    def place(self, hit: Hit, room: int) -> tuple[int, int] | None:
+        """Show ``hit`` within ``room`` tokens: (tokens added, text tokens added: the page's text tokens in
+        proportion to the lines shown), or None (its page is forgotten, already shown whole, or the image
+        does not fit). ``BlobError`` if the page's image is missing or corrupt."""
+        assert hit.page_id is not None
+        before = self._by_page.get(hit.page_id)
+        span = self._span(hit.id, hit.page_id)
+        if before is not None:
+            if self.margin is None or before.lines is None or span is None:
+                return None  # the whole page is in already
+            lines = (min(before.lines[0], span[0] - self.margin), max(before.lines[1], span[1] + self.margin))
+            grown = self._image(before.page, lines, span, before.text_tokens, before.used_lines)
+            if grown.tokens - before.tokens > room:
+                return None
+            self._by_page[hit.page_id] = grown
+            return grown.tokens - before.tokens, grown.carried - before.carried
+        found = _page_png(self.core, hit.page_id)
+        if found is None:
+            return None
+        data, page = found
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        used = self._used_lines(hit.page_id)
+        band = None if self.margin is None or span is None else (span[0] - self.margin, span[1] + self.margin)
+        made = self._image(image, band, span, page.text_tokens, used)
+        if made.tokens > room:
+            return None
+        self._by_page[hit.page_id] = made
+        return made.tokens, made.carried
+
+    def parts(self) -> list[dict[str, Any]]:
+        return [shown.part for shown in self._by_page.values()]
+
+    def _span(self, memory_id: int, page_id: int) -> tuple[int, int] | None:
+        """The lines [start, end) a memory takes on a page (None on a free-form page: no line grid)."""
+        with self.core.session() as s:
+            rows = s.execute(
+                select(SpanRow.line_start, SpanRow.line_end).where(
+                    SpanRow.memory_id == memory_id, SpanRow.page_id == page_id
+                )
+            ).all()
+        spans = [(int(a), int(b)) for a, b in rows if b > a]
+        return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
+    def _used_lines(self, page_id: int) -> int:
+        with self.core.session() as s:
+            return int(s.scalar(select(func.max(SpanRow.line_end)).where(SpanRow.page_id == page_id)) or 0)
+
+    def _image(
+        self,
+        page: Image.Image,
+        lines: tuple[int, int] | None,
+        probe: tuple[int, int] | None,
+        text_tokens: int,
+        used_lines: int,
+    ) -> _Image:
+        renderer, side = self.core.renderer, page.height
+        carried = text_tokens
+        top = 0
+        if lines is None:
+            crop = page
+        else:
+            start, end = max(lines[0], 0), min(lines[1], renderer.lines_per_page)
+            lines = (start, end)
+            if used_lines > 0:
+                carried = round(text_tokens * max(0, min(end, used_lines) - start) / used_lines)
+            top = math.floor(renderer.line_top(start, side) + 1e-9)
+            bottom = min(math.ceil(renderer.line_top(end, side) - 1e-9), side)
+            crop = page.crop((0, top, page.width, bottom))
+        chosen = crop
+        if self.shrink and probe is not None:
+            for scale in sorted(SHRINK_SCALES):  # the smallest legible size first: the cheapest
+                size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+                if self.price.tokens(*size) >= self.price.tokens(crop.width, crop.height):
+                    continue  # no cheaper than the image as it is
+                if self._legible(crop, side, top, size, probe):
+                    chosen = crop.resize(size, Image.Resampling.LANCZOS)
+                    break
+        buffer = io.BytesIO()
+        chosen.save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        part = {"type": "image_url", "image_url": {"url": url}}
+        tokens = self.price.tokens(chosen.width, chosen.height)
+        return _Image(page, lines, part, tokens, text_tokens, used_lines, carried)
+
+    def _legible(
+        self, crop: Image.Image, side: int, top: int, size: tuple[int, int], probe: tuple[int, int]
+    ) -> bool:
+        """Whether ``crop`` (of a ``side`` px page at its tier, from pixel row ``top``) sent at ``size`` reads
+        once the target resizes it as it does: the probe's lines read alone there within ``LEGIBLE_CER`` of
+        how they read at the tier. Measured once per reader, tier and scale on each axis; a reader that reads
+        no single lines is offered no smaller image."""
+        core, reader = self.core, self.core.reader
+        seen_size = self.price.resize(*size)
+        sx, sy = seen_size[0] / crop.width, seen_size[1] / crop.height
+        across, down = round(side * sx), round(side * sy)  # the page sides the target sees, per axis
+        if across >= side and down >= side:
+            return True
+        cfg = core.renderer.config
+        cell = core.renderer.cell_width * across / cfg.page_side
+        line = cfg.line_height * down / cfg.page_side
+        if not isinstance(reader, LineReader) or line < BAND_MIN_LINE_PX or cell < MIN_CELL_PX:
+            return False
+        key = (reader.name, side, across, down)
+        if key not in core.legible:
+            seen = crop.resize(size, Image.Resampling.LANCZOS).resize(seen_size, Image.Resampling.LANCZOS)
+            sharp, small = [], []
+            for i in range(probe[0], probe[1]):
+                y0, y1 = core.renderer.line_top(i, side) - top, core.renderer.line_top(i + 1, side) - top
+                sharp.append(crop.crop((0, math.floor(y0), crop.width, min(math.ceil(y1), crop.height))))
+                y0, y1 = y0 * sy, y1 * sy
+                small.append(seen.crop((0, math.floor(y0), seen.width, min(math.ceil(y1), seen.height))))
+            want, got = " ".join(reader.read_lines(sharp)), " ".join(reader.read_lines(small))
+            core.legible[key] = bool(want.strip()) and cer(want, got) <= LEGIBLE_CER
+        return core.legible[key]
 
 
 def _page_png(core: Core, page_id: int) -> tuple[bytes, PageRow] | None:

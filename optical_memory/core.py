@@ -115,6 +115,9 @@ class Core:
         except (OSError, ValueError) as e:  # a file in the way, no permission, a NUL in the path
             raise InvalidInput(f"cannot use {str(path)!r} as a store folder: {e}") from None
         self.lock = threading.RLock()  # one lock around every public method of the store
+        # (reader, tier side, page sides a context's target sees across and down) -> whether a page still
+        # reads there (context)
+        self.legible: dict[tuple[str, int, int, int], bool] = {}
         self._in_write = False  # inside write() (the lock makes it one thread's at a time)
         # Every process holds LOCK shared for the store's lifetime; a schema migration needs it exclusive.
         self._lockfile = open(self.path / "LOCK", "a+")  # noqa: SIM115  (held for the store's lifetime)

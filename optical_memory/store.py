@@ -36,6 +36,7 @@ from .errors import InvalidInput
 from .index import VectorIndex
 from .ingest import Progress
 from .maintenance import ORPHAN_GRACE_S
+from .pricing import ImagePricing
 from .protocols import Embedder, Encoder, Reader, TokenCounter
 from .render import Renderer
 from .types import Context, Hit, Kind, MemoryInfo, Recall, Stats, VerifyReport
@@ -324,11 +325,18 @@ class OpticalMemory:
         recent_share: float = 0.5,
         page_form: str = "vision",
         exclude: Iterable[int] = (),
+        target: str | ImagePricing | None = None,
+        crop_margin: int | None = 1,
     ) -> Context:
         """Recent raw turns plus memories retrieved for ``query``, packed into ``budget_tokens``.
 
-        ``mode="text"``: retrieved memories are recalled as text. ``mode="image"``: their pages are attached
-        as image parts at their current tier and cost DeepEncoder's vision tokens. ``mode="vision"`` (needs a
+        ``mode="text"``: retrieved memories are recalled as text. ``mode="image"``: each is attached as the
+        band of its page that holds it (its lines and ``crop_margin`` lines either side; None: the whole
+        page) at the page's current tier, bands of one page merged into one image. Images cost the
+        ``target`` model's image tokens (a name in ``optical_memory.pricing.TARGETS`` such as ``"gpt-4o"``,
+        ``"claude"``, ``"gemini-2"``, ``"qwen2.5-vl"``, or an ``ImagePricing`` rule); with a target each
+        image is sent at the cheapest size that the target's own resize leaves legible to the store's
+        reader. Without one they cost DeepEncoder's vision tokens, at their tier. ``mode="vision"`` (needs a
         DeepSeek-OCR model): their pages' stored vision tokens go straight into the decoder's input
         embeddings, see :class:`Context`. Recent turns (the text tier, newest first) take up to
         ``recent_share`` of the budget; retrieved memories fill the rest: the ``k`` best hits that are not
@@ -349,6 +357,8 @@ class OpticalMemory:
             recent_share=recent_share,
             page_form=page_form,
             exclude=exclude,
+            target=target,
+            crop_margin=crop_margin,
         )
 
     def recent_turns(self, scope: str, *, limit: int | None = None) -> list[Recall]:

@@ -82,9 +82,10 @@ class Context:
 
     ``parts`` are chat content parts in the OpenAI/LangChain shape: ``{"type": "text", "text": ...}`` and,
     in image mode, ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``.
-    ``text`` joins the text parts. ``used_tokens`` is what the parts cost (vision tokens counted by
-    DeepEncoder's arithmetic for images); ``saved_tokens`` is what the same content would have cost as
-    text (for an image, the text of its whole page), minus ``used_tokens``.
+    ``text`` joins the text parts. ``used_tokens`` is what the parts cost (images in ``target``'s image
+    tokens, DeepEncoder's vision tokens by default; text in cl100k_base tokens); ``saved_tokens`` is what
+    the same content would have cost as text (for an image, the text of the lines it shows, in proportion
+    to its page's), minus ``used_tokens``.
 
     In vision mode the parts are ``{"type": "vision", "page_id": ..., "positions": ...}`` and text parts,
     and ``inputs_embeds`` (1, T, hidden) with ``attention_mask`` (1, T) are the DeepSeek decoder's input,
@@ -104,6 +105,7 @@ class Context:
     inputs_embeds: Any = None
     attention_mask: Any = None
     damaged: list[int] = field(default_factory=list)  # page ids left out: image missing or corrupt
+    target: str | None = None  # image mode: whose pricing ``used_tokens`` counts the images in
 
     @property
     def text(self) -> str:

@@ -268,12 +268,14 @@ async def test_aging_packs_old_turns_into_png_pages_served_as_resources_and_imag
     assert not context.is_error, _text(context)
     images = [p for p in context.content if isinstance(p, ImageContent)]
     assert len(images) == 1 and images[0].mime_type == "image/png"
-    assert Image.open(io.BytesIO(base64.b64decode(images[0].data))).size == (PAGE, PAGE)
+    width, height = Image.open(io.BytesIO(base64.b64decode(images[0].data))).size
+    assert width == PAGE and 0 < height < PAGE  # the band of the page that holds the hit
     assert "Recent conversation:" in _text(context)
     summary = context.structured_content
     assert summary is not None and summary["mode"] == "image" and summary["used_tokens"] <= 800
-    [retrieved] = [i for i in summary["items"] if i["origin"] == "retrieved"]
-    assert retrieved["id"] == hit["id"] and retrieved["tokens"] == vision_tokens(PAGE)  # 256 for 1024 px
+    retrieved = [i for i in summary["items"] if i["origin"] == "retrieved"]  # other hits on its page too
+    assert retrieved[0]["id"] == hit["id"]
+    assert sum(i["tokens"] for i in retrieved) == vision_tokens(PAGE)  # one image: 256 for 1024 px
 
 
 @pytest.mark.slow

@@ -45,6 +45,10 @@ def test_cli_round_trip(tmp_path, capsys, embedder, monkeypatch):
     assert "has no page image" in run(capsys, *base, "show", str(ids[0]))
     out = run(capsys, *base, "context", "boiler", "--scope", "home", "--budget", "200")
     assert "serviced on the 3rd of May" in out and "tokens used of 200" in out
+    out = run(
+        capsys, *base, "context", "boiler manual", "--scope", "home", "--mode", "image", "--target", "claude"
+    )
+    assert '"image_url"' in out and "images priced for claude" in out  # the document's page, as a band
     assert json.loads(run(capsys, *base, "verify"))["pages_checked"] == 1
 
 

@@ -356,7 +356,11 @@ def check_context(store: om.OpticalMemory, world: World, scope: str, query: str,
     text = "\n".join(p["text"] for p in ctx.parts if p["type"] == "text")
     assert not foreign_markers(text, [scope]), text
     assert {i.id for i in ctx.items} <= mine
-    shown = store.build_context(query, budget_tokens=6000, scope=scope, k=50, mode="image")
+    bands = store.build_context(query, budget_tokens=6000, scope=scope, k=50, mode="image")
+    assert {i.id for i in bands.items} <= mine
+    assert not foreign_markers(" ".join(p["text"] for p in bands.parts if p["type"] == "text"), [scope])
+    # whole pages, to compare pixels with the scope's own pages (bands are cut from the pages of these hits)
+    shown = store.build_context(query, budget_tokens=6000, scope=scope, k=50, mode="image", crop_margin=None)
     assert {i.id for i in shown.items} <= mine
     for part in shown.parts:
         if part["type"] == "image_url":

@@ -791,12 +791,16 @@ def test_build_context_text_and_image(tmp_path, embedder, backend):
         assert origins == {"recent", "retrieved"}
         assert turn(9) in ctx.text  # newest turn verbatim
         assert sum(i.tokens for i in ctx.items) == ctx.used_tokens
-        img = store.build_context(turn(1), budget_tokens=300, mode="image", scope=SCOPE)
+        img = store.build_context(turn(1), budget_tokens=300, mode="image", scope=SCOPE, crop_margin=None)
         images = [p for p in img.parts if p["type"] == "image_url"]
         assert images and images[0]["image_url"]["url"].startswith("data:image/png;base64,")
         retrieved = [i for i in img.items if i.origin == "retrieved"]
-        assert all(i.tokens == om.vision_tokens(int(i.tier)) for i in retrieved)
+        assert all(i.tokens == om.vision_tokens(int(i.tier)) for i in retrieved)  # whole pages
         assert img.saved_tokens > 0 and img.used_tokens <= 300  # a page image costs less than its text
+        assert img.target == "deepseek-ocr"
+        crops = store.build_context(turn(1), budget_tokens=300, mode="image", scope=SCOPE)
+        bands = [p for p in crops.parts if p["type"] == "image_url"]
+        assert 0 < len(bands) <= len(images) and sum(i.tokens for i in crops.items) == crops.used_tokens
         with pytest.raises(om.InvalidInput, match="mode"):
             store.build_context("x", budget_tokens=10, mode="video")
 
