@@ -9,13 +9,15 @@ pages, as every recall did before. Every memory is then recalled once, oldest fi
 lines never read before; in the whole-page store only the first memory of a page reads, and the rest come
 from its cache. Reported per side: the latency of each memory's first recall (p50 / p99 / max) and the time
 of a whole-page read, the character error rate of both against the text that was stored, and the share of
-memories whose two reads are the same text. Prints a table, writes benchmarks/results/recall_latency.json.
+memories whose two reads are the same text. Then ``build_context(mode="text", k=8)`` over pages never read
+before, cold and warm (see :func:`contexts`). Prints tables, writes benchmarks/results/recall_latency.json.
 Run it on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -78,6 +80,39 @@ def first_recalls(
     return read, seconds
 
 
+def contexts(folder: Path, texts: list[str], queries: int, reader: Reader) -> dict[str, float]:
+    """``build_context(mode="text", k=8)`` over pages never read before, then the same again (warm): the
+    turns paged at 1024 px by the default policy, each query a fresh copy of that store, so no page of it
+    was read yet. A query is the first eight words of an old turn."""
+    base = folder / "base"
+    with om.open(base, reader=reader) as store:
+        store.add_many([{"text": t, "role": "user"} for t in texts], scope="bench")
+        store.age()
+    step = max(1, (len(texts) - 32) // queries)
+    asked = [" ".join(texts[i].split()[:8]) for i in range(0, len(texts) - 32, step)][:queries]
+    cold, warm, reads = [], [], []
+    for n, query in enumerate(asked):
+        copy = folder / f"q{n}"
+        shutil.copytree(base, copy)
+        with om.open(copy, reader=reader) as store:
+            start = time.perf_counter()
+            ctx = store.build_context(query, budget_tokens=4000, mode="text", k=8, scope="bench")
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.build_context(query, budget_tokens=4000, mode="text", k=8, scope="bench")
+            warm.append(time.perf_counter() - start)
+            reads.append(sum(1 for i in ctx.items if i.origin == "retrieved" and i.tier != "text"))
+        shutil.rmtree(copy)
+    return {
+        "queries": len(asked),
+        "paged_hits_mean": round(statistics.fmean(reads), 2),
+        "cold_p50_s": round(pct(cold, 0.5), 3),
+        "cold_p99_s": round(pct(cold, 0.99), 3),
+        "warm_p50_ms": round(pct(warm, 0.5) * 1e3, 1),
+        "warm_p99_ms": round(pct(warm, 0.99) * 1e3, 1),
+    }
+
+
 def mean_cer(texts: list[str], read: list[str]) -> float:
     return round(statistics.fmean(cer(t, r) for t, r in zip(texts, read, strict=True)), 4)
 
@@ -87,6 +122,8 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=120)
     ap.add_argument("--sides", default="1024,640,512")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--contexts", type=int, default=20, help="build_context queries (0: none)")
+    ap.add_argument("--context-turns", type=int, default=400, help="turns of the build_context store")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recall_latency.json"))
     args = ap.parse_args()
     turns = conversation(seed=args.seed, min_tokens=10**9, count=TiktokenCounter().count, facts=())
@@ -139,9 +176,19 @@ def main() -> None:
                 ]
             )
             print(table(headers, rows[-1:]), flush=True)
+        built = None
+        if args.contexts:
+            more = [next(turns).text for _ in range(max(0, args.context_turns - len(texts)))]
+            built = contexts(Path(tmp) / "contexts", texts + more, args.contexts, reader)
     print()
     print(table(headers, rows))
-    write_result(args.out, "bench_recall.py", {"turns": args.turns, "results": results})
+    payload: dict = {"turns": args.turns, "results": results}
+    if built is not None:
+        print()
+        print(f"build_context(mode='text', k=8), {args.context_turns} turns, pages never read before:")
+        print(table(list(built), [list(built.values())]))
+        payload["build_context"] = built
+    write_result(args.out, "bench_recall.py", payload)
 
 
 if __name__ == "__main__":
