@@ -34,6 +34,7 @@ from .reading import (
     damaged_pages,
     page_bytes,
     page_text,
+    prefetch,
     recall,
     text_tier_turns,
     turn_text,
@@ -127,7 +128,10 @@ def _chat_context(
         skip = {m.id for m, _, _ in recent} | excluded
         retrieved_parts: list[dict[str, Any]] = []
         damaged: list[int] = []
-        for hit in _candidates(core, query, k, scope, skip):
+        hits = _candidates(core, query, k, scope, skip)
+        if mode == "text":
+            prefetch(core, [hit.id for hit in hits])  # every hit's unread lines in one call of the reader
+        for hit in hits:
             with core.session() as s:
                 text_tokens = core.memory(s, hit.id).text_tokens
             if mode == "image" and hit.page_id is not None:

@@ -12,7 +12,7 @@ Also the turns still verbatim in the text tier, a page's text as retained, and p
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from PIL import Image
 from sqlalchemy import select
@@ -126,6 +126,60 @@ def _page_lines(
             lines.update({str(k): v for k, v in read.items()})
             w.s.merge(RecallRow(page_id=page.id, side=page.side, reader=reader.name, lines=lines))
     return have | read
+
+
+def prefetch(core: Core, memory_ids: Sequence[int]) -> None:
+    """Read into the cache, in one call of the reader, the lines of these memories that recall would read
+    one memory at a time (a context's hits): the lines not cached yet on pages a :class:`LineReader` reads
+    by line. Pages that recall would read whole, and pages whose image is missing, corrupt or changing,
+    are left to recall, which reads them or says why not."""
+    reader = core.reader
+    if not memory_ids or not isinstance(reader, LineReader):
+        return
+    cfg = core.renderer.config
+    with core.lock, core.session() as s:
+        rows = s.execute(
+            select(SpanRow.page_id, SpanRow.line_start, SpanRow.line_end, PageRow.blob, PageRow.side)
+            .join(PageRow, PageRow.id == SpanRow.page_id)
+            .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
+            .where(
+                SpanRow.memory_id.in_(list(memory_ids)),
+                MemoryRow.text.is_(None),
+                PageRow.render_side != 0,
+                PageRow.blob.is_not(None),
+                PageRow.side.is_not(None),
+            )
+        ).all()
+        wanted: dict[tuple[int, str, int], set[int]] = {}
+        for page_id, start, end, blob, side in rows:
+            if blob and side and cfg.line_height * side / cfg.page_side >= BAND_MIN_LINE_PX:
+                wanted.setdefault((page_id, blob, side), set()).update(range(start, end))
+        todo: list[tuple[tuple[int, str, int], list[int], Image.Image]] = []
+        for (page_id, blob, side), lines in wanted.items():
+            cached = s.get(RecallRow, (page_id, side, reader.name))
+            missing = sorted(lines - ({int(k) for k in cached.lines} if cached is not None else set()))
+            if not missing or len(missing) > BAND_LINES:
+                continue
+            try:
+                image = Image.open(io.BytesIO(core.blobs.get(blob)))
+            except BlobError:
+                continue  # recall names it
+            todo.append(((page_id, blob, side), missing, image))
+    bands = [(key, i, core.renderer.line_band(image, i)) for key, missing, image in todo for i in missing]
+    if not bands:
+        return  # every line is cached already: nothing to read, no write
+    texts = iter(reader.read_lines([band for *_, band in bands if band is not None]))
+    read: dict[tuple[int, str, int], dict[str, str]] = {}
+    for key, i, band in bands:
+        read.setdefault(key, {})[str(i)] = "" if band is None else next(texts)
+    with core.write() as w:
+        for (page_id, blob, side), found in read.items():
+            current = w.s.get(PageRow, page_id)
+            if current is None or (current.blob, current.side) != (blob, side):
+                continue  # moved, redacted or deleted meanwhile: not cached over
+            row = w.s.get(RecallRow, (page_id, side, reader.name))
+            merged = ({} if row is None else dict(row.lines)) | found
+            w.s.merge(RecallRow(page_id=page_id, side=side, reader=reader.name, lines=merged))
 
 
 def _read_page(core: Core, image: Image.Image, free_form: bool) -> dict[int, str]:

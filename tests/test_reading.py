@@ -148,3 +148,17 @@ def test_repair_never_draws_a_page_from_a_read_of_only_some_of_its_lines(tmp_pat
         report = store.verify(repair=True)
         assert report.marked_lost == [page] and report.from_cache == []  # the other turns were never read
         assert [store.recall(i).text for i in ids] == ["", "", "", ""]
+
+
+def test_a_text_context_reads_the_unread_lines_of_all_its_hits_in_one_call(tmp_path, embedder, reader):
+    counting = Counting(reader)
+    store, _ = paged(tmp_path / "s", embedder, counting)
+    with store:
+        store.add_many([{"text": f"Filler turn {i}.", "role": "user"} for i in range(60)], scope=SCOPE)
+        store.age()  # the page of TEXTS is closed: its text is dropped, recall reads its pixels
+        query = "the wifi password at the lake cabin, watering tomatoes, the flight to Reykjavik"
+        ctx = store.build_context(query, budget_tokens=4000, scope=SCOPE, k=4, recent_share=0.0)
+        assert "heron-4417" in ctx.text and "Reykjavik" in ctx.text
+        assert counting.pages == [] and len(counting.lines) == 1  # one batch for every hit's lines
+        again = store.build_context(query, budget_tokens=4000, scope=SCOPE, k=4, recent_share=0.0)
+        assert again.text == ctx.text and len(counting.lines) == 1  # all from the cache
