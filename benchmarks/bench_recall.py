@@ -129,7 +129,9 @@ def main() -> None:
     turns = conversation(seed=args.seed, min_tokens=10**9, count=TiktokenCounter().count, facts=())
     texts = [next(turns).text for _ in range(args.turns)]
     reader = make_reader("rapidocr")
-    reader.read([Image.new("L", (64, 32), 255), Image.new("L", (64, 32), 0)])  # the models load once, here
+    probe = om.render.Renderer(om.RenderConfig()).draw(["The models load once, here."])
+    reader.read([probe])  # (a blank image would not load them: the reader skips it)
+    reader.read_lines([probe.crop((0, 0, 400, 60))])
     headers = [
         "side",
         "lines p50/p99/max s",
