@@ -254,12 +254,11 @@ def _sqlite_bm25(
     common terms with the query is no lexical match: Elasticsearch's common-terms rule. In a store smaller
     than ``CANDIDATE_ROWS`` rows every term is rare and this is exact BM25 over every matching row. A query
     whose every term is common (its rarest in more rows than that) is ranked by FTS5's own ``bm25()`` over
-    all of them: slower, and the same ranking but for the IDF of terms in over half the rows (FTS5 counts
-    those 0).
+    all of them: slower, the same scores.
 
     Document frequencies come from the FTS5 index (an ``fts5vocab`` table); the row count and the mean
-    row length from its averages record. Scores use the same BM25 as PostgreSQL's, with IDF over the whole
-    table (a store's scopes share one vocabulary)."""
+    row length from its averages record. Scores are FTS5's ``bm25()`` exactly (its IDF and row length,
+    over the whole table: a store's scopes share one vocabulary)."""
     marks = ", ".join(f":w{i}" for i in range(len(words)))
     found = session.execute(
         text(f"SELECT term, doc FROM {VOCAB} WHERE term IN ({marks})"),
@@ -286,7 +285,9 @@ def _sqlite_bm25(
         )
         return [(int(eid), -float(score)) for eid, score in ranked]  # FTS5's bm25 is negated: lower is better
     n_rows, avgdl = _totals(session)
-    idf = {w: math.log(1 + (n_rows - n + 0.5) / (n + 0.5)) for w, n in df.items()}
+    # FTS5's own bm25(): its IDF (a term in over half the rows counts 1e-6), its row length (every column's
+    # tokens: the terms and the scope key's one), so a row scores here exactly as FTS5 would score it
+    idf = {w: max(math.log((n_rows - n + 0.5) / (n + 0.5)), 1e-6) for w, n in df.items()}
     scored = []
     for eid, doc in session.execute(
         text(f"SELECT rowid, terms FROM {TABLE} WHERE {TABLE} MATCH :match"),
@@ -294,7 +295,7 @@ def _sqlite_bm25(
     ):
         # Each term is "t" + 16 hex digits, space separated, and "t" is no hex digit: a substring count of a
         # term counts exactly its occurrences.
-        norm = K1 * (1 - B + B * (doc.count(" ") + 1) / avgdl)
+        norm = K1 * (1 - B + B * (doc.count(" ") + 2) / avgdl)  # its terms and its scope key
         score = 0.0
         for word, weight in idf.items():
             tf = doc.count(word)
@@ -306,11 +307,12 @@ def _sqlite_bm25(
 
 
 def _totals(session: Session) -> tuple[int, float]:
-    """The table's row count and mean terms per row, from FTS5's averages record (row 1 of its ``_data``
-    table: the row count, then each column's total tokens, as SQLite varints)."""
+    """The table's row count and mean tokens per row (both columns, as FTS5's bm25() counts them), from
+    FTS5's averages record (row 1 of its ``_data`` table: the row count, then each column's total tokens,
+    as SQLite varints)."""
     block = session.execute(text(f"SELECT block FROM {TABLE}_data WHERE id = 1")).scalar_one()
-    n_rows, _scope_tokens, term_tokens = _varints(bytes(block))[:3]
-    return n_rows, max(term_tokens / max(n_rows, 1), 1.0)
+    n_rows, scope_tokens, term_tokens = _varints(bytes(block))[:3]
+    return n_rows, max((scope_tokens + term_tokens) / max(n_rows, 1), 1.0)
 
 
 def _varints(data: bytes) -> list[int]:

@@ -4,7 +4,6 @@ in the database once a turn's text is dropped, and the migration of a schema-4 s
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
@@ -115,17 +114,16 @@ def test_fuse_scores_every_chunk_on_both_indexes():
     assert fuse(by_vector, [], {}) == [(e, pytest.approx(w * c)) for e, c in by_vector]  # dense order
 
 
-def _bm25(query: str, row: str, rows: list[str]) -> float:
-    """BM25 of one row for a query, over a table of ``rows`` (the formula, written out independently)."""
-    docs = [lexical.terms(r) for r in rows]
-    doc, avgdl = lexical.terms(row), sum(map(len, docs)) / len(docs)
-    k1, b = lexical.K1, lexical.B
-    score = 0.0
-    for word in set(lexical.terms(query)):
-        n, tf = sum(word in d for d in docs), doc.count(word)
-        idf = math.log(1 + (len(docs) - n + 0.5) / (n + 0.5))
-        score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len(doc) / avgdl))
-    return score
+def fts5_bm25(tmp_path, query: str, scope: str) -> dict[int, float]:
+    """FTS5's own bm25() of every row of ``scope`` holding one of the query's terms (the reference)."""
+    with Session(sql_engine(tmp_path, None)) as s:
+        salt = lexical.lexical_salt(s)
+        words = " OR ".join(sorted(set(lexical.hashed(lexical.terms(query), salt))))
+        match = f"scope : {lexical.scope_key(scope)} AND terms : ({words})"
+        rows = s.execute(
+            text("SELECT rowid, bm25(lexical, 0.0, 1.0) FROM lexical WHERE lexical MATCH :m"), {"m": match}
+        )
+        return {int(eid): -float(score) for eid, score in rows}
 
 
 def test_sqlite_candidates_come_from_the_rarer_terms_and_are_scored_on_every_term(
@@ -138,11 +136,18 @@ def test_sqlite_candidates_come_from_the_rarer_terms_and_are_scored_on_every_ter
         store.add_many(common, scope="a")
         ids = store.add_many([both, rare], scope="a")
         other = store.add("keep talking, keep talking", scope="b")
-        rows = [*common, both, rare, "keep talking, keep talking"]
         hits = store.search("Who keeps the spare key?", scope="a", mode="lexical", k=10)
         assert [h.id for h in hits] == ids  # a row with only the common "keep" is no match
-        for hit, row in zip(hits, (both, rare), strict=True):
-            assert hit.score == pytest.approx(_bm25("Who keeps the spare key?", row, rows))  # "keep" counts
+        reference = fts5_bm25(tmp_path, "Who keeps the spare key?", "a")  # (the embedding ids are 1..n)
+        assert len(reference) == 8  # FTS5 would have ranked every row of "a" with "keep" too
+        for hit, eid in zip(hits, (7, 8), strict=True):
+            assert hit.score == pytest.approx(reference[eid], rel=1e-9)  # FTS5's score, "keep" included
+        monkeypatch.undo()  # every term rare: every matching row is scored here, each as FTS5 scores it
+        query = "the weather on day 3, the spare key and Ingrid"
+        reference = fts5_bm25(tmp_path, query, "a")
+        hits = store.search(query, scope="a", mode="lexical", k=10)
+        assert len(hits) == len(reference) == 8
+        assert all(h.score == pytest.approx(reference[h.id], rel=1e-9) for h in hits)
         everywhere = store.search("keep talking", mode="lexical", k=10)  # every term common: FTS5 ranks
         assert len(everywhere) == 8 and everywhere[0].id == other
         assert other not in {h.id for h in store.search("keep talking", scope="a", mode="lexical", k=10)}
@@ -159,8 +164,8 @@ def test_sqlite_reads_the_row_count_and_mean_length_from_the_fts5_index(tmp_path
         stored = s.execute(text("SELECT terms FROM lexical")).scalars().all()
     engine.dispose()
     assert n_rows == len(stored) == 12
-    assert avgdl == pytest.approx(sum(len(t.split()) for t in stored) / 12)
-    assert avgdl == pytest.approx(sum(len(lexical.terms(t)) for t in texts) / 4)
+    assert avgdl == pytest.approx(1 + sum(len(t.split()) for t in stored) / 12)  # a scope key and the terms
+    assert avgdl == pytest.approx(1 + sum(len(lexical.terms(t)) for t in texts) / 4)
 
 
 def test_every_mode_keeps_to_its_scopes_and_filters(store):
