@@ -67,24 +67,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, om.open(Path(tmp) / "store") as store:
         facts: dict[int, tuple[str, str]] = {}  # memory id -> (question, answer)
         answers = {f.question: f.answer for f in make_facts([total], args.facts, seed=args.seed)}
-        batch, planted, streamed, next_age = [], [], 0, AGE_EVERY
+        batch: list[dict] = []
+        planted: list = []
+
+        def flush() -> None:
+            for mid, f in zip(store.add_many(batch, scope=SCOPE), planted, strict=True):
+                if f is not None:
+                    facts[mid] = (f.question, answers[f.question])
+            batch.clear()
+            planted.clear()
+
+        streamed, next_age = 0, AGE_EVERY
         for text, fact, tokens in recall_stream([total], args.facts, args.seed, count):
             batch.append({"text": text, "role": "user"})
             planted.append(fact)
             streamed += tokens
             if len(batch) == 64 or streamed >= next_age:
-                for mid, f in zip(store.add_many(batch, scope=SCOPE), planted, strict=True):
-                    if f is not None:
-                        facts[mid] = (f.question, answers[f.question])
-                batch, planted = [], []
+                flush()
             if streamed >= next_age:
                 store.age()
                 next_age += AGE_EVERY
                 print(f"  {streamed:,} tokens", file=sys.stderr, flush=True)
         if batch:
-            for mid, f in zip(store.add_many(batch, scope=SCOPE), planted, strict=True):
-                if f is not None:
-                    facts[mid] = (f.question, answers[f.question])
+            flush()
         store.age()
         rows = []
         for mid, (question, answer) in facts.items():

@@ -269,9 +269,8 @@ def cmd_answer(args: argparse.Namespace) -> None:
 
 def cmd_context(args: argparse.Namespace) -> None:
     with _open(args) as store:
-        image = {"target": args.target} if args.target else {}
         ctx = store.build_context(
-            args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope, **image
+            args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope, target=args.target
         )
     if args.mode == "text":
         print(ctx.text)

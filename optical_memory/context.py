@@ -302,8 +302,7 @@ class _Images:
             lines = (start, end)
             if used_lines > 0:
                 carried = round(text_tokens * max(0, min(end, used_lines) - start) / used_lines)
-            top = math.floor(renderer.line_top(start, side) + 1e-9)
-            bottom = min(math.ceil(renderer.line_top(end, side) - 1e-9), side)
+            top, bottom = renderer.band_rows(start, end, side)
             crop = page.crop((0, top, page.width, bottom))
         chosen = crop
         if self.shrink and probe is not None:
@@ -334,9 +333,8 @@ class _Images:
         across, down = round(side * sx), round(side * sy)  # the page sides the target sees, per axis
         if across >= side and down >= side:
             return True
-        cfg = core.renderer.config
-        cell = core.renderer.cell_width * across / cfg.page_side
-        line = cfg.line_height * down / cfg.page_side
+        cell = core.renderer.cell_width * across / core.renderer.config.page_side
+        line = core.renderer.line_px(down)
         if not isinstance(reader, LineReader) or line < BAND_MIN_LINE_PX or cell < MIN_CELL_PX:
             return False
         key = (reader.name, side, across, down)

@@ -18,7 +18,7 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .core import FORGOTTEN, Core, live, tier_of
+from .core import FORGOTTEN, Core, Write, live, tier_of
 from .db import MemoryRow, PageRow, RecallRow, SpanRow
 from .errors import BlobError, InvalidInput
 from .ingest import JOIN_CODES
@@ -31,7 +31,7 @@ JOIN_CHARS = {v: k for k, v in JOIN_CODES.items()}
 READ_ATTEMPTS = 4  # reads of a page that keeps changing under them before the error is raised
 BAND_LINES = 24  # a LineReader reads up to this many lines of a page one by one; more: the whole page
 # Lines shorter than this at a page's tier are read with the whole page: at 256 px (4.75 px lines) RapidOCR
-# read single lines worse than the page (CER 0.30 vs 0.23); at 384 px (7.1 px) as well (0.0095 vs 0.0108).
+# read single lines worse than the page (CER 0.30 vs 0.23); at 384 px (7.1 px) no worse (0.0095 vs 0.0108).
 BAND_MIN_LINE_PX = 6.0
 
 
@@ -102,30 +102,46 @@ def _page_lines(
         ) from None
     cached = s.get(RecallRow, (page.id, page.side, reader.name))
     have = {} if cached is None else {int(k): v for k, v in cached.lines.items()}
-    line_px = core.renderer.config.line_height * page.side / core.renderer.config.page_side
-    by_line = (
-        reader
-        if isinstance(reader, LineReader) and page.render_side != 0 and line_px >= BAND_MIN_LINE_PX
-        else None
-    )
+    by_line = _by_line(core, page.side, page.render_side)
     missing = [i for i in wanted if i not in have]
     if cached is not None and (by_line is None or not missing):
         return have
     image = Image.open(io.BytesIO(data))
     if by_line is not None and len(missing) <= BAND_LINES:
-        bands = [core.renderer.line_band(image, i) for i in missing]
-        texts = iter(by_line.read_lines([b for b in bands if b is not None]))
-        read = {i: ("" if band is None else next(texts)) for i, band in zip(missing, bands, strict=True)}
+        read = dict(zip(missing, _read_lines(core, by_line, [(image, i) for i in missing]), strict=True))
     else:
         read = _read_page(core, image, page.render_side == 0)
     with core.write() as w:
-        current = w.s.get(PageRow, page.id)
-        if current is not None and (current.blob, current.side) == (page.blob, page.side):
-            row = w.s.get(RecallRow, (page.id, page.side, reader.name))
-            lines = {} if row is None else dict(row.lines)  # another process may have read other lines
-            lines.update({str(k): v for k, v in read.items()})
-            w.s.merge(RecallRow(page_id=page.id, side=page.side, reader=reader.name, lines=lines))
+        _cache_lines(w, page.id, page.blob, page.side, reader.name, read)
     return have | read
+
+
+def _by_line(core: Core, side: int, render_side: int) -> LineReader | None:
+    """The store's reader, if it reads this page line by line: it is a :class:`LineReader`, the page has a
+    line grid (not a scan), and its lines are at least ``BAND_MIN_LINE_PX`` tall at ``side``."""
+    reader = core.reader
+    readable = render_side != 0 and core.renderer.line_px(side) >= BAND_MIN_LINE_PX
+    return reader if isinstance(reader, LineReader) and readable else None
+
+
+def _read_lines(core: Core, reader: LineReader, lines: list[tuple[Image.Image, int]]) -> list[str]:
+    """Lines ``(page image, line index)``, each cut from its page, read in one call, in order ("" for a
+    line with no ink)."""
+    bands = [core.renderer.line_band(image, i) for image, i in lines]
+    texts = iter(reader.read_lines([band for band in bands if band is not None]))
+    return ["" if band is None else next(texts) for band in bands]
+
+
+def _cache_lines(w: Write, page_id: int, blob: str, side: int, reader: str, read: Mapping[int, str]) -> None:
+    """Merge lines read from a page into its cached read at ``side``, only while the page still shows the
+    pixels they were read from (a concurrent move, redaction or delete is not cached over); lines another
+    process read meanwhile are kept."""
+    current = w.s.get(PageRow, page_id)
+    if current is None or (current.blob, current.side) != (blob, side):
+        return
+    row = w.s.get(RecallRow, (page_id, side, reader))
+    lines = ({} if row is None else dict(row.lines)) | {str(k): v for k, v in read.items()}
+    w.s.merge(RecallRow(page_id=page_id, side=side, reader=reader, lines=lines))
 
 
 def prefetch(core: Core, memory_ids: Sequence[int]) -> None:
@@ -136,25 +152,30 @@ def prefetch(core: Core, memory_ids: Sequence[int]) -> None:
     reader = core.reader
     if not memory_ids or not isinstance(reader, LineReader):
         return
-    cfg = core.renderer.config
     with core.lock, core.session() as s:
         rows = s.execute(
-            select(SpanRow.page_id, SpanRow.line_start, SpanRow.line_end, PageRow.blob, PageRow.side)
+            select(
+                SpanRow.page_id,
+                SpanRow.line_start,
+                SpanRow.line_end,
+                PageRow.blob,
+                PageRow.side,
+                PageRow.render_side,
+            )
             .join(PageRow, PageRow.id == SpanRow.page_id)
             .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
             .where(
                 SpanRow.memory_id.in_(list(memory_ids)),
                 MemoryRow.text.is_(None),
-                PageRow.render_side != 0,
                 PageRow.blob.is_not(None),
                 PageRow.side.is_not(None),
             )
         ).all()
         wanted: dict[tuple[int, str, int], set[int]] = {}
-        for page_id, start, end, blob, side in rows:
-            if blob and side and cfg.line_height * side / cfg.page_side >= BAND_MIN_LINE_PX:
+        for page_id, start, end, blob, side, render_side in rows:
+            if blob and side and _by_line(core, side, render_side) is not None:
                 wanted.setdefault((page_id, blob, side), set()).update(range(start, end))
-        todo: list[tuple[tuple[int, str, int], list[int], Image.Image]] = []
+        todo: list[tuple[tuple[int, str, int], int, Image.Image]] = []
         for (page_id, blob, side), lines in wanted.items():
             cached = s.get(RecallRow, (page_id, side, reader.name))
             missing = sorted(lines - ({int(k) for k in cached.lines} if cached is not None else set()))
@@ -164,22 +185,16 @@ def prefetch(core: Core, memory_ids: Sequence[int]) -> None:
                 image = Image.open(io.BytesIO(core.blobs.get(blob)))
             except BlobError:
                 continue  # recall names it
-            todo.append(((page_id, blob, side), missing, image))
-    bands = [(key, i, core.renderer.line_band(image, i)) for key, missing, image in todo for i in missing]
-    if not bands:
+            todo += [((page_id, blob, side), i, image) for i in missing]
+    if not todo:
         return  # every line is cached already: nothing to read, no write
-    texts = iter(reader.read_lines([band for *_, band in bands if band is not None]))
-    read: dict[tuple[int, str, int], dict[str, str]] = {}
-    for key, i, band in bands:
-        read.setdefault(key, {})[str(i)] = "" if band is None else next(texts)
+    texts = _read_lines(core, reader, [(image, i) for _, i, image in todo])
+    read: dict[tuple[int, str, int], dict[int, str]] = {}
+    for (key, i, _), text in zip(todo, texts, strict=True):
+        read.setdefault(key, {})[i] = text
     with core.write() as w:
-        for (page_id, blob, side), found in read.items():
-            current = w.s.get(PageRow, page_id)
-            if current is None or (current.blob, current.side) != (blob, side):
-                continue  # moved, redacted or deleted meanwhile: not cached over
-            row = w.s.get(RecallRow, (page_id, side, reader.name))
-            merged = ({} if row is None else dict(row.lines)) | found
-            w.s.merge(RecallRow(page_id=page_id, side=side, reader=reader.name, lines=merged))
+        for (page_id, blob, side), page_lines in read.items():
+            _cache_lines(w, page_id, blob, side, reader.name, page_lines)
 
 
 def _read_page(core: Core, image: Image.Image, free_form: bool) -> dict[int, str]:

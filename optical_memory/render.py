@@ -500,13 +500,22 @@ class Renderer:
         at = (y * cfg.page_side / side - cfg.margin) / cfg.line_height
         return min(max(math.floor(at + 1e-9), 0), self.lines_per_page - 1)  # 1e-9: a band's top is its own
 
+    def band_rows(self, line_start: int, line_end: int, side: int) -> tuple[int, int]:
+        """The pixel rows ``[top, bottom)`` that lines ``[line_start, line_end)`` touch in an image of
+        ``side`` pixels (at a downsampled side, a row shared with a neighbouring line is included)."""
+        top = math.floor(self.line_top(line_start, side) + 1e-9)
+        return top, min(math.ceil(self.line_top(line_end, side) - 1e-9), side)
+
+    def line_px(self, side: int) -> float:
+        """How tall a line is, in pixels, on a page shown at ``side`` pixels."""
+        return self.config.line_height * side / self.config.page_side
+
     def line_band(self, image: Image.Image, index: int) -> Image.Image | None:
         """Line ``index`` of a page (at any side): its band, every pixel row it touches, cut to its ink with
         a cell's margin each side; None when nothing is drawn on it."""
         side = image.height
-        top = math.floor(self.line_top(index, side) + 1e-9)
-        bottom = min(math.ceil(self.line_top(index + 1, side) - 1e-9), side)
-        band = np.asarray(image.convert("L").crop((0, top, image.width, bottom)))
+        top, bottom = self.band_rows(index, index + 1, side)
+        band = np.asarray(image.crop((0, top, image.width, bottom)).convert("L"))
         ink = np.flatnonzero(band.min(axis=0) < INK)
         if ink.size == 0:
             return None
@@ -526,9 +535,7 @@ class Renderer:
         out = image.copy()
         if line_start == line_end:
             return out
-        side = image.height
-        top = math.floor(self.line_top(line_start, side) + 1e-9)
-        bottom = math.ceil(self.line_top(line_end, side) - 1e-9)
+        top, bottom = self.band_rows(line_start, line_end, image.height)
         ImageDraw.Draw(out).rectangle((0, top, image.width - 1, bottom - 1), fill="white")
         return out
 
