@@ -510,17 +510,25 @@ class Renderer:
         """How tall a line is, in pixels, on a page shown at ``side`` pixels."""
         return self.config.line_height * side / self.config.page_side
 
-    def line_band(self, image: Image.Image, index: int) -> Image.Image | None:
+    def line_band(
+        self, image: Image.Image, index: int, *, height: int | None = None, cell_px: float | None = None
+    ) -> Image.Image | None:
         """Line ``index`` of a page (at any side): its band, every pixel row it touches, cut to its ink with
-        a cell's margin each side; None when nothing is drawn on it."""
+        a cell's margin each side; None when nothing is drawn on it. With ``height`` and ``cell_px``, the
+        band is scaled in one step (bilinear) to ``height`` pixels tall with character cells ``cell_px``
+        wide."""
         side = image.height
         top, bottom = self.band_rows(index, index + 1, side)
         band = np.asarray(image.crop((0, top, image.width, bottom)).convert("L"))
         ink = np.flatnonzero(band.min(axis=0) < INK)
         if ink.size == 0:
             return None
-        pad = max(2, round(self.cell_width * side / self.config.page_side))
-        return image.crop((max(int(ink[0]) - pad, 0), top, min(int(ink[-1]) + 1 + pad, image.width), bottom))
+        cell = self.cell_width * side / self.config.page_side
+        pad = max(2, round(cell))
+        out = image.crop((max(int(ink[0]) - pad, 0), top, min(int(ink[-1]) + 1 + pad, image.width), bottom))
+        if height is not None and cell_px is not None:
+            out = out.resize((max(1, round(out.width * cell_px / cell)), height), Image.Resampling.BILINEAR)
+        return out
 
     def redact(self, image: Image.Image, line_start: int, line_end: int) -> Image.Image:
         """A copy of a page (at any side) with the bands of lines ``[line_start, line_end)`` painted white.

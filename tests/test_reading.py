@@ -38,6 +38,7 @@ class Counting:
         self._reader = reader
         self.pages: list[int] = []
         self.lines: list[int] = []
+        self.line_sizes: list[tuple[int, int]] = []
 
     def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]:
         self.pages.append(len(images))
@@ -45,6 +46,7 @@ class Counting:
 
     def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
         self.lines.append(len(images))
+        self.line_sizes += [image.size for image in images]
         return self._reader.read_lines(images)
 
 
@@ -92,6 +94,9 @@ def test_recall_reads_only_the_memorys_own_lines_and_reads_them_as_a_page_read_d
         first = store.recall(ids[1], read=True)
         assert first.source == "rapidocr" and cer(TEXTS[1], first.text) <= 0.01, first.text
         assert counting.pages == [] and counting.lines == [len(own)]  # its lines, one image each
+        # each scaled to the recogniser's height, its 9 px cells to 15 px (cheaper than the 23 it would make)
+        assert {h for _, h in counting.line_sizes} == {reading.READ_LINE_PX}
+        assert all(w <= (store.renderer.columns + 2) * reading.READ_CELL_PX for w, _ in counting.line_sizes)
         assert cached_lines(store) == own  # only what was read is cached
         assert store.recall(ids[1], read=True) == first and counting.lines == [len(own)]  # from the cache
 
