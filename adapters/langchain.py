@@ -31,6 +31,7 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from ..config import AUTO_RECENT_SHARE, RECENT_TURNS
 from ..errors import InvalidInput, MemoryNotFound, MissingDependency
 from ..types import Recall
 
@@ -128,9 +129,12 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
     """A session's chat history kept in optical memory (one store scope per session).
 
     ``messages`` returns, within ``budget_tokens``: a ``SystemMessage`` holding older turns recalled from
-    their page images (retrieved by meaning for the latest user message), then the turns still in the
-    store's text tier, verbatim and in order: up to ``recent_share`` of the budget, newest first (the newest
-    turn is always kept, whatever its length, and a tool result always with the message that called it).
+    their page images (retrieved by meaning for the latest user message), then the newest turns, verbatim and
+    in order. With ``recent_share="auto"`` those are the last four turns (the last two exchanges) within
+    half the budget, and older turns of the store's text tier come back only when they match the message,
+    recalled with the paged ones; a number sends the text tier's turns newest first up to that share of the
+    budget. The newest turn is always kept, whatever its length, and a tool result always with the message
+    that called it.
     Each ``add_messages`` ages the store (``auto_age``), so old turns move into pages and fade down the
     ladder as the session grows. ``clear()`` deletes the session's rows, vectors and page images.
 
@@ -150,7 +154,7 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
         session_id: str,
         *,
         budget_tokens: int = 2000,
-        recent_share: float = 0.6,
+        recent_share: float | str = "auto",
         k: int = 8,
         auto_age: bool = True,
     ) -> None:
@@ -158,8 +162,12 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
             raise InvalidInput(f"session_id must be a non-empty string, got {session_id!r}")
         if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
             raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
-        if not isinstance(recent_share, (int, float)) or not 0.0 <= recent_share <= 1.0:
-            raise InvalidInput(f"recent_share must be a number in [0, 1], got {recent_share!r}")
+        if recent_share != "auto" and (
+            not isinstance(recent_share, (int, float))
+            or isinstance(recent_share, bool)
+            or not 0.0 <= recent_share <= 1.0
+        ):
+            raise InvalidInput(f"recent_share must be 'auto' or a number in [0, 1], got {recent_share!r}")
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InvalidInput(f"k must be a positive int, got {k!r}")
         self.store = store
@@ -175,8 +183,13 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
             return []
         recent = self.store.recent_turns(self.session_id)  # oldest first
         costs = [self.store.counter.count(t.text) for t in recent]
+        share, most = (
+            (AUTO_RECENT_SHARE, RECENT_TURNS) if self.recent_share == "auto" else (self.recent_share, None)
+        )
         start = max(len(recent) - 1, 0)  # the newest turn is always kept: it is usually the question
-        while start > 0 and sum(costs[start - 1 :]) <= self.budget_tokens * self.recent_share:
+        while start > 0 and sum(costs[start - 1 :]) <= self.budget_tokens * float(share):
+            if most is not None and len(recent) - start >= most:
+                break  # "auto": older turns come back as hits for the question, below
             start -= 1  # then older ones, newest first, within the share
         while 0 < start < len(recent) and recent[start].role == "tool":
             start -= 1  # a tool result comes with the message that called it

@@ -270,7 +270,12 @@ def cmd_answer(args: argparse.Namespace) -> None:
 def cmd_context(args: argparse.Namespace) -> None:
     with _open(args) as store:
         ctx = store.build_context(
-            args.query, budget_tokens=args.budget, mode=args.mode, scope=args.scope, target=args.target
+            args.query,
+            budget_tokens=args.budget,
+            mode=args.mode,
+            scope=args.scope,
+            target=args.target,
+            recent_share=args.recent_share,
         )
     if args.mode == "text":
         print(ctx.text)
@@ -322,6 +327,18 @@ def cmd_verify(args: argparse.Namespace) -> None:
     print(json.dumps(report.__dict__, indent=1))
     if not report.ok and not args.repair:
         sys.exit(1)
+
+
+def _recent_share(value: str) -> str | float:
+    """``--recent-share``: 'auto' or a number (build_context checks its range and names it)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'auto' or a share of the budget from 0 to 1, not {value!r}"
+        ) from None
 
 
 def _csv(value: str, convert: Callable[[str], Any], what: str) -> list:
@@ -539,6 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(TARGETS),
         help="image mode: price images in this model's tokens and send each at the cheapest size it still "
         "reads (default: DeepEncoder's vision tokens, images at their tier)",
+    )
+    c.add_argument(
+        "--recent-share",
+        type=_recent_share,
+        default="auto",
+        help="the recent turns: 'auto' sends the last four and older ones only where they match the query; "
+        "a number from 0 to 1 sends the newest turns up to that share of the budget (default: %(default)s)",
     )
     c.set_defaults(func=cmd_context)
 

@@ -23,6 +23,13 @@ def vision_tokens(side: int) -> int:
     return math.ceil((side / PATCH) ** 2 / CONV_COMPRESSION)
 
 
+# build_context(recent_share="auto"): the newest turns that always go in, the conversation's last two
+# exchanges (what "it", "that" and "the second one" point at), within AUTO_RECENT_SHARE of the budget; older
+# turns of the text tier go in only as hits for the question, ranked with the paged memories for k places.
+RECENT_TURNS = 4
+AUTO_RECENT_SHARE = 0.5
+
+
 @dataclass(frozen=True, kw_only=True)
 class RenderConfig:
     """How text becomes a page image. Sizes are in pixels of the full-resolution page."""

@@ -1,8 +1,10 @@
 """Context: what an LLM is given, within a token budget, with a token account.
 
-build_context -> recent raw turns (the text tier, newest first) up to ``recent_share`` of the budget
-              -> hits for the query -> each as recalled text (text mode), its page as an image part at
-                 its tier (image mode), or its page's vision tokens (vision mode) while they fit
+build_context -> recent raw turns (the text tier, newest first): with ``recent_share="auto"`` the newest
+                 ``RECENT_TURNS`` (within half the budget), with a number up to that share of the budget
+              -> hits for the query, the other turns of the text tier among them -> each as recalled text
+                 (text mode), its page as an image part at its tier (image mode), or its page's vision
+                 tokens (vision mode) while they fit
               -> chat content parts (or the decoder's inputs_embeds) and the account of every item
 A hit on a page whose image is missing or corrupt is left out, in every mode, and its page listed in the
 account's ``damaged`` (``verify(repair=True)`` heals it); the rest of the context is built as ever.
@@ -23,6 +25,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
+from .config import AUTO_RECENT_SHARE, RECENT_TURNS
 from .core import Core
 from .db import MemoryRow, PageRow, SpanRow
 from .errors import BlobError, InvalidInput
@@ -56,7 +59,7 @@ def build_context(
     mode: str = "text",
     scope: str | None = None,
     k: int = 8,
-    recent_share: float = 0.5,
+    recent_share: float | str = "auto",
     page_form: str = "vision",
     exclude: Iterable[int] = (),
     target: str | ImagePricing | None = None,
@@ -74,12 +77,7 @@ def build_context(
         raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {shown(mode)}")
     if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
         raise InvalidInput(f"budget_tokens must be a positive int, got {shown(budget_tokens)}")
-    if (
-        not isinstance(recent_share, (int, float))
-        or isinstance(recent_share, bool)
-        or not 0.0 <= recent_share <= 1.0
-    ):
-        raise InvalidInput(f"recent_share must be within [0, 1], got {shown(recent_share)}")
+    recent = _recent_rule(recent_share)
     if page_form not in ("vision", "meanpool", "truncate"):
         raise InvalidInput(f"page_form must be 'vision', 'meanpool' or 'truncate', got {shown(page_form)}")
     if page_form != "vision" and mode != "vision":
@@ -93,12 +91,28 @@ def build_context(
         raise InvalidInput(f"crop_margin must be None (whole pages) or lines >= 0, got {shown(crop_margin)}")
     # the recent turns' share in tokens; a budget beyond sys.maxsize is beyond any store's tokens, and an
     # int that large times a float would overflow
-    recent_budget = min(budget_tokens, sys.maxsize) * recent_share
+    share, most = recent
+    recent_budget = min(budget_tokens, sys.maxsize) * share
     if mode == "vision":
-        return _vision_context(core, query, budget_tokens, recent_budget, scope, k, page_form, excluded)
+        return _vision_context(core, query, budget_tokens, recent_budget, most, scope, k, page_form, excluded)
     shrink = target is not None  # only a chosen target's pricing makes a smaller image worth its reading
     images = _Images(core, price, crop_margin, shrink)
-    return _chat_context(core, query, budget_tokens, recent_budget, mode, scope, k, excluded, images)
+    return _chat_context(core, query, budget_tokens, recent_budget, most, mode, scope, k, excluded, images)
+
+
+def _recent_rule(recent_share: object) -> tuple[float, int | None]:
+    """``recent_share`` as (the recent turns' share of the budget, the most of them; None: no limit)."""
+    if recent_share == "auto":
+        return AUTO_RECENT_SHARE, RECENT_TURNS
+    if (
+        not isinstance(recent_share, (int, float))
+        or isinstance(recent_share, bool)
+        or not 0.0 <= recent_share <= 1.0
+    ):
+        raise InvalidInput(
+            f"recent_share must be 'auto' or a number within [0, 1], got {shown(recent_share)}"
+        )
+    return float(recent_share), None
 
 
 def _chat_context(
@@ -106,6 +120,7 @@ def _chat_context(
     query: str,
     budget_tokens: int,
     recent_budget: float,
+    most_recent: int | None,
     mode: str,
     scope: str | None,
     k: int,
@@ -117,7 +132,7 @@ def _chat_context(
         items: list[ContextItem] = []
         used = 0
         recent: list[tuple[MemoryRow, str, int]] = []
-        for m in text_tier_turns(core, scope):
+        for m in text_tier_turns(core, scope)[:most_recent]:
             line = f"{m.role}: {turn_text(m)}" if m.role else turn_text(m)
             cost = core.counter.count(line)
             if used + cost > recent_budget:
@@ -369,12 +384,14 @@ def _vision_context(
     query: str,
     budget_tokens: int,
     recent_budget: float,
+    most_recent: int | None,
     scope: str | None,
     k: int,
     page_form: str = "vision",
     excluded: frozenset[int] | set[int] = frozenset(),
 ) -> Context:
-    """Vision mode: [BOS] [page tokens, "\\n"]... ["Recent conversation:\\n" + turns] [query + "\\n"]."""
+    """Vision mode: [BOS] [page tokens, "\\n"]... [hits still in the text tier, a line each]
+    ["Recent conversation:\\n" + turns] [query + "\\n"]."""
     decoder = core.encoder
     if not isinstance(decoder, VisionContext):
         raise InvalidInput(
@@ -386,7 +403,7 @@ def _vision_context(
         used = 1 + decoder.count_text(question)  # BOS and the question always go in
         if used > budget_tokens:
             raise InvalidInput(f"budget_tokens={budget_tokens} cannot hold even the query ({used} tokens)")
-        recent_rows = text_tier_turns(core, scope)
+        recent_rows = text_tier_turns(core, scope)[:most_recent]
         items: list[ContextItem] = []
         header = "Recent conversation:\n"
         recent_cost = decoder.count_text(header) if recent_rows else 0
@@ -405,7 +422,18 @@ def _vision_context(
         pages: list[tuple[int, str | np.ndarray]] = []
         damaged: list[int] = []
         newline = decoder.count_text("\n")
+        turns: list[tuple[int, str]] = []  # hits still in the text tier, as text: (memory id, line)
         for hit in _candidates(core, query, k, scope, skip):
+            if hit.page_id is None and hit.tier == "text":
+                with core.session() as s:
+                    m = core.memory(s, hit.id)
+                    line = f"{m.role}: {turn_text(m)}\n" if m.role else f"{turn_text(m)}\n"
+                cost = decoder.count_text(line)
+                if used + cost <= budget_tokens:
+                    used += cost
+                    turns.append((hit.id, line))
+                    items.append(_retrieved(hit, cost, cost))
+                continue
             if hit.page_id is None or hit.page_id in {p for p, _ in pages}:
                 continue
             if hit.page_id in damaged:
@@ -439,6 +467,9 @@ def _vision_context(
                 parts.append({"type": "text", "text": form, "page_id": page_id})
             else:
                 parts.append({"type": "vision", "page_id": page_id, "positions": int(form.shape[0])})
+        for memory_id, line in turns:
+            segments.append(line)
+            parts.append({"type": "text", "text": line, "memory_id": memory_id})
         if lines:
             segments += [header, *reversed(lines)]
             parts.append({"type": "text", "text": header + "".join(reversed(lines))})

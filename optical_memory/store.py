@@ -322,7 +322,7 @@ class OpticalMemory:
         mode: str = "text",
         scope: str | None = None,
         k: int = 8,
-        recent_share: float = 0.5,
+        recent_share: float | str = "auto",
         page_form: str = "vision",
         exclude: Iterable[int] = (),
         target: str | ImagePricing | None = None,
@@ -338,10 +338,15 @@ class OpticalMemory:
         image is sent at the cheapest size that the target's own resize leaves legible to the store's
         reader. Without one they cost DeepEncoder's vision tokens, at their tier. ``mode="vision"`` (needs a
         DeepSeek-OCR model): their pages' stored vision tokens go straight into the decoder's input
-        embeddings, see :class:`Context`. Recent turns (the text tier, newest first) take up to
-        ``recent_share`` of the budget; retrieved memories fill the rest: the ``k`` best hits that are not
-        among those recent turns or in ``exclude`` (ids the caller already sends verbatim, such as an
-        agent's own recent messages), so what is already in the prompt takes none of the ``k`` places.
+        embeddings, see :class:`Context`.
+
+        Recent turns (the text tier, newest first) follow the question with ``recent_share="auto"``: the
+        newest four (the last two exchanges) always go in, within half the budget, and older turns of the
+        text tier only as hits for ``query``, ranked with the paged memories. A number instead gives the
+        recent turns, newest first, up to that share of the budget whatever the question. Retrieved
+        memories take the rest: the ``k`` best hits that are not among those recent turns or in ``exclude``
+        (ids the caller already sends verbatim, such as an agent's own recent messages), so what is already
+        in the prompt takes none of the ``k`` places. Budget left over is left unused.
 
         ``page_form`` (vision mode) swaps each page's vision tokens for a text baseline of the same length
         (``"meanpool"``: its text's token embeddings mean-pooled to as many vectors; ``"truncate"``: its

@@ -204,7 +204,7 @@ def test_history_async_and_bad_input(tmp_path, embedder):
 def test_history_concurrent_async_adds_lose_nothing(tmp_path, embedder):
     roomy = AgingPolicy(text_turns=64, tiers=StoreConfig.tiny().aging.tiers)
     with om.open(tmp_path / "store", config=StoreConfig.tiny(aging=roomy), embedder=embedder) as store:
-        a, b = OpticalChatMessageHistory(store, "a"), OpticalChatMessageHistory(store, "b")
+        a, b = (OpticalChatMessageHistory(store, name, recent_share=1.0) for name in "ab")  # every message
 
         async def run() -> None:
             adds = [(a if i % 2 else b).aadd_messages([HumanMessage(f"message {i}")]) for i in range(20)]
@@ -225,6 +225,34 @@ def test_history_keeps_the_newest_turn_even_when_it_is_over_the_recent_share(tmp
         assert store.counter.count(question) > 10  # more than the 25% of 40 tokens it may use
         history.add_user_message(question)
         assert [m.content for m in history.messages if not isinstance(m, SystemMessage)] == [question]
+
+
+def test_history_sends_the_last_exchanges_and_older_turns_only_when_they_answer(tmp_path, embedder):
+    """recent_share="auto" (the default): the last four messages go verbatim; an older message still in the
+    text tier comes back in the memory block when it answers the newest user message, and the small talk
+    between them does not come at all. A fixed share sends every message that fits it."""
+    with om.open(tmp_path / "store", config=StoreConfig.tiny(aging=ROOMY), embedder=embedder) as store:
+        history = OpticalChatMessageHistory(store, "s", budget_tokens=2000, k=1)
+        history.add_messages([HumanMessage("Ingrid's allergy: she cannot eat cashews."), AIMessage("Noted.")])
+        for i in range(3):
+            history.add_messages(
+                [HumanMessage(f"Any film tips for night {i}?"), AIMessage(f"Try a comedy {i}.")]
+            )
+        history.add_messages([HumanMessage("Thanks."), AIMessage("Enjoy!")])
+        history.add_user_message("What is Ingrid allergic to?")
+        got = history.messages
+        assert isinstance(got[0], SystemMessage) and "cashews" in got[0].content
+        assert [m.content for m in got[1:]] == [
+            "Try a comedy 2.",
+            "Thanks.",
+            "Enjoy!",
+            "What is Ingrid allergic to?",
+        ]
+        assert not any("film tips for night 0" in str(m.content) for m in got)
+        fixed = OpticalChatMessageHistory(store, "s", budget_tokens=2000, k=1, recent_share=0.6).messages
+        assert len([m for m in fixed if not isinstance(m, SystemMessage)]) == 11  # all of them fit
+        with pytest.raises(om.InvalidInput, match="recent_share"):
+            OpticalChatMessageHistory(store, "s", recent_share="sometimes")
 
 
 # -- every message type round-trips, as in langchain-core's own histories (issue 20, item 1) --

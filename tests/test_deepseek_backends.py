@@ -313,6 +313,33 @@ def test_vision_context_is_the_decoders_input_within_the_budget(tmp_path, checkp
             store.build_context("the quick brown fox", budget_tokens=2, mode="vision", scope="s")
 
 
+def test_vision_context_takes_an_older_text_tier_hit_as_a_line(tmp_path, checkpoint, embedder):
+    """recent_share="auto": a turn of the text tier older than the last four goes in as a hit for the
+    question, as a line of text before the recent conversation, and the account still adds up."""
+    from optical_memory.config import AgingPolicy
+
+    aging = AgingPolicy(text_turns=16, tiers=StoreConfig.tiny().aging.tiers)
+    with open_tiny(tmp_path / "store", checkpoint, embedder, aging=aging) as store:
+        ids = store.add_many(
+            [{"text": "The fox sleeps in the old quarry.", "role": "user"}]
+            + [{"text": f"Small talk number {i}.", "role": "user"} for i in range(6)],
+            scope="s",
+        )
+        ctx = store.build_context(
+            "Where does the fox sleep?", budget_tokens=400, mode="vision", scope="s", k=1
+        )
+        assert [i.id for i in ctx.items if i.origin == "recent"] == ids[-1:-5:-1]
+        [hit] = [i for i in ctx.items if i.origin == "retrieved"]
+        assert (hit.id, hit.tier) == (ids[0], "text")
+        line = "user: The fox sleeps in the old quarry.\n"
+        assert {"type": "text", "text": line, "memory_id": ids[0]} in ctx.parts
+        assert hit.tokens == store.encoder.count_text(line)
+        question = store.encoder.count_text("Where does the fox sleep?\n")
+        header = store.encoder.count_text("Recent conversation:\n")
+        assert 1 + question + header + sum(i.tokens for i in ctx.items) == ctx.used_tokens
+        assert ctx.inputs_embeds.shape[1] == ctx.used_tokens
+
+
 def test_answer_runs_the_decoder_over_the_context(tmp_path, checkpoint, embedder):
     with open_tiny(tmp_path / "store", checkpoint, embedder) as store:
         store.add_many(long_turns(8), scope="s")

@@ -805,6 +805,49 @@ def test_build_context_text_and_image(tmp_path, embedder, backend):
             store.build_context("x", budget_tokens=10, mode="video")
 
 
+CHAT = [
+    "Note for later: the door code of the amber boathouse is 4417-K23.",
+    "Noted, the boathouse code is safe with me.",
+    "Can you suggest a stew for a cold evening?",
+    "A lentil stew with smoked paprika, carrots and a bay leaf works well.",
+    "How long should I simmer it?",
+    "About forty minutes, until the lentils are soft.",
+    "And what would you serve with it?",
+    "Crusty bread, or rice if you want it more filling.",
+    "Great, I will buy bread on the way home.",
+    "Enjoy the stew tonight!",
+]
+
+
+def test_recent_turns_follow_the_question(tmp_path, embedder, backend):
+    """recent_share="auto" (the default) sends the last four turns and an older turn of the text tier only
+    as a hit for the question; a fixed share sends the newest turns up to it, whatever the question."""
+    aging = AgingPolicy(text_turns=16, tiers=(Tier(side=256),))
+    with tiny(tmp_path, embedder, backend, aging=aging) as store:
+        roles = ["user", "assistant"] * 5
+        ids = store.add_many([{"text": t, "role": r} for t, r in zip(CHAT, roles, strict=True)], scope=SCOPE)
+        question = "What is the door code of the amber boathouse?"
+        ctx = store.build_context(question, budget_tokens=2000, scope=SCOPE, k=1)
+        recent = [i.id for i in ctx.items if i.origin == "recent"]
+        retrieved = [i for i in ctx.items if i.origin == "retrieved"]
+        assert recent == ids[-1:-5:-1]  # the last two exchanges, newest first
+        assert [(i.id, i.tier) for i in retrieved] == [(ids[0], "text")]  # the old turn that answers
+        assert "4417-K23" in ctx.text and CHAT[3] not in ctx.text  # the stew recipe is not asked about
+        fixed = store.build_context(question, budget_tokens=2000, scope=SCOPE, k=1, recent_share=0.5)
+        assert [i.id for i in fixed.items if i.origin == "recent"] == ids[::-1]  # every turn fits the share
+        assert ctx.used_tokens < fixed.used_tokens and "4417-K23" in fixed.text
+        # a budget too small for four turns in half of it keeps what fits, newest first
+        small = store.build_context(question, budget_tokens=40, scope=SCOPE, k=1)
+        kept = [i for i in small.items if i.origin == "recent"]
+        assert kept and [i.id for i in kept] == ids[-1 : -1 - len(kept) : -1] and len(kept) < 4
+        assert sum(i.tokens for i in kept) <= 20 and small.used_tokens <= 40
+        for mode in ("text", "image"):
+            store.build_context(question, budget_tokens=2000, scope=SCOPE, mode=mode, recent_share=0)
+        for bad in ("sometimes", 1.5, -0.1, True, None):
+            with pytest.raises(om.InvalidInput, match="recent_share"):
+                store.build_context(question, budget_tokens=2000, scope=SCOPE, recent_share=bad)
+
+
 # -- files
 
 
