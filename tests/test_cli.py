@@ -50,6 +50,14 @@ def test_cli_round_trip(tmp_path, capsys, embedder, monkeypatch):
     )
     assert '"image_url"' in out and "images priced for claude" in out  # the document's page, as a band
     assert json.loads(run(capsys, *base, "verify"))["pages_checked"] == 1
+    share = run(capsys, *base, "context", "boiler", "--scope", "home", "--recent-share", "0.5")
+    assert "Recent conversation:" in share
+    with pytest.raises(SystemExit) as bad:
+        main([*base, "context", "boiler", "--recent-share", "often"])
+    assert bad.value.code == 2 and "'often'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        main([*base, "context", "boiler", "--recent-share", "1.5"])
+    assert bad.value.code == 2 and "recent_share" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, embedder):
