@@ -360,8 +360,8 @@ class _MemoryTools:
         *,
         ctx: Context,
     ) -> Annotated[CallToolResult, ContextSummary]:
-        """Build the memory context for answering a query: the scope's recent turns verbatim plus the memories
-        most relevant to the query, packed within a token budget.
+        """Build the memory context for answering a query: the scope's last four turns verbatim plus the
+        memories most relevant to the query (older recent turns among them), packed within a token budget.
 
         Returns the context as content parts (text, or text and PNG images of page bands in image mode) and
         its token account as structured content. A scope that holds no memories yet gives an empty context.

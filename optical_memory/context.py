@@ -132,7 +132,8 @@ def _chat_context(
         items: list[ContextItem] = []
         used = 0
         recent: list[tuple[MemoryRow, str, int]] = []
-        for m in text_tier_turns(core, scope)[:most_recent]:
+        verbatim = text_tier_turns(core, scope)
+        for m in verbatim[:most_recent]:
             line = f"{m.role}: {turn_text(m)}" if m.role else turn_text(m)
             cost = core.counter.count(line)
             if used + cost > recent_budget:
@@ -143,7 +144,7 @@ def _chat_context(
         skip = {m.id for m, _, _ in recent} | excluded
         retrieved_parts: list[dict[str, Any]] = []
         damaged: list[int] = []
-        hits = _candidates(core, query, k, scope, skip)
+        hits = _candidates(core, query, k, scope, skip, {m.id for m in verbatim} - skip)
         if mode == "text":
             prefetch(core, [hit.id for hit in hits])  # every hit's unread lines in one call of the reader
         for hit in hits:
@@ -196,11 +197,19 @@ def _chat_context(
         )
 
 
-def _candidates(core: Core, query: str, k: int, scope: str | None, skip: set[int]) -> list[Hit]:
-    """The ``k`` best hits that are not in ``skip`` (the recent turns and the excluded memories, already
-    in the prompt: they take none of the ``k`` places)."""
-    hits = search(core, query, k=k + len(skip), scope=scope)
-    return [hit for hit in hits if hit.id not in skip][:k]
+def _candidates(
+    core: Core, query: str, k: int, scope: str | None, skip: set[int], turns: set[int]
+) -> list[Hit]:
+    """The ``k`` best hits that are in neither ``skip`` (the recent turns sent and the excluded memories,
+    already in the prompt) nor ``turns`` (the other turns still in the text tier), and those of ``turns``
+    that rank among the ``k`` best, best first. What is in the prompt takes none of the ``k`` places, and an
+    older recent turn that the question finds goes in without pushing out a memory."""
+    hits = search(core, query, k=k + len(skip) + len(turns), scope=scope)
+    hits = [hit for hit in hits if hit.id not in skip]
+    memories = [hit.id for hit in hits if hit.id not in turns][:k]
+    found = [hit.id for hit in hits[:k] if hit.id in turns]
+    kept = set(memories) | set(found)
+    return [hit for hit in hits if hit.id in kept]
 
 
 def _left_out(damaged: list[int], page_ids: list[int], error: BlobError) -> None:
@@ -403,7 +412,8 @@ def _vision_context(
         used = 1 + decoder.count_text(question)  # BOS and the question always go in
         if used > budget_tokens:
             raise InvalidInput(f"budget_tokens={budget_tokens} cannot hold even the query ({used} tokens)")
-        recent_rows = text_tier_turns(core, scope)[:most_recent]
+        verbatim = text_tier_turns(core, scope)
+        recent_rows = verbatim[:most_recent]
         items: list[ContextItem] = []
         header = "Recent conversation:\n"
         recent_cost = decoder.count_text(header) if recent_rows else 0
@@ -423,7 +433,7 @@ def _vision_context(
         damaged: list[int] = []
         newline = decoder.count_text("\n")
         turns: list[tuple[int, str]] = []  # hits still in the text tier, as text: (memory id, line)
-        for hit in _candidates(core, query, k, scope, skip):
+        for hit in _candidates(core, query, k, scope, skip, {m.id for m in verbatim} - skip):
             if hit.page_id is None and hit.tier == "text":
                 with core.session() as s:
                     m = core.memory(s, hit.id)

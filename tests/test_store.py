@@ -848,6 +848,25 @@ def test_recent_turns_follow_the_question(tmp_path, embedder, backend):
                 store.build_context(question, budget_tokens=2000, scope=SCOPE, recent_share=bad)
 
 
+def test_an_older_recent_turn_found_by_the_question_takes_no_memorys_place(tmp_path, embedder, backend):
+    """A turn still in the text tier that ranks among the k best goes in on top of the k memories, so a
+    paged memory it outranks is not pushed out: the old code and the update both reach the prompt."""
+    aging = AgingPolicy(text_turns=6, tiers=(Tier(side=256),))
+    with tiny(tmp_path, embedder, backend, aging=aging, retain_text=True) as store:
+        chat = [CHAT[0], *CHAT[2:8], "Update: the amber boathouse door code is now 5521-Q11."]
+        chat += ["Thanks.", "You're welcome.", "See you tomorrow.", "Good night!"]
+        ids = store.add_many([{"text": t, "role": "user"} for t in chat], scope=SCOPE)
+        store.age()
+        assert store.memory_info(ids[0]).tier == "256" and store.memory_info(ids[7]).tier == "text"
+        ctx = store.build_context(
+            "What is the door code of the amber boathouse?", budget_tokens=2000, scope=SCOPE, k=2
+        )
+        retrieved = [(i.id, i.tier) for i in ctx.items if i.origin == "retrieved"]
+        assert (ids[7], "text") in retrieved and (ids[0], "256") in retrieved
+        assert len([t for _, t in retrieved if t != "text"]) == 2  # still k memories beside the turn
+        assert "4417-K23" in ctx.text and "5521-Q11" in ctx.text
+
+
 # -- files
 
 
