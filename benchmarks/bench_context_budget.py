@@ -15,8 +15,9 @@ per rule for the recent turns:
 
 Per rule and budget: the share of questions whose planted turn is in the context with its answer (verbatim,
 or in its block as read back), by where the fact was (the text tier or a page), the context's tokens (mean
-and p90), and the share of them spent on the recent turns. Every question asks about something said earlier, none about the last exchange
-itself (which both rules always send). Prints a table, writes benchmarks/results/context_budget_<tokens>.json.
+and p90), and the share of them spent on the recent turns. Every question asks about something said
+earlier, none about the last exchange itself (which both rules always send). Prints a table, writes
+benchmarks/results/context_budget_<tokens>.json.
 """
 
 from __future__ import annotations
