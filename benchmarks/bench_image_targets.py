@@ -94,7 +94,7 @@ def main() -> None:
         rows = []
         for mid, (question, answer) in facts.items():
             hits = store.search(question, k=K, scope=SCOPE)
-            row = {"found": mid in [h.id for h in hits], "tier": store.memory_info(mid).tier}
+            row = {"memory": mid, "found": mid in [h.id for h in hits], "tier": store.memory_info(mid).tier}
             text = store.build_context(question, budget_tokens=10**9, k=K, recent_share=0.0, scope=SCOPE)
             row["text_tokens"] = text.used_tokens
             for target in targets:
@@ -113,6 +113,7 @@ def main() -> None:
                     seen = [im.resize(price.resize(*im.size), Image.Resampling.LANCZOS) for im in images(ctx)]
                     read = " ".join(line.text for page in store.reader.read(seen) for line in page)
                     row[f"{target}_legible"] = answer in read
+                    row[f"{target}_sizes"] = [list(im.size) for im in seen]
             rows.append(row)
     paged = [r for r in rows if r["found"] and r["tier"] != "text"]
     result = {
@@ -130,6 +131,7 @@ def main() -> None:
             for t in targets
         },
         "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
     }
     headers = ["form", "tokens / query", "vs text", "evidence legible"]
     table_rows = [["text (cl100k)", result["text_tokens_mean"], "1.00x", "-"]]
