@@ -234,6 +234,10 @@ LEGIBLE_CER = 0.005
 # Nor is an image whose glyphs are under this many pixels wide as the target sees them (a 512 px page's): one
 # probe line may read, but whole pages at 384 px (3.4 px glyphs) read at CER 0.010, at 512 px at 0.0009.
 MIN_CELL_PX = 4.5
+# With a target, an image is padded with white by up to this many pixels each way to a size the target does
+# not rescale: Qwen-VL rounds sides to 28 px, which squashed a three-line 512 px band 38 -> 28 px tall, its
+# lines unreadable (4 of 52 facts at 100k); 28 px of padding always reaches its grid.
+KEEP_PAD_PX = 32
 
 
 @dataclass
@@ -328,15 +332,22 @@ class _Images:
                 carried = round(text_tokens * max(0, min(end, used_lines) - start) / used_lines)
             top, bottom = renderer.band_rows(start, end, side)
             crop = page.crop((0, top, page.width, bottom))
-        chosen = crop
+        chosen, sent = crop, crop.size
+        if self.shrink:  # a target that rounds sizes (Qwen-VL's 28 px grid) would squash the lines: pad
+            sent = self._kept(crop.size)
         if self.shrink and probe is not None:
             for scale in sorted(SHRINK_SCALES):  # the smallest legible size first: the cheapest
                 size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
-                if self.price.tokens(*size) >= self.price.tokens(crop.width, crop.height):
+                padded = self._kept(size)
+                if self.price.tokens(*padded) >= self.price.tokens(*sent):
                     continue  # no cheaper than the image as it is
-                if self._legible(crop, side, top, size, probe):
-                    chosen = crop.resize(size, Image.Resampling.LANCZOS)
+                if self._legible(crop, side, top, size, padded, probe):
+                    chosen, sent = crop.resize(size, Image.Resampling.LANCZOS), padded
                     break
+        if chosen.size != sent:
+            canvas = Image.new(chosen.mode, sent, "white")
+            canvas.paste(chosen, (0, 0))
+            chosen = canvas
         buffer = io.BytesIO()
         chosen.save(buffer, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -344,15 +355,36 @@ class _Images:
         tokens = self.price.tokens(chosen.width, chosen.height)
         return _Image(page, lines, part, tokens, text_tokens, used_lines, carried)
 
+    def _kept(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The smallest size at least ``size`` (by up to ``KEEP_PAD_PX`` each way) that the target keeps as
+        it is, so an image padded with white to it reaches the model unscaled; ``size`` if there is none."""
+        width, height = size
+        for grow_h in range(KEEP_PAD_PX):
+            for grow_w in range(KEEP_PAD_PX):
+                padded = (width + grow_w, height + grow_h)
+                if self.price.resize(*padded) == padded:
+                    return padded
+        return size
+
     def _legible(
-        self, crop: Image.Image, side: int, top: int, size: tuple[int, int], probe: tuple[int, int]
+        self,
+        crop: Image.Image,
+        side: int,
+        top: int,
+        size: tuple[int, int],
+        padded: tuple[int, int],
+        probe: tuple[int, int],
     ) -> bool:
-        """Whether ``crop`` (of a ``side`` px page at its tier, from pixel row ``top``) sent at ``size`` reads
-        once the target resizes it as it does: the probe's lines read alone there within ``LEGIBLE_CER`` of
-        how they read at the tier. Measured once per reader, tier and scale on each axis; a reader that reads
-        no single lines is offered no smaller image."""
+        """Whether ``crop`` (of a ``side`` px page at its tier, from pixel row ``top``) sent at ``size``, on a
+        white canvas of ``padded``, reads once the target resizes it as it does: the probe's lines read
+        alone there within ``LEGIBLE_CER`` of how they read at the tier. Measured once per reader, tier and
+        scale on each axis; a reader that reads no single lines is offered no smaller image."""
         core, reader = self.core, self.core.reader
-        seen_size = self.price.resize(*size)
+        resized = self.price.resize(*padded)
+        seen_size = (
+            max(1, round(size[0] * resized[0] / padded[0])),
+            max(1, round(size[1] * resized[1] / padded[1])),
+        )
         sx, sy = seen_size[0] / crop.width, seen_size[1] / crop.height
         across, down = round(side * sx), round(side * sy)  # the page sides the target sees, per axis
         if across >= side and down >= side:

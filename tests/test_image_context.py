@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import optical_memory as om
-from optical_memory.config import AgingPolicy
+from optical_memory.config import AgingPolicy, Tier
 from optical_memory.metrics import cer
 from optical_memory.pricing import TARGETS
 
@@ -83,3 +83,23 @@ def test_a_band_holds_the_hits_lines_and_a_margin_of_one_line(store, reader):
     [band] = images_of(ctx)
     lines = [line.text for line in reader.read([band])[0]]
     assert len(lines) == 2 and cer(FACT, lines[0].removeprefix("user: ")) == 0.0  # its line, and one more
+
+
+def test_a_target_that_rounds_sizes_gets_an_image_it_keeps_as_it_is(tmp_path, embedder, reader):
+    """Qwen-VL rounds each side to 28 px: a three-line band of a 512 px page (38 px tall) would reach it 28 px
+    tall, its lines squashed past reading. The band is padded with white to a size on its grid instead."""
+    aging = AgingPolicy(text_turns=0, tiers=(Tier(side=1024, max_turns=0), Tier(side=512)))
+    with om.open(tmp_path / "s", embedder=embedder, reader=reader, aging=aging) as store:
+        store.add(FACT, scope=SCOPE, role="user")
+        store.add_many([{"text": t, "role": "assistant"} for t in FILLER], scope=SCOPE)
+        store.age()
+        query = "What is the wifi password at the lake cabin?"
+        ctx = store.build_context(
+            query, budget_tokens=4000, mode="image", scope=SCOPE, k=1, target="qwen2.5-vl"
+        )
+        [band] = images_of(ctx)
+        price = TARGETS["qwen2.5-vl"]
+        assert price.resize(*band.size) == band.size and band.height % 28 == 0  # nothing left to rescale
+        assert ctx.used_tokens == price.tokens(*band.size)
+        read = " ".join(line.text for line in reader.read([band])[0])
+        assert "heron-4417" in read, (band.size, read)
