@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import table, write_result  # benchmarks/ is on sys.path when a script runs
+from planted import fill
 
 import optical_memory as om
 from optical_memory.backends.tiktoken_counter import TiktokenCounter
 from optical_memory.metrics import normalise_ws
-from optical_memory.recall_experiment import _stream, make_facts, parse_tokens
+from optical_memory.recall_experiment import make_facts, parse_tokens
 
 SCOPE = "bench"
 AGE_EVERY = 250_000
@@ -76,32 +76,11 @@ def main() -> None:
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, om.open(Path(tmp) / "store") as store:
-        planted: dict[int, tuple[str, str]] = {}  # memory id -> (question, answer)
-        batch: list[dict] = []
-        batch_facts: list = []
-
-        def flush() -> None:
-            for mid, f in zip(store.add_many(batch, scope=SCOPE), batch_facts, strict=True):
-                if f is not None:
-                    planted[mid] = (f.question, f.answer)
-            batch.clear()
-            batch_facts.clear()
-
-        streamed, next_age = 0, AGE_EVERY
-        for turn, fact, tokens in _stream(facts, seed=args.seed, total=total, count=count):
-            batch.append({"text": turn.text, "role": turn.role})
-            batch_facts.append(fact)
-            streamed += tokens
-            if len(batch) == 64 or streamed >= next_age:
-                flush()
-            if streamed >= next_age:
-                store.age()
-                next_age += AGE_EVERY
-                print(f"  {streamed:,} tokens", file=sys.stderr, flush=True)
-        if batch:
-            flush()
-        store.age()
-        for mid, (question, answer) in planted.items():
+        planted = fill(
+            store, facts, scope=SCOPE, seed=args.seed, total=total, count=count, age_every=AGE_EVERY
+        )
+        for mid, fact in planted.items():
+            question, answer = fact.question, fact.answer
             tier = store.memory_info(mid).tier
             for budget in budgets:
                 for rule in RULES:

@@ -24,14 +24,13 @@ import argparse
 import base64
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_retrieval import recall_stream
 from common import table, write_result  # benchmarks/ is on sys.path when a script runs
 from PIL import Image
+from planted import fill
 
 import optical_memory as om
 from optical_memory.backends.tiktoken_counter import TiktokenCounter
@@ -65,34 +64,20 @@ def main() -> None:
     count = TiktokenCounter().count
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, om.open(Path(tmp) / "store") as store:
-        facts: dict[int, tuple[str, str]] = {}  # memory id -> (question, answer)
-        answers = {f.question: f.answer for f in make_facts([total], args.facts, seed=args.seed)}
-        batch: list[dict] = []
-        planted: list = []
-
-        def flush() -> None:
-            for mid, f in zip(store.add_many(batch, scope=SCOPE), planted, strict=True):
-                if f is not None:
-                    facts[mid] = (f.question, answers[f.question])
-            batch.clear()
-            planted.clear()
-
-        streamed, next_age = 0, AGE_EVERY
-        for text, fact, tokens in recall_stream([total], args.facts, args.seed, count):
-            batch.append({"text": text, "role": "user"})
-            planted.append(fact)
-            streamed += tokens
-            if len(batch) == 64 or streamed >= next_age:
-                flush()
-            if streamed >= next_age:
-                store.age()
-                next_age += AGE_EVERY
-                print(f"  {streamed:,} tokens", file=sys.stderr, flush=True)
-        if batch:
-            flush()
-        store.age()
+        planted = make_facts([total], args.facts, seed=args.seed)
+        facts = fill(
+            store,
+            planted,
+            scope=SCOPE,
+            seed=args.seed,
+            total=total,
+            count=count,
+            age_every=AGE_EVERY,
+            roles=False,
+        )
         rows = []
-        for mid, (question, answer) in facts.items():
+        for mid, fact in facts.items():
+            question, answer = fact.question, fact.answer
             hits = store.search(question, k=K, scope=SCOPE)
             row = {"memory": mid, "found": mid in [h.id for h in hits], "tier": store.memory_info(mid).tier}
             text = store.build_context(question, budget_tokens=10**9, k=K, recent_share=0.0, scope=SCOPE)
