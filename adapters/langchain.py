@@ -31,7 +31,7 @@ import reprlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..config import AUTO_RECENT_SHARE, RECENT_TURNS
+from ..config import recent_rule
 from ..errors import InvalidInput, MemoryNotFound, MissingDependency
 from ..types import Recall
 
@@ -162,12 +162,7 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
             raise InvalidInput(f"session_id must be a non-empty string, got {session_id!r}")
         if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
             raise InvalidInput(f"budget_tokens must be a positive int, got {budget_tokens!r}")
-        if recent_share != "auto" and (
-            not isinstance(recent_share, (int, float))
-            or isinstance(recent_share, bool)
-            or not 0.0 <= recent_share <= 1.0
-        ):
-            raise InvalidInput(f"recent_share must be 'auto' or a number in [0, 1], got {recent_share!r}")
+        recent_rule(recent_share)  # checked here, where it is given
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise InvalidInput(f"k must be a positive int, got {k!r}")
         self.store = store
@@ -183,11 +178,9 @@ class OpticalChatMessageHistory(BaseChatMessageHistory):
             return []
         recent = self.store.recent_turns(self.session_id)  # oldest first
         costs = [self.store.counter.count(t.text) for t in recent]
-        share, most = (
-            (AUTO_RECENT_SHARE, RECENT_TURNS) if self.recent_share == "auto" else (self.recent_share, None)
-        )
+        share, most = recent_rule(self.recent_share)
         start = max(len(recent) - 1, 0)  # the newest turn is always kept: it is usually the question
-        while start > 0 and sum(costs[start - 1 :]) <= self.budget_tokens * float(share):
+        while start > 0 and sum(costs[start - 1 :]) <= self.budget_tokens * share:
             if most is not None and len(recent) - start >= most:
                 break  # "auto": older turns come back as hits for the question, below
             start -= 1  # then older ones, newest first, within the share

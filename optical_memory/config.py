@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import InvalidInput
+from .validation import shown
 
 #: DeepEncoder (DeepSeek-OCR) turns a side x side page into (side/16)^2 patches and then compresses them
 #: 16x with two stride-2 convolutions: 1024 -> 256 vision tokens, 640 -> 100, 512 -> 64.
@@ -28,6 +29,22 @@ def vision_tokens(side: int) -> int:
 # turns of the text tier go in only as hits for the question, ranked with the paged memories for k places.
 RECENT_TURNS = 4
 AUTO_RECENT_SHARE = 0.5
+
+
+def recent_rule(recent_share: object) -> tuple[float, int | None]:
+    """A ``recent_share`` option as (the recent turns' share of the budget, the most of them; None: no
+    limit): "auto" or a number within [0, 1]; anything else raises ``InvalidInput`` naming it."""
+    if recent_share == "auto":
+        return AUTO_RECENT_SHARE, RECENT_TURNS
+    if (
+        not isinstance(recent_share, (int, float))
+        or isinstance(recent_share, bool)
+        or not 0.0 <= recent_share <= 1.0
+    ):
+        raise InvalidInput(
+            f"recent_share must be 'auto' or a number within [0, 1], got {shown(recent_share)}"
+        )
+    return float(recent_share), None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from .config import AUTO_RECENT_SHARE, RECENT_TURNS
+from .config import recent_rule
 from .core import Core
 from .db import MemoryRow, PageRow, SpanRow
 from .errors import BlobError, InvalidInput
@@ -77,7 +77,7 @@ def build_context(
         raise InvalidInput(f"mode must be 'text', 'image' or 'vision', got {shown(mode)}")
     if not isinstance(budget_tokens, int) or isinstance(budget_tokens, bool) or budget_tokens < 1:
         raise InvalidInput(f"budget_tokens must be a positive int, got {shown(budget_tokens)}")
-    recent = _recent_rule(recent_share)
+    recent = recent_rule(recent_share)
     if page_form not in ("vision", "meanpool", "truncate"):
         raise InvalidInput(f"page_form must be 'vision', 'meanpool' or 'truncate', got {shown(page_form)}")
     if page_form != "vision" and mode != "vision":
@@ -100,21 +100,6 @@ def build_context(
     return _chat_context(core, query, budget_tokens, recent_budget, most, mode, scope, k, excluded, images)
 
 
-def _recent_rule(recent_share: object) -> tuple[float, int | None]:
-    """``recent_share`` as (the recent turns' share of the budget, the most of them; None: no limit)."""
-    if recent_share == "auto":
-        return AUTO_RECENT_SHARE, RECENT_TURNS
-    if (
-        not isinstance(recent_share, (int, float))
-        or isinstance(recent_share, bool)
-        or not 0.0 <= recent_share <= 1.0
-    ):
-        raise InvalidInput(
-            f"recent_share must be 'auto' or a number within [0, 1], got {shown(recent_share)}"
-        )
-    return float(recent_share), None
-
-
 def _chat_context(
     core: Core,
     query: str,
@@ -134,7 +119,7 @@ def _chat_context(
         recent: list[tuple[MemoryRow, str, int]] = []
         verbatim = text_tier_turns(core, scope)
         for m in verbatim[:most_recent]:
-            line = f"{m.role}: {turn_text(m)}" if m.role else turn_text(m)
+            line = _turn_line(m)
             cost = core.counter.count(line)
             if used + cost > recent_budget:
                 break
@@ -210,6 +195,11 @@ def _candidates(
     found = [hit.id for hit in hits[:k] if hit.id in turns]
     kept = set(memories) | set(found)
     return [hit for hit in hits if hit.id in kept]
+
+
+def _turn_line(m: MemoryRow) -> str:
+    """A turn of the text tier as the context shows it: "role: text" (its text alone without a role)."""
+    return f"{m.role}: {turn_text(m)}" if m.role else turn_text(m)
 
 
 def _left_out(damaged: list[int], page_ids: list[int], error: BlobError) -> None:
@@ -451,7 +441,7 @@ def _vision_context(
         recent_cost = decoder.count_text(header) if recent_rows else 0
         lines: list[str] = []
         for m in recent_rows:
-            line = f"{m.role}: {turn_text(m)}\n" if m.role else f"{turn_text(m)}\n"
+            line = _turn_line(m) + "\n"
             cost = decoder.count_text(line)
             if used + recent_cost + cost > recent_budget:
                 break
@@ -464,12 +454,11 @@ def _vision_context(
         pages: list[tuple[int, str | np.ndarray]] = []
         damaged: list[int] = []
         newline = decoder.count_text("\n")
-        turns: list[tuple[int, str]] = []  # hits still in the text tier, as text: (memory id, line)
-        for hit in _candidates(core, query, k, scope, skip, {m.id for m in verbatim} - skip):
-            if hit.page_id is None and hit.tier == "text":
-                with core.session() as s:
-                    m = core.memory(s, hit.id)
-                    line = f"{m.role}: {turn_text(m)}\n" if m.role else f"{turn_text(m)}\n"
+        older = {m.id: m for m in verbatim if m.id not in skip}  # the text tier's other turns
+        turns: list[tuple[int, str]] = []  # those found by the query, as text: (memory id, line)
+        for hit in _candidates(core, query, k, scope, skip, set(older)):
+            if hit.id in older:
+                line = _turn_line(older[hit.id]) + "\n"
                 cost = decoder.count_text(line)
                 if used + cost <= budget_tokens:
                     used += cost
