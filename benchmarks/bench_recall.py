@@ -1,6 +1,7 @@
 """First recall of a memory from its page: its own lines read one by one, against a read of the whole page.
 
     .venv/bin/python benchmarks/bench_recall.py [--turns 120] [--sides 1024,640,512] [--seed 0]
+    .venv/bin/python benchmarks/bench_recall.py --kept DIR [--out FILE]   # a kept 10M store, see below
 
 For each page side, the same demo turns (default ``RenderConfig``: 1024 px pages of 51 lines) are paged at
 that side in two fresh stores with the RapidOCR reader: one reads a memory's own lines (the default, the
@@ -12,11 +13,19 @@ of a whole-page read, the character error rate of both against the text that was
 memories whose two reads are the same text. Then ``build_context(mode="text", k=8)`` over pages never read
 before, cold and warm (see :func:`contexts`). Prints tables, writes benchmarks/results/recall_latency.json.
 Run it on a quiet machine.
+
+``--kept DIR`` measures ``build_context`` on a big store instead: the recall conversation kept by
+``bench_retrieval.py --keep DIR`` (``DIR/recall``, e.g. 10M tokens), aged once with the default policy if it
+never was (its pages written and tiered: the last 16k turns on pages, the older forgotten). Each planted
+fact's question is asked once and then ``--warm`` more times, and the latency of both is reported (see
+:func:`kept_contexts`). The first asks read pages never read before only on the store's first run: a
+second run finds them in the read cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import tempfile
@@ -26,6 +35,7 @@ from pathlib import Path
 
 from common import table, write_result  # benchmarks/ is on sys.path when a script runs
 from PIL import Image
+from tqdm import tqdm
 
 import optical_memory as om
 from optical_memory.backends import make_reader
@@ -113,6 +123,47 @@ def contexts(folder: Path, texts: list[str], queries: int, reader: Reader) -> di
     }
 
 
+def kept_contexts(folder: Path, reader: Reader, warm_asks: int) -> dict:
+    """``build_context(mode="text", k=8)`` for each planted question of the recall store kept in
+    ``folder``: the first ask, then ``warm_asks`` more (the read cache warm)."""
+    kept = json.loads((folder / "recall.facts.json").read_text())
+    questions = [fact["question"] for fact in kept["facts"].values()]
+    with om.open(folder / "recall", reader=reader) as store:
+        probe = om.render.Renderer(om.RenderConfig()).draw(["The models load once, here."])
+        reader.read([probe])  # the models load here, not in the first ask's time
+        reader.read_lines([probe.crop((0, 0, 400, 60))])
+        if store.stats().pages == 0:
+            start = time.perf_counter()
+            with tqdm(desc="age", unit="page") as bar:
+                report = store.age(progress=bar.update)
+            print(f"aged in {time.perf_counter() - start:.0f} s: {report}", flush=True)
+        stats = store.stats()
+        store.search("warm up", k=1)  # the one-thread query session is made on first use
+        first, warm, paged = [], [], []
+        for question in questions:
+            start = time.perf_counter()
+            ctx = store.build_context(question, budget_tokens=4000, mode="text", k=8)
+            first.append(time.perf_counter() - start)
+            paged.append(sum(1 for i in ctx.items if i.origin == "retrieved" and i.tier != "text"))
+            for _ in range(warm_asks):
+                start = time.perf_counter()
+                store.build_context(question, budget_tokens=4000, mode="text", k=8)
+                warm.append(time.perf_counter() - start)
+    return {
+        "checkpoint_tokens": kept["checkpoint_tokens"],
+        "memories": stats.memories,
+        "pages": stats.pages,
+        "text_tokens": stats.text_tokens,
+        "queries": len(questions),
+        "paged_hits_mean": round(statistics.fmean(paged), 2),
+        "first_p50_s": round(pct(first, 0.5), 3),
+        "first_p99_s": round(pct(first, 0.99), 3),
+        "warm_asks": len(warm),
+        "warm_p50_ms": round(pct(warm, 0.5) * 1e3, 1),
+        "warm_p99_ms": round(pct(warm, 0.99) * 1e3, 1),
+    }
+
+
 def mean_cer(texts: list[str], read: list[str]) -> float:
     return round(statistics.fmean(cer(t, r) for t, r in zip(texts, read, strict=True)), 4)
 
@@ -124,8 +175,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--contexts", type=int, default=20, help="build_context queries (0: none)")
     ap.add_argument("--context-turns", type=int, default=400, help="turns of the build_context store")
+    ap.add_argument("--kept", metavar="DIR", help="only build_context on the store bench_retrieval.py kept")
+    ap.add_argument("--warm", type=int, default=3, help="with --kept: warm asks of each question")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recall_latency.json"))
     args = ap.parse_args()
+    if args.kept:
+        if not (Path(args.kept) / "recall.facts.json").exists():
+            ap.error(f"--kept {args.kept}: no recall.facts.json there (bench_retrieval.py --keep builds it)")
+        reader = make_reader("rapidocr")
+        kept = kept_contexts(Path(args.kept), reader, args.warm)
+        print(table(list(kept), [list(kept.values())]))
+        write_result(args.out, "bench_recall.py", {"kept": kept})
+        return
     turns = conversation(seed=args.seed, min_tokens=10**9, count=TiktokenCounter().count, facts=())
     texts = [next(turns).text for _ in range(args.turns)]
     reader = make_reader("rapidocr")

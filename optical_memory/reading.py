@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .core import FORGOTTEN, Core, Write, live, tier_of
-from .db import MemoryRow, PageRow, RecallRow, SpanRow
+from .db import MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow
 from .errors import BlobError, InvalidInput
 from .ingest import JOIN_CODES
 from .protocols import LineReader
@@ -348,6 +348,8 @@ def text_tier_turns(core: Core, scope: str | None) -> list[MemoryRow]:
         if scope is not None:
             core.scope(s, scope)
         stmt = select(MemoryRow).where(MemoryRow.kind == "turn", MemoryRow.paged.is_(False), live(now()))
-        if scope is not None:
-            stmt = stmt.where(MemoryRow.scope == scope)
+        # every memory has a scope: naming them all lets the (scope, paged) index find the few unpaged rows,
+        # where the bare query scanned every memory (35 ms at 10M tokens, 148k memories)
+        every = select(ScopeRow.name).scalar_subquery()
+        stmt = stmt.where(MemoryRow.scope == scope if scope is not None else MemoryRow.scope.in_(every))
         return list(s.scalars(stmt.order_by(MemoryRow.turn_index.desc(), MemoryRow.id.desc())))
