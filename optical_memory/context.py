@@ -3,7 +3,8 @@
 build_context -> recent raw turns (the text tier, newest first): with ``recent_share="auto"`` the newest
                  ``RECENT_TURNS`` (within half the budget), with a number up to that share of the budget
               -> hits for the query, the other turns of the text tier among them -> each as recalled text
-                 (text mode), its page as an image part at its tier (image mode), or its page's vision
+                 (text mode), the band of its page as an image part at its tier (image mode; with a
+                 target, bands shrunk while legible and stacked where cheaper), or its page's vision
                  tokens (vision mode) while they fit
               -> chat content parts (or the decoder's inputs_embeds) and the account of every item
 A hit on a page whose image is missing or corrupt is left out, in every mode, and its page listed in the
@@ -95,8 +96,8 @@ def build_context(
     recent_budget = min(budget_tokens, sys.maxsize) * share
     if mode == "vision":
         return _vision_context(core, query, budget_tokens, recent_budget, most, scope, k, page_form, excluded)
-    shrink = target is not None  # only a chosen target's pricing makes a smaller image worth its reading
-    images = _Images(core, price, crop_margin, shrink)
+    fitted = target is not None  # only a chosen target's pricing makes a smaller image worth its reading
+    images = _Images(core, price, crop_margin, fitted)
     return _chat_context(core, query, budget_tokens, recent_budget, most, mode, scope, k, excluded, images)
 
 
@@ -217,75 +218,137 @@ def _retrieved(hit: Hit, cost: int, text_tokens: int) -> ContextItem:
     )
 
 
-SHRINK_SCALES = (1.0, 0.75, 0.625, 0.5, 0.375)  # sizes an image is offered at with a target, of its tier's
+# Sizes a band is offered at with a target, of its tier's (9/16: a 1024 px band with 5.06 px glyphs).
+SHRINK_SCALES = (1.0, 0.75, 0.625, 0.5625, 0.5, 0.375)
 # A smaller image is legible if its lines read within this CER of the page at its tier: as good as the same
 # text, but for one character in 200 (RapidOCR reads 512 px pages at CER 0.0009, 384 px ones at 0.010).
 LEGIBLE_CER = 0.005
-# Nor is an image whose glyphs are under this many pixels wide as the target sees them (a 512 px page's): one
-# probe line may read, but whole pages at 384 px (3.4 px glyphs) read at CER 0.010, at 512 px at 0.0009.
-MIN_CELL_PX = 4.5
+# Nor is an image whose glyphs are under this many pixels wide as the target sees them. A probe line may read
+# below it, but codes do not: at 4.5 px (a 512 px page's glyphs) RapidOCR read "804.71" as "884.71" and
+# "9289-W87" as "9289-w87" in 1024 px bands sent at half size (2 of 52 facts at 100k); at 384 px (3.4 px)
+# whole pages read at CER 0.010. Bands at their own tier are sent as they are, whatever their glyphs.
+MIN_CELL_PX = 5.0
 # With a target, an image is padded with white by up to this many pixels each way to a size the target does
 # not rescale: Qwen-VL rounds sides to 28 px, which squashed a three-line 512 px band 38 -> 28 px tall, its
 # lines unreadable (4 of 52 facts at 100k); 28 px of padding always reaches its grid.
 KEEP_PAD_PX = 32
+# With a target, the bands of a context are stacked into one image (a sheet), this many white rows apart,
+# while the target keeps the sheet as it is and it is cheaper so: each image pays its own overhead (a tile's
+# base, a row of Qwen-VL's 28 px grid half white, its wrap tokens), a sheet pays it once.
+SHEET_GAP_PX = 8
 
 
 @dataclass
-class _Image:
-    """One page's image in a context: the page at its tier, the lines it shows ([start, end); None: the
-    whole page), and the chosen part with its cost in the target's tokens."""
+class _Band:
+    """One page's part of a context: the page at its tier, the lines it shows ([start, end); None: the whole
+    page), the image sent of them (at the chosen size, before any padding), and the text it stands for."""
 
     page: Image.Image
     lines: tuple[int, int] | None
-    part: dict[str, Any]
-    tokens: int
+    image: Image.Image
     text_tokens: int  # the page's
     used_lines: int  # lines of the page that hold text
     carried: int  # text tokens of the lines shown (the page's, in proportion)
 
 
+@dataclass
+class _Sheet:
+    """One image part: the bands (by page id) stacked top to bottom, and the size sent (padded)."""
+
+    pages: list[int]
+    size: tuple[int, int]
+
+
 class _Images:
     """The image parts of an image-mode context: each hit's band of its page (its lines and ``margin`` lines
-    either side; the whole page when ``margin`` is None), bands of one page merged into one image, each
-    priced in the target's tokens; with ``shrink``, at the cheapest size (of ``SHRINK_SCALES``) whose
-    lines the store's reader still reads, on the image as the target would resize it."""
+    either side; the whole page when ``margin`` is None), bands of one page merged into one. Without a
+    target each band is one image, priced in DeepEncoder's tokens. With one (``fitted``) each band is sent at
+    the cheapest size (of ``SHRINK_SCALES``) whose lines the store's reader still reads, on the image as the
+    target would resize it, and the bands are stacked into as few images as the target keeps unscaled, each
+    padded to a size it does not round; all priced in the target's tokens."""
 
-    def __init__(self, core: Core, price: ImagePricing, margin: int | None, shrink: bool) -> None:
-        self.core, self.price, self.margin, self.shrink = core, price, margin, shrink
-        self._by_page: dict[int, _Image] = {}
+    def __init__(self, core: Core, price: ImagePricing, margin: int | None, fitted: bool) -> None:
+        self.core, self.price, self.margin, self.fitted = core, price, margin, fitted
+        self._bands: dict[int, _Band] = {}  # by page id, in the order the hits placed them
+        self._padded: dict[tuple[int, int], tuple[int, int]] = {}  # _kept's answers
 
     def place(self, hit: Hit, room: int) -> tuple[int, int] | None:
         """Show ``hit`` within ``room`` tokens: (tokens added, text tokens added: the page's text tokens in
         proportion to the lines shown), or None (its page is forgotten, already shown whole, or the image
         does not fit). ``BlobError`` if the page's image is missing or corrupt."""
-        assert hit.page_id is not None
-        before = self._by_page.get(hit.page_id)
-        span = self._span(hit.id, hit.page_id)
+        page_id = hit.page_id
+        assert page_id is not None
+        before = self._bands.get(page_id)
+        span = self._span(hit.id, page_id)
         if before is not None:
             if self.margin is None or before.lines is None or span is None:
                 return None  # the whole page is in already
-            lines = (min(before.lines[0], span[0] - self.margin), max(before.lines[1], span[1] + self.margin))
-            grown = self._image(before.page, lines, span, before.text_tokens, before.used_lines)
-            if grown.tokens - before.tokens > room:
+            grown = (min(before.lines[0], span[0] - self.margin), max(before.lines[1], span[1] + self.margin))
+            band = self._band(page_id, before.page, grown, span, before.text_tokens, before.used_lines)
+        else:
+            found = _page_png(self.core, page_id)
+            if found is None:
                 return None
-            self._by_page[hit.page_id] = grown
-            return grown.tokens - before.tokens, grown.carried - before.carried
-        found = _page_png(self.core, hit.page_id)
-        if found is None:
+            data, row = found
+            page = Image.open(io.BytesIO(data))
+            page.load()
+            lines = None
+            if self.margin is not None and span is not None:
+                lines = (span[0] - self.margin, span[1] + self.margin)
+            band = self._band(page_id, page, lines, span, row.text_tokens, self._used_lines(page_id))
+        sizes = self._sizes()
+        added = self._tokens({**sizes, page_id: band.image.size}) - self._tokens(sizes)
+        if added > room:
             return None
-        data, page = found
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        used = self._used_lines(hit.page_id)
-        band = None if self.margin is None or span is None else (span[0] - self.margin, span[1] + self.margin)
-        made = self._image(image, band, span, page.text_tokens, used)
-        if made.tokens > room:
-            return None
-        self._by_page[hit.page_id] = made
-        return made.tokens, made.carried
+        self._bands[page_id] = band  # a merged band keeps its page's place
+        return added, band.carried - (before.carried if before is not None else 0)
 
     def parts(self) -> list[dict[str, Any]]:
-        return [shown.part for shown in self._by_page.values()]
+        parts = []
+        for sheet in self._sheets(self._sizes()):
+            bands = [self._bands[page_id].image for page_id in sheet.pages]
+            image = bands[0]
+            if len(bands) > 1 or image.size != sheet.size:
+                image = Image.new(bands[0].mode, sheet.size, "white")
+                top = 0
+                for band in bands:
+                    image.paste(band, (0, top))
+                    top += band.height + SHEET_GAP_PX
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        return parts
+
+    def _sizes(self) -> dict[int, tuple[int, int]]:
+        return {page_id: band.image.size for page_id, band in self._bands.items()}
+
+    def _sheets(self, sizes: dict[int, tuple[int, int]]) -> list[_Sheet]:
+        """The images the bands of ``sizes`` (in order) are sent as: without a target one each, as they are;
+        with one, each band added to the last sheet where the target keeps the sheet unscaled once padded
+        and it costs no more than the two apart (a per-pixel price gains nothing, and pays for the white
+        beside a narrower band)."""
+        sheets: list[_Sheet] = []
+        stacked = (0, 0)  # the last sheet's bands, before padding
+        for page_id, (width, height) in sizes.items():
+            if not self.fitted:
+                sheets.append(_Sheet([page_id], (width, height)))
+                continue
+            alone = self._kept((width, height))
+            if sheets:
+                joined = (max(stacked[0], width), stacked[1] + SHEET_GAP_PX + height)
+                padded = self._kept(joined)
+                apart = self.price.tokens(*sheets[-1].size) + self.price.tokens(*alone)
+                if self.price.resize(*padded) == padded and self.price.tokens(*padded) <= apart:
+                    sheets[-1].pages.append(page_id)
+                    sheets[-1].size, stacked = padded, joined
+                    continue
+            sheets.append(_Sheet([page_id], alone))
+            stacked = (width, height)
+        return sheets
+
+    def _tokens(self, sizes: dict[int, tuple[int, int]]) -> int:
+        return sum(self.price.tokens(*sheet.size) for sheet in self._sheets(sizes))
 
     def _span(self, memory_id: int, page_id: int) -> tuple[int, int] | None:
         """The lines [start, end) a memory takes on a page (None on a free-form page: no line grid)."""
@@ -302,14 +365,18 @@ class _Images:
         with self.core.session() as s:
             return int(s.scalar(select(func.max(SpanRow.line_end)).where(SpanRow.page_id == page_id)) or 0)
 
-    def _image(
+    def _band(
         self,
+        page_id: int,
         page: Image.Image,
         lines: tuple[int, int] | None,
         probe: tuple[int, int] | None,
         text_tokens: int,
         used_lines: int,
-    ) -> _Image:
+    ) -> _Band:
+        """The band of ``lines`` of ``page`` (the whole page if None) at the size it is sent: with a target,
+        the smallest of ``SHRINK_SCALES`` that makes the context cheaper and whose ``probe`` lines still
+        read, on the image as the target sees it."""
         renderer, side = self.core.renderer, page.height
         carried = text_tokens
         top = 0
@@ -322,39 +389,39 @@ class _Images:
                 carried = round(text_tokens * max(0, min(end, used_lines) - start) / used_lines)
             top, bottom = renderer.band_rows(start, end, side)
             crop = page.crop((0, top, page.width, bottom))
-        chosen, sent = crop, crop.size
-        if self.shrink:  # a target that rounds sizes (Qwen-VL's 28 px grid) would squash the lines: pad
-            sent = self._kept(crop.size)
-        if self.shrink and probe is not None:
+        chosen = crop
+        if self.fitted and probe is not None:
+            sizes = self._sizes()
+            full = self._tokens({**sizes, page_id: crop.size})
             for scale in sorted(SHRINK_SCALES):  # the smallest legible size first: the cheapest
                 size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
-                padded = self._kept(size)
-                if self.price.tokens(*padded) >= self.price.tokens(*sent):
-                    continue  # no cheaper than the image as it is
-                if self._legible(crop, side, top, size, padded, probe):
-                    chosen, sent = crop.resize(size, Image.Resampling.LANCZOS), padded
+                if self._tokens({**sizes, page_id: size}) >= full:
+                    continue  # no cheaper than the band as it is
+                if self._legible(crop, side, top, size, self._seen({**sizes, page_id: size}, page_id), probe):
+                    chosen = crop.resize(size, Image.Resampling.LANCZOS)
                     break
-        if chosen.size != sent:
-            canvas = Image.new(chosen.mode, sent, "white")
-            canvas.paste(chosen, (0, 0))
-            chosen = canvas
-        buffer = io.BytesIO()
-        chosen.save(buffer, format="PNG")
-        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        part = {"type": "image_url", "image_url": {"url": url}}
-        tokens = self.price.tokens(chosen.width, chosen.height)
-        return _Image(page, lines, part, tokens, text_tokens, used_lines, carried)
+        return _Band(page, lines, chosen, text_tokens, used_lines, carried)
+
+    def _seen(self, sizes: dict[int, tuple[int, int]], page_id: int) -> tuple[int, int]:
+        """The size the target sees the band of ``page_id`` at, its sheet resized as the target does."""
+        for sheet in self._sheets(sizes):
+            if page_id in sheet.pages:
+                resized = self.price.resize(*sheet.size)
+                width, height = sizes[page_id]
+                return (
+                    max(1, round(width * resized[0] / sheet.size[0])),
+                    max(1, round(height * resized[1] / sheet.size[1])),
+                )
+        raise AssertionError(f"page {page_id} is on no sheet")
 
     def _kept(self, size: tuple[int, int]) -> tuple[int, int]:
         """The smallest size at least ``size`` (by up to ``KEEP_PAD_PX`` each way) that the target keeps as
         it is, so an image padded with white to it reaches the model unscaled; ``size`` if there is none."""
-        width, height = size
-        for grow_h in range(KEEP_PAD_PX):
-            for grow_w in range(KEEP_PAD_PX):
-                padded = (width + grow_w, height + grow_h)
-                if self.price.resize(*padded) == padded:
-                    return padded
-        return size
+        if size not in self._padded:
+            width, height = size
+            grown = ((width + w, height + h) for h in range(KEEP_PAD_PX) for w in range(KEEP_PAD_PX))
+            self._padded[size] = next((p for p in grown if self.price.resize(*p) == p), size)
+        return self._padded[size]
 
     def _legible(
         self,
@@ -362,19 +429,14 @@ class _Images:
         side: int,
         top: int,
         size: tuple[int, int],
-        padded: tuple[int, int],
+        seen_size: tuple[int, int],
         probe: tuple[int, int],
     ) -> bool:
-        """Whether ``crop`` (of a ``side`` px page at its tier, from pixel row ``top``) sent at ``size``, on a
-        white canvas of ``padded``, reads once the target resizes it as it does: the probe's lines read
-        alone there within ``LEGIBLE_CER`` of how they read at the tier. Measured once per reader, tier and
-        scale on each axis; a reader that reads no single lines is offered no smaller image."""
+        """Whether ``crop`` (of a ``side`` px page at its tier, from pixel row ``top``) sent at ``size`` and
+        seen by the target at ``seen_size`` reads: the probe's lines read alone there within ``LEGIBLE_CER``
+        of how they read at the tier. Measured once per reader, tier and scale on each axis; a reader that
+        reads no single lines is offered no smaller image."""
         core, reader = self.core, self.core.reader
-        resized = self.price.resize(*padded)
-        seen_size = (
-            max(1, round(size[0] * resized[0] / padded[0])),
-            max(1, round(size[1] * resized[1] / padded[1])),
-        )
         sx, sy = seen_size[0] / crop.width, seen_size[1] / crop.height
         across, down = round(side * sx), round(side * sy)  # the page sides the target sees, per axis
         if across >= side and down >= side:

@@ -335,8 +335,9 @@ class OpticalMemory:
         page) at the page's current tier, bands of one page merged into one image. Images cost the
         ``target`` model's image tokens (a name in ``optical_memory.pricing.TARGETS`` such as ``"gpt-4o"``,
         ``"claude"``, ``"gemini-2"``, ``"qwen2.5-vl"``, or an ``ImagePricing`` rule); with a target each
-        image is sent at the cheapest size that the target's own resize leaves legible to the store's
-        reader. Without one they cost DeepEncoder's vision tokens, at their tier. ``mode="vision"`` (needs a
+        band is sent at the cheapest size that the target's own resize leaves legible to the store's
+        reader, and bands of several pages are stacked into one image where that costs the target less.
+        Without one they cost DeepEncoder's vision tokens, at their tier. ``mode="vision"`` (needs a
         DeepSeek-OCR model): their pages' stored vision tokens go straight into the decoder's input
         embeddings, see :class:`Context`.
 

@@ -59,7 +59,9 @@ def test_an_image_context_sends_the_band_of_the_hit_priced_in_the_targets_tokens
         assert "heron-4417" in read, (target, band.size, read)
     tiles = store.build_context(query, budget_tokens=4000, mode="image", scope=SCOPE, k=1, target="gpt-4o")
     [band] = images_of(tiles)
-    assert band.width < 1024 and tiles.used_tokens == 85 + 170  # shrunk into one 512 px tile: still legible
+    # half size would fit one 512 px tile, but its glyphs would be 4.5 px, under MIN_CELL_PX; 9/16 or more
+    # still takes two tiles, so no smaller size saves anything and the band goes as it is
+    assert band.width == 1024 and tiles.used_tokens == 85 + 170 * 2
 
 
 def test_hits_on_one_page_share_one_image_and_the_account_adds_up(store):
@@ -103,3 +105,35 @@ def test_a_target_that_rounds_sizes_gets_an_image_it_keeps_as_it_is(tmp_path, em
         assert ctx.used_tokens == price.tokens(*band.size)
         read = " ".join(line.text for line in reader.read([band])[0])
         assert "heron-4417" in read, (band.size, read)
+
+
+def test_with_a_target_the_bands_of_several_pages_are_stacked_into_one_image(tmp_path, embedder, reader):
+    """Each image pays its own overhead (OpenAI's 85-token base and whole 512 px tiles, Gemini's 258-token
+    tile, Qwen-VL's wrap tokens and the half-white last row of its grid): bands of different pages share one
+    image where that is cheaper and the target keeps it as it is, and still read. Claude's price is per
+    pixel: stacking gains it nothing, so its bands go apart."""
+    codes = [f"gate code {i}{i}{i}-K{i}" for i in range(1, 5)]
+    with om.open(tmp_path / "s", embedder=embedder, reader=reader, aging=AgingPolicy(text_turns=0)) as store:
+        for code in codes:  # each on its own page: a page's worth of filler after it
+            store.add(f"The barn by the lake has a {code}, remember it.", scope=SCOPE, role="user")
+            store.add_many([{"text": t, "role": "assistant"} for t in FILLER], scope=SCOPE)
+        store.age()
+        query = "What is the gate code of the barn by the lake?"
+        alone = store.build_context(query, budget_tokens=10**6, mode="image", scope=SCOPE, k=4)
+        assert len(images_of(alone)) == 4  # without a target: one image a page
+        for target, images in (("gpt-4o", 1), ("gemini-2", 1), ("qwen2.5-vl", 1), ("claude", 4)):
+            ctx = store.build_context(
+                query, budget_tokens=10**6, mode="image", scope=SCOPE, k=4, target=target
+            )
+            price = TARGETS[target]
+            sent = images_of(ctx)
+            assert len(sent) == images, (target, [image.size for image in sent])
+            assert all(price.resize(*image.size) == image.size for image in sent)  # seen as it is sent
+            assert ctx.used_tokens == sum(price.tokens(*image.size) for image in sent)
+            assert ctx.used_tokens == sum(i.tokens for i in ctx.items)
+            read = " ".join(line.text for page in reader.read(sent) for line in page)
+            assert all(code in read for code in codes), (target, [image.size for image in sent], read)
+        bands = store.build_context(
+            query, budget_tokens=10**6, mode="image", scope=SCOPE, k=4, target="gpt-4o"
+        )
+        assert bands.used_tokens < 4 * (85 + 170)  # four images would cost a base and a tile each, at least
