@@ -297,7 +297,8 @@ class _Images:
                 lines = (span[0] - self.margin, span[1] + self.margin)
             band = self._band(page_id, page, lines, span, row.text_tokens, self._used_lines(page_id))
         sizes = self._sizes()
-        added = self._tokens({**sizes, page_id: band.image.size}) - self._tokens(sizes)
+        before_tokens = self._tokens(self._sheets(sizes))
+        added = self._tokens(self._sheets({**sizes, page_id: band.image.size})) - before_tokens
         if added > room:
             return None
         self._bands[page_id] = band  # a merged band keeps its page's place
@@ -347,8 +348,8 @@ class _Images:
             stacked = (width, height)
         return sheets
 
-    def _tokens(self, sizes: dict[int, tuple[int, int]]) -> int:
-        return sum(self.price.tokens(*sheet.size) for sheet in self._sheets(sizes))
+    def _tokens(self, sheets: list[_Sheet]) -> int:
+        return sum(self.price.tokens(*sheet.size) for sheet in sheets)
 
     def _span(self, memory_id: int, page_id: int) -> tuple[int, int] | None:
         """The lines [start, end) a memory takes on a page (None on a free-form page: no line grid)."""
@@ -392,22 +393,24 @@ class _Images:
         chosen = crop
         if self.fitted and probe is not None:
             sizes = self._sizes()
-            full = self._tokens({**sizes, page_id: crop.size})
+            full = self._tokens(self._sheets({**sizes, page_id: crop.size}))
             for scale in sorted(SHRINK_SCALES):  # the smallest legible size first: the cheapest
                 size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
-                if self._tokens({**sizes, page_id: size}) >= full:
+                sheets = self._sheets({**sizes, page_id: size})
+                if self._tokens(sheets) >= full:
                     continue  # no cheaper than the band as it is
-                if self._legible(crop, side, top, size, self._seen({**sizes, page_id: size}, page_id), probe):
+                if self._legible(crop, side, top, size, self._seen(sheets, page_id, size), probe):
                     chosen = crop.resize(size, Image.Resampling.LANCZOS)
                     break
         return _Band(page, lines, chosen, text_tokens, used_lines, carried)
 
-    def _seen(self, sizes: dict[int, tuple[int, int]], page_id: int) -> tuple[int, int]:
-        """The size the target sees the band of ``page_id`` at, its sheet resized as the target does."""
-        for sheet in self._sheets(sizes):
+    def _seen(self, sheets: list[_Sheet], page_id: int, size: tuple[int, int]) -> tuple[int, int]:
+        """The size the target sees the band of ``page_id``, sent at ``size``, at: its sheet resized as the
+        target does."""
+        for sheet in sheets:
             if page_id in sheet.pages:
                 resized = self.price.resize(*sheet.size)
-                width, height = sizes[page_id]
+                width, height = size
                 return (
                     max(1, round(width * resized[0] / sheet.size[0])),
                     max(1, round(height * resized[1] / sheet.size[1])),

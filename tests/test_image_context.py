@@ -133,7 +133,5 @@ def test_with_a_target_the_bands_of_several_pages_are_stacked_into_one_image(tmp
             assert ctx.used_tokens == sum(i.tokens for i in ctx.items)
             read = " ".join(line.text for page in reader.read(sent) for line in page)
             assert all(code in read for code in codes), (target, [image.size for image in sent], read)
-        bands = store.build_context(
-            query, budget_tokens=10**6, mode="image", scope=SCOPE, k=4, target="gpt-4o"
-        )
-        assert bands.used_tokens < 4 * (85 + 170)  # four images would cost a base and a tile each, at least
+            if target == "gpt-4o":  # four images would cost a base and a tile each, at least
+                assert ctx.used_tokens < 4 * (85 + 170)
