@@ -480,9 +480,10 @@ class _MemoryTools:
         return self.default_scope
 
     def _age(self) -> dict[str, int] | None:
-        """Age the store; a failure is logged, never reported as a failed add (the memory is stored)."""
+        """Age the store, then read ahead in the background the pages a first recall would read whole; a
+        failure is logged, never reported as a failed add (the memory is stored)."""
         try:
-            return dict(self.store.age())
+            return dict(self.store.age(preread=True))
         except Exception:
             log.exception("aging the store after remember failed; the memory was stored")
             return None
@@ -609,7 +610,9 @@ def make_server(
     resource still counts the whole store. ``age_on_remember``: run ``store.age()``
     after every ``remember`` so old turns move into pages and down the ladder (idempotent; it holds the store
     lock for a scan of every page row plus the pages it re-renders or downsamples: tens of ms, about 0.1 s
-    when a turn is packed). ``log_level``: the SDK's (and uvicorn's) logging, which only goes to stderr.
+    when a turn is packed), then read ahead in the background the pages a first recall would read whole
+    (``store.preread_in_background()``: old 256 px pages, ~3.5 s each), so a later recall finds them
+    cached. ``log_level``: the SDK's (and uvicorn's) logging, which only goes to stderr.
     """
     if default_scope is not None and (not isinstance(default_scope, str) or not default_scope.strip()):
         raise InvalidInput(f"default_scope must be a non-empty string or None, got {default_scope!r}")

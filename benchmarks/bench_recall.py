@@ -18,8 +18,10 @@ Run it on a quiet machine.
 ``bench_retrieval.py --keep DIR`` (``DIR/recall``, e.g. 10M tokens), aged once with the default policy if it
 never was (its pages written and tiered: the last 16k turns on pages, the older forgotten). Each planted
 fact's question is asked once and then ``--warm`` more times, and the latency of both is reported (see
-:func:`kept_contexts`). The first asks read pages never read before only on the store's first run: a
-second run finds them in the read cache.
+:func:`kept_contexts`). The first asks read pages never read before only on the store's first run (a
+second run finds them in the read cache), or with ``--cold``, which empties that cache first. A store read
+ahead (``optical-memory --store DIR/recall age --preread``) has its whole-page reads cached already: the
+result says how many such pages were left unread.
 """
 
 from __future__ import annotations
@@ -35,15 +37,18 @@ from pathlib import Path
 
 from common import table, write_result  # benchmarks/ is on sys.path when a script runs
 from PIL import Image
+from sqlalchemy import delete
 from tqdm import tqdm
 
 import optical_memory as om
 from optical_memory.backends import make_reader
 from optical_memory.backends.tiktoken_counter import TiktokenCounter
 from optical_memory.config import AgingPolicy, Tier
+from optical_memory.db import RecallRow
 from optical_memory.demo import conversation
 from optical_memory.metrics import cer
 from optical_memory.protocols import Reader
+from optical_memory.reading import unread_pages
 from optical_memory.types import TextLine
 
 
@@ -130,9 +135,10 @@ def contexts(folder: Path, texts: list[str], queries: int, reader: Reader) -> di
     }
 
 
-def kept_contexts(folder: Path, reader: Reader, warm_asks: int) -> dict:
+def kept_contexts(folder: Path, reader: Reader, warm_asks: int, *, cold: bool = False) -> dict:
     """``build_context(mode="text", k=8)`` for each planted question of the recall store kept in
-    ``folder``: the first ask, then ``warm_asks`` more (the read cache warm)."""
+    ``folder``: the first ask, then ``warm_asks`` more (the read cache warm). ``cold``: the store's read
+    cache is emptied first, so the first asks read every page they need."""
     kept = json.loads((folder / "recall.facts.json").read_text())
     questions = [fact["question"] for fact in kept["facts"].values()]
     with om.open(folder / "recall", reader=reader) as store:
@@ -141,7 +147,12 @@ def kept_contexts(folder: Path, reader: Reader, warm_asks: int) -> dict:
             with tqdm(desc="age", unit="page") as bar:
                 report = store.age(progress=bar.update)
             print(f"aged in {time.perf_counter() - start:.0f} s: {report}", flush=True)
+        if cold:
+            with store._core.write() as w:
+                w.s.execute(delete(RecallRow))
         stats = store.stats()
+        # pages a first recall would read whole (at 256 px: 3.5 s each) that were not read ahead
+        unread = len(unread_pages(store._core))
         store.search("warm up", k=1)  # the one-thread query session is made on first use
         first, warm, paged = [], [], []
         for question in questions:
@@ -160,6 +171,7 @@ def kept_contexts(folder: Path, reader: Reader, warm_asks: int) -> dict:
         "text_tokens": stats.text_tokens,
         "queries": len(questions),
         "paged_hits_mean": round(statistics.fmean(paged), 2),
+        "unread_whole_pages": unread,
         "first_p50_s": round(pct(first, 0.5), 3),
         "first_p99_s": round(pct(first, 0.99), 3),
         "warm_asks": len(warm),
@@ -181,6 +193,7 @@ def main() -> None:
     ap.add_argument("--context-turns", type=int, default=400, help="turns of the build_context store")
     ap.add_argument("--kept", metavar="DIR", help="only build_context on the store bench_retrieval.py kept")
     ap.add_argument("--warm", type=int, default=3, help="with --kept: warm asks of each question")
+    ap.add_argument("--cold", action="store_true", help="with --kept: empty the store's read cache first")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recall_latency.json"))
     args = ap.parse_args()
     if args.kept:
@@ -188,7 +201,7 @@ def main() -> None:
             ap.error(f"--kept {args.kept}: no recall.facts.json there (bench_retrieval.py --keep builds it)")
         reader = make_reader("rapidocr")
         load_models(reader)  # not in the first ask's time
-        kept = kept_contexts(Path(args.kept), reader, args.warm)
+        kept = kept_contexts(Path(args.kept), reader, args.warm, cold=args.cold)
         print(table(list(kept), [list(kept.values())]))
         write_result(args.out, "bench_recall.py", {"kept": kept})
         return

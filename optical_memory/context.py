@@ -180,6 +180,7 @@ def _chat_context(
             saved_tokens=saved,
             damaged=damaged,
             target=images.price.name if mode == "image" else None,
+            text_counter=core.counter.name,
         )
 
 
@@ -583,6 +584,7 @@ def _vision_context(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             damaged=damaged,
+            text_counter="decoder",
         )
 
 

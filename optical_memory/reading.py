@@ -12,7 +12,10 @@ Also the turns still verbatim in the text tier, a page's text as retained, and p
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, wait
 
 from PIL import Image
 from sqlalchemy import select
@@ -26,6 +29,8 @@ from .protocols import LineReader
 from .render import STAND_INS, restore
 from .types import Recall
 from .validation import now, page_id_fits, shown
+
+log = logging.getLogger(__name__)
 
 JOIN_CHARS = {v: k for k, v in JOIN_CODES.items()}
 READ_ATTEMPTS = 4  # reads of a page that keeps changing under them before the error is raised
@@ -245,6 +250,136 @@ def _strip_label(text: str, role: str | None) -> str:
         return text[len(role) :].lstrip(" :;.")
     head, sep, tail = text.partition(":")
     return tail.lstrip() if sep and len(head) <= 64 and " " not in head.strip() else text
+
+
+# -- reading ahead -------------------------------------------------------------------------------------------
+
+
+def unread_pages(core: Core, scope: str | None = None) -> list[int]:
+    """Pages a recall would read whole at their current tier and no read of which is cached there, newest
+    first: pages that still hold an image, are closed (an open page still changes), and show a memory whose
+    text was not kept; read whole because the reader reads only pages, or the page is a scan, or its lines
+    are under ``BAND_MIN_LINE_PX`` tall at its tier (at 256 px: 3.5 s a page, where a band of a 1024 px page
+    is read in a tenth of a second)."""
+    reader = core.reader
+    with core.session() as s:
+        if scope is not None:
+            core.scope(s, scope)
+        # both correlated, so each looks up one page's rows by index (an IN over every span of the store
+        # took 170 ms at 10M tokens)
+        unkept = (
+            select(SpanRow.id)
+            .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
+            .where(SpanRow.page_id == PageRow.id, MemoryRow.text.is_(None))
+        )
+        cached = select(RecallRow.page_id).where(
+            RecallRow.page_id == PageRow.id, RecallRow.side == PageRow.side, RecallRow.reader == reader.name
+        )
+        stmt = select(PageRow.id, PageRow.side, PageRow.render_side).where(
+            PageRow.side.is_not(None),
+            PageRow.blob.is_not(None),
+            PageRow.is_open.is_(False),
+            PageRow.lost.is_(False),
+            unkept.exists(),
+            ~cached.exists(),
+        )
+        if scope is not None:
+            stmt = stmt.where(PageRow.scope == scope)
+        rows = s.execute(stmt.order_by(PageRow.id.desc())).all()
+    return [page for page, side, render_side in rows if side and _by_line(core, side, render_side) is None]
+
+
+def preread(
+    core: Core,
+    page_ids: Sequence[int],
+    *,
+    progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Read these pages whole into the cache at their current tier, one at a time, without the store's lock
+    while the reader runs (other calls go on; one that needs the reader waits for the page in hand). A page
+    cached, moved, forgotten or damaged meanwhile is skipped (recall reads it or names the damage).
+    Returns how many pages were read; stops between pages once ``stop`` is set."""
+    if progress is not None and not callable(progress):
+        raise InvalidInput(f"progress must be a callable taking a count, got {shown(progress)}")
+    reader = core.reader
+    done = 0
+    for page_id in page_ids:
+        if stop is not None and stop.is_set():
+            break
+        with core.lock, core.session() as s:
+            page = s.get(PageRow, page_id)
+            if page is None or page.side is None or page.blob is None:
+                continue
+            blob, side, free_form = page.blob, page.side, page.render_side == 0
+            if s.get(RecallRow, (page_id, side, reader.name)) is not None:
+                continue
+        try:
+            image = Image.open(io.BytesIO(core.blobs.get(blob)))
+        except BlobError as e:
+            if _page_blob(core, page_id) == blob:  # damaged, not moved: recall names it, verify heals it
+                log.warning("preread: page %d not read: %s", page_id, e)
+            continue
+        read = _read_page(core, image, free_form)
+        with core.write() as w:
+            _cache_lines(w, page_id, blob, side, reader.name, read)
+        done += 1
+        if progress is not None:
+            progress(1)
+    return done
+
+
+class Prereader:
+    """Reads a store's unread pages (:func:`unread_pages`) on one background thread, so that a first recall
+    finds them cached. :meth:`start` while it runs makes it look again once it has caught up; :meth:`close`
+    stops it after the page in hand. Its thread is a daemon: an exit mid-read loses only that read."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._again = False  # look for unread pages again before the run ends
+        self._done: Future[int] | None = None  # the run in progress
+
+    def start(self) -> Future[int]:
+        """Read every unread page in the background; the future gives how many this run read once none is
+        left (a run started meanwhile shares it), or the reader's error."""
+        with self._lock:
+            if self._stop.is_set():
+                raise InvalidInput("the store is closed: nothing can be read ahead")
+            self._again = True
+            if self._done is None:
+                self._done = Future()
+                threading.Thread(
+                    target=self._run, args=(self._done,), name="optical-memory-preread", daemon=True
+                ).start()
+            return self._done
+
+    def _run(self, done: Future[int]) -> None:
+        read = 0
+        try:
+            while True:
+                with self._lock:
+                    if not self._again or self._stop.is_set():
+                        self._done = None  # caught up (or closed): the next start() begins a new run
+                        break
+                    self._again = False
+                read += preread(self._core, unread_pages(self._core), stop=self._stop)
+        except Exception as e:  # handed to whoever waits on the future, logged for who does not
+            with self._lock:
+                self._done = None
+            log.exception("preread stopped")
+            done.set_exception(e)
+            return
+        done.set_result(read)
+
+    def close(self) -> None:
+        """Stop after the page in hand and wait for that."""
+        with self._lock:
+            self._stop.set()
+            done = self._done
+        if done is not None:
+            wait([done])
 
 
 # -- page images ---------------------------------------------------------------------------------------------

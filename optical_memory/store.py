@@ -7,7 +7,7 @@ over to the room of the data flow it belongs to, all of them working through one
     aging        age: expiry, packing turns into pages, the tier ladder; pin, set_ttl, delete
     vision       sync_vision, vision_tokens: each page's tokens at its tier
     retrieval    search, memories: the index, scopes and filters
-    reading      recall: the reader over page images, cached per tier; the text tier
+    reading      recall: the reader over page images, cached per tier; reading ahead; the text tier
     context      build_context, answer: text, image and vision context with its token account
     maintenance  stats, verify and repair
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class OpticalMemory:
         self.embedder: Embedder = core.embedder
         self.blobs: BlobStore = core.blobs
         self.index: VectorIndex = core.index
+        self._prereader = reading.Prereader(core)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -91,7 +93,9 @@ class OpticalMemory:
         return self._core.encoder
 
     def close(self) -> None:
-        """Save the index and release the store. Safe to call twice."""
+        """Stop reading ahead (after the page in hand), save the index and release the store. Safe to call
+        twice."""
+        self._prereader.close()
         self._core.close()
 
     def flush(self) -> None:
@@ -184,7 +188,13 @@ class OpticalMemory:
 
     # -- aging -----------------------------------------------------------------------------------------------
 
-    def age(self, *, now: float | datetime | None = None, progress: Progress | None = None) -> dict[str, int]:
+    def age(
+        self,
+        *,
+        now: float | datetime | None = None,
+        progress: Progress | None = None,
+        preread: bool = False,
+    ) -> dict[str, int]:
         """Apply the forgetting policy once: delete memories whose time to live has run out, pack turns that
         left the text tier into pages, then move every page to the tier its turn distance and age call for
         (and, for memories with a ttl, the share of their lifetime that has passed: see
@@ -197,8 +207,33 @@ class OpticalMemory:
         Cost: one pass over every scope and every page still holding an image, whatever changed; only
         pages that move are re-encoded. On a store of thousands of pages, call it on a schedule rather than
         after every write.
+
+        ``preread=True`` then reads ahead in the background (:meth:`preread_in_background`): the pages a
+        first recall would read whole, so that it finds them cached.
         """
-        return aging.age(self._core, now=now, progress=progress)
+        report = aging.age(self._core, now=now, progress=progress)
+        if preread:
+            self._prereader.start()
+        return report
+
+    def preread(self, *, scope: str | None = None, progress: Progress | None = None) -> int:
+        """Read ahead now: every page a first recall would read whole at its current tier (see below) and no
+        read of which is cached, newest first, into the recall cache; returns how many were read. Other
+        calls go on meanwhile (the store's lock is not held while the reader runs).
+
+        Those pages are the ones recall cannot read a memory's own lines of: all pages when the reader reads
+        only pages (DeepSeek-OCR, optical-mini), scans, and pages whose lines are too small to read one by
+        one at their tier (256 px with RapidOCR: ~3.5 s a page on 2 cores). Pages whose memories all keep
+        their text are skipped: recall returns the text."""
+        return reading.preread(self._core, reading.unread_pages(self._core, scope), progress=progress)
+
+    def preread_in_background(self) -> Future[int]:
+        """Read ahead as :meth:`preread` does, on one background thread, returning at once. The future gives
+        how many pages were read once none is left (called again meanwhile, it returns the same one, and the
+        thread looks again before it ends). A recall that needs the reader meanwhile waits for the page in
+        hand. ``close()`` stops it after that page; a process that exits without closing loses only that
+        page's read."""
+        return self._prereader.start()
 
     # -- vision tokens ---------------------------------------------------------------------------------------
 

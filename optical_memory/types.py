@@ -83,7 +83,9 @@ class Context:
     ``parts`` are chat content parts in the OpenAI/LangChain shape: ``{"type": "text", "text": ...}`` and,
     in image mode, ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``.
     ``text`` joins the text parts. ``used_tokens`` is what the parts cost (images in ``target``'s image
-    tokens, DeepEncoder's vision tokens by default; text in cl100k_base tokens); ``saved_tokens`` is what
+    tokens, DeepEncoder's vision tokens by default; text in the tokens ``text_counter`` names: the store's
+    counter, cl100k_base unless ``counter=`` gave another, whatever the target, as no other provider's
+    tokenizer ships offline); ``saved_tokens`` is what
     the same content would have cost as text (for an image, the text of the lines it shows, in proportion
     to its page's), minus ``used_tokens``.
 
@@ -106,6 +108,7 @@ class Context:
     attention_mask: Any = None
     damaged: list[int] = field(default_factory=list)  # page ids left out: image missing or corrupt
     target: str | None = None  # image mode: whose pricing ``used_tokens`` counts the images in
+    text_counter: str | None = None  # whose tokens the text parts count in ("decoder": vision mode's own)
 
     @property
     def text(self) -> str:

@@ -37,6 +37,8 @@ def test_cli_round_trip(tmp_path, capsys, embedder, monkeypatch):
     out = run(capsys, *base, "recall", str(ids[1]))
     assert "tier text, source retained" in out and "paint the fence" in out
     assert json.loads(run(capsys, *base, "age"))["packed"] == 0  # 3 turns are within the 16-turn text tier
+    # the document's 1024 px page is read a band at a time when asked: nothing to read ahead
+    assert json.loads(run(capsys, *base, "age", "--preread"))["preread"] == 0
     out = run(capsys, *base, "stats")
     assert "4 memories in 1 scope(s)" in out and "1024" in out
     out = run(capsys, *base, "show", str(doc), "--out", str(tmp_path / "pages"))
@@ -48,7 +50,8 @@ def test_cli_round_trip(tmp_path, capsys, embedder, monkeypatch):
     out = run(
         capsys, *base, "context", "boiler manual", "--scope", "home", "--mode", "image", "--target", "claude"
     )
-    assert '"image_url"' in out and "images priced for claude" in out  # the document's page, as a band
+    assert '"image_url"' in out  # the document's page, as a band
+    assert "images priced for claude, text counted in cl100k_base tokens" in out
     assert json.loads(run(capsys, *base, "verify"))["pages_checked"] == 1
     share = run(capsys, *base, "context", "boiler", "--scope", "home", "--recent-share", "0.5")
     assert "Recent conversation:" in share

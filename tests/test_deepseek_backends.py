@@ -249,6 +249,7 @@ def test_verify_checks_vision_blobs_and_repair_reencodes(tmp_path, checkpoint, e
         assert store.vision_tokens(page_id) is None
         ctx = store.build_context("quick brown fox", budget_tokens=500, mode="vision", scope="s")
         assert ctx.used_tokens == ctx.inputs_embeds.shape[1] and store.vision_tokens(page_id) is not None
+        assert ctx.text_counter == "decoder"  # the text parts in the decoder's own tokens
 
 
 def test_a_version_1_store_is_migrated(tmp_path, embedder):

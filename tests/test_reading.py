@@ -4,6 +4,7 @@ better or costs less, and a repair that never draws a page from a read of only s
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import pytest
@@ -122,20 +123,129 @@ def test_more_lines_than_a_band_reads_the_whole_page_once(tmp_path, embedder, re
         assert counting.pages == [1] and counting.lines == []
 
 
+def tiny_config(**options) -> StoreConfig:
+    return StoreConfig.tiny(
+        aging=AgingPolicy(text_turns=0, tiers=(Tier(side=256, max_turns=0), Tier(side=64))), **options
+    )
+
+
+def tiny_lines(path, embedder, reader, *, turns: int = 12, **options) -> tuple[om.OpticalMemory, list[int]]:
+    """A store of ``turns`` short turns, every one paged: the closed pages at 64 px (15 px lines drawn at
+    256 px: under 4 px there, read whole), the newest page still open at 256 px."""
+    store = om.open(path, config=tiny_config(**options), embedder=embedder, reader=reader)
+    ids = [
+        store.add(f"Turn {i}: the parcel for flat {i} is on shelf {i % 5}.", scope=SCOPE)
+        for i in range(turns)
+    ]
+    store.age()
+    return store, ids
+
+
 def test_a_page_whose_lines_are_tiny_at_its_tier_is_read_whole(tmp_path, embedder, reader):
     counting = Counting(reader)
-    tiers = (Tier(side=256, max_turns=0), Tier(side=64))
-    config = StoreConfig.tiny(aging=AgingPolicy(text_turns=0, tiers=tiers))
-    turns = [f"Turn {i}: the parcel for flat {i} is on shelf {i % 5}." for i in range(12)]  # two pages
-    with om.open(tmp_path / "s", config=config, embedder=embedder, reader=counting) as store:
-        ids = [store.add(t, scope=SCOPE, role="user") for t in turns]
-        store.age()
-        assert store.memory_info(ids[0]).tier == "64"  # 15 px lines drawn at 256 px: under 4 px at 64
+    store, ids = tiny_lines(tmp_path / "s", embedder, counting)  # two pages
+    with store:
+        assert store.memory_info(ids[0]).tier == "64"
         store.recall(ids[0], read=True)
         assert counting.pages == [1] and counting.lines == []
         assert store.memory_info(ids[-1]).tier == "256"  # the newest page stays sharp: 15 px lines
         store.recall(ids[-1], read=True)
         assert counting.pages == [1] and counting.lines == [len(lines_of(store, ids[-1]))]
+
+
+def test_reading_ahead_reads_the_pages_recall_would_read_whole_and_recall_then_reads_nothing(
+    tmp_path, embedder, reader
+):
+    counting = Counting(reader)
+    store, ids = tiny_lines(tmp_path / "ahead", embedder, counting)
+    cold, cold_ids = tiny_lines(tmp_path / "cold", embedder, reader)
+    kept, _ = tiny_lines(tmp_path / "kept", embedder, reader, retain_text=True)
+    with store, cold, kept:
+        old = [i for i in ids if store.memory_info(i).tier == "64"]
+        assert old and store.memory_info(ids[-1]).tier == "256"
+        with pytest.raises(om.InvalidInput, match="progress must be a callable taking a count, got 5"):
+            store.preread(progress=5)
+        with pytest.raises(om.ScopeNotFound, match="elsewhere"):
+            store.preread(scope="elsewhere")
+        assert store.preread(scope=SCOPE, progress=lambda n: None) == 1  # the closed 64 px page, not the open
+        assert counting.pages == [1] and counting.lines == []
+        assert store.preread() == 0  # nothing left unread
+        for memory_id, other in zip(ids, cold_ids, strict=True):
+            assert store.recall(memory_id) == cold.recall(other)  # the text a first recall reads
+        assert counting.pages == [1]  # the old turns came from the cache; the newest read its own lines
+        assert kept.preread() == 0  # every turn keeps its text: recall returns that, reading nothing
+
+    # pages whose lines a reader can read one by one are read when asked; a reader of whole pages only
+    # reads every page whole, so every closed page is read ahead
+    sharp = AgingPolicy(text_turns=0, tiers=(Tier(side=256),))
+    for name, use, expected in (("lines", reader, 0), ("pages", PagesOnly(reader), 1)):
+        config = StoreConfig.tiny(aging=sharp)
+        with om.open(tmp_path / name, config=config, embedder=embedder, reader=use) as store:
+            store.add_many(
+                [f"Turn {i}: the parcel for flat {i} is on shelf {i % 5}." for i in range(12)], scope=SCOPE
+            )
+            store.age()
+            assert store.preread() == expected, name
+
+
+class Gated:
+    """The real reader, each page read waiting until ``go`` is set (``started`` says one is waiting)."""
+
+    def __init__(self, reader) -> None:
+        self.name = reader.name
+        self._reader = reader
+        self.started = threading.Event()
+        self.go = threading.Event()
+        self.pages = 0
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]:
+        self.started.set()
+        assert self.go.wait(60)
+        self.pages += len(images)
+        return self._reader.read(images)
+
+    def read_lines(self, images: Sequence[Image.Image]) -> list[str]:
+        return self._reader.read_lines(images)
+
+
+def test_reading_ahead_in_the_background_leaves_the_store_free_and_stops_at_close(tmp_path, embedder, reader):
+    gated = Gated(reader)
+    store, _ = tiny_lines(tmp_path / "s", embedder, gated, turns=40)
+    unread = reading.unread_pages(store._core)
+    assert len(unread) >= 3
+    assert store.age(preread=True)["downsampled"] == 0  # nothing moved; the reader starts anyway
+    running = store.preread_in_background()
+    assert gated.started.wait(60) and not running.done()
+    assert store.preread_in_background() is running  # one run at a time, which looks again before it ends
+    assert store.search("parcel for flat 3", k=1, scope=SCOPE)  # the store's lock is free meanwhile
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    gated.go.set()  # the page in hand is read and cached, then the run stops
+    closing.join(60)
+    assert not closing.is_alive() and running.result(0) == 1 and gated.pages == 1
+    with pytest.raises(om.InvalidInput, match="store is closed"):
+        store.preread_in_background()
+    with om.open(tmp_path / "s", config=tiny_config(), embedder=embedder, reader=reader) as again:
+        assert reading.unread_pages(again._core) == unread[1:]  # the newest first: that one is cached
+        assert again.preread_in_background().result(120) == len(unread) - 1
+        assert reading.unread_pages(again._core) == []
+
+
+class Broken:
+    name = "rapidocr"
+
+    def read(self, images: Sequence[Image.Image]) -> list[list[TextLine]]:
+        raise RuntimeError("the OCR engine died")
+
+
+def test_a_reader_error_in_the_background_reaches_the_future_and_the_store_goes_on(tmp_path, embedder):
+    store, ids = tiny_lines(tmp_path / "s", embedder, Broken())
+    with store:
+        with pytest.raises(RuntimeError, match="the OCR engine died"):
+            store.preread_in_background().result(60)
+        assert store.memory_info(ids[0]).tier == "64" and store.search("parcel", k=1, scope=SCOPE)
+        with pytest.raises(RuntimeError, match="the OCR engine died"):  # a new run, not the failed one
+            store.preread_in_background().result(60)
 
 
 def test_repair_never_draws_a_page_from_a_read_of_only_some_of_its_lines(tmp_path, embedder, reader):

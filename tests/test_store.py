@@ -797,7 +797,7 @@ def test_build_context_text_and_image(tmp_path, embedder, backend):
         retrieved = [i for i in img.items if i.origin == "retrieved"]
         assert all(i.tokens == om.vision_tokens(int(i.tier)) for i in retrieved)  # whole pages
         assert img.saved_tokens > 0 and img.used_tokens <= 300  # a page image costs less than its text
-        assert img.target == "deepseek-ocr"
+        assert img.target == "deepseek-ocr" and img.text_counter == ctx.text_counter == "cl100k_base"
         crops = store.build_context(turn(1), budget_tokens=300, mode="image", scope=SCOPE)
         bands = [p for p in crops.parts if p["type"] == "image_url"]
         assert 0 < len(bands) <= len(images) and sum(i.tokens for i in crops.items) == crops.used_tokens
@@ -997,6 +997,8 @@ def test_public_api_is_pinned():
         "memories",
         "memory_info",
         "set_ttl",
+        "preread",
+        "preread_in_background",
     }
     backends = {"reader", "encoder", "counter", "renderer"}  # properties: made on first use
     public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - backends
