@@ -23,7 +23,7 @@ from .core import IN_BATCH, Core, png
 from .db import EmbeddingRow, MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow
 from .errors import InvalidInput, MemoryNotFound
 from .ingest import write_pages
-from .validation import check_timestamp, check_ttl, shown
+from .validation import check_progress, check_timestamp, check_ttl, shown
 from .vision import sync_vision
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,7 @@ def age(
     core: Core, *, now: float | datetime | None = None, progress: Progress | None = None
 ) -> dict[str, int]:
     when = check_timestamp(now)
-    if progress is not None and not callable(progress):
-        raise InvalidInput(f"progress must be a callable taking a count, got {shown(progress)}")
+    check_progress(progress)
     report = {"expired": 0, "packed": 0, "pages_written": 0, "downsampled": 0, "forgotten": 0}
     with core.lock:
         report["expired"] = _expire(core, when)

@@ -33,6 +33,7 @@ from .validation import (
     check_file,
     check_metadata,
     check_name,
+    check_progress,
     check_scope,
     check_timestamp,
     check_ttl,
@@ -94,8 +95,7 @@ def add_many(
         raise InvalidInput(
             f"add_many takes a list of items, got {type(items).__name__}; use add() for a single text"
         )
-    if progress is not None and not callable(progress):
-        raise InvalidInput(f"progress must be a callable or None, got {type(progress).__name__}")
+    check_progress(progress)
     pending = []
     for number, item in enumerate(items):
         try:
@@ -418,8 +418,7 @@ def add_files(
     meta = check_metadata(metadata)
     if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
         raise InvalidInput(f"add_files takes a list of paths, got {type(paths).__name__}; use add_file()")
-    if progress is not None and not callable(progress):
-        raise InvalidInput(f"progress must be a callable or None, got {type(progress).__name__}")
+    check_progress(progress)
     files: list[list[FilePart]] = []
     for path in paths:
         try:

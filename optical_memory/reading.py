@@ -28,7 +28,7 @@ from .ingest import JOIN_CODES
 from .protocols import LineReader
 from .render import STAND_INS, restore
 from .types import Recall
-from .validation import now, page_id_fits, shown
+from .validation import check_progress, now, page_id_fits, shown
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,7 @@ def preread(
     while the reader runs (other calls go on; one that needs the reader waits for the page in hand). A page
     cached, moved, forgotten or damaged meanwhile is skipped (recall reads it or names the damage).
     Returns how many pages were read; stops between pages once ``stop`` is set."""
-    if progress is not None and not callable(progress):
-        raise InvalidInput(f"progress must be a callable taking a count, got {shown(progress)}")
+    check_progress(progress)
     reader = core.reader
     done = 0
     for page_id in page_ids:

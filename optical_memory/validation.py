@@ -127,6 +127,12 @@ def check_ttl(ttl: object) -> float | None:
     raise InvalidInput(f"ttl must be None or a positive finite number of seconds, got {shown(ttl)}")
 
 
+def check_progress(progress: object) -> None:
+    """A progress callback: None, or a callable that is given a count of items done."""
+    if progress is not None and not callable(progress):
+        raise InvalidInput(f"progress must be a callable taking a count, got {shown(progress)}")
+
+
 def check_count(value: object, what: str, *, allow_none: bool) -> int | None:
     if value is None and allow_none:
         return None

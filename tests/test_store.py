@@ -103,6 +103,10 @@ def test_add_many_returns_ids_in_order(store):
     ids = store.add_many(["first thing", {"text": "second thing", "role": "assistant"}], scope=SCOPE)
     assert [store.recall(i).text for i in ids] == ["first thing", "second thing"]
     assert store.recall(ids[1]).role == "assistant"
+    for call in (store.add_many, store.add_files):  # one check of the progress callback, naming the value
+        with pytest.raises(om.InvalidInput, match="progress must be a callable taking a count, got 'bar'"):
+            call([], scope=SCOPE, progress="bar")
+    assert store.stats().memories == 2
 
 
 # -- aging
