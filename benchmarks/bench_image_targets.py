@@ -63,12 +63,18 @@ def images(ctx: om.Context) -> list[Image.Image]:
     return out
 
 
-def kept_facts(folder: Path) -> tuple[int, dict[int, PlantedFact]]:
-    """The checkpoint and planted facts (by memory id) of the recall store ``bench_retrieval.py`` kept in
-    ``folder``, each with its answer: the kept file has statements and questions, ``make_facts`` the rest."""
+def kept_facts(folder: Path, seed: int) -> tuple[int, dict[int, PlantedFact]]:
+    """The checkpoint and planted facts (by memory id) of the recall store ``bench_retrieval.py --seed
+    seed`` kept in ``folder``, each with its answer: the kept file has statements and questions,
+    ``make_facts`` the rest."""
     kept = json.loads((folder / "recall.facts.json").read_text())
     checkpoint = kept["checkpoint_tokens"]
-    made = {f.statement: f for f in make_facts([checkpoint], len(kept["facts"]), seed=0)}
+    made = {f.statement: f for f in make_facts([checkpoint], len(kept["facts"]), seed=seed)}
+    unknown = [f["statement"] for f in kept["facts"].values() if f["statement"] not in made]
+    if unknown:
+        raise SystemExit(
+            f"{folder}: {unknown[0]!r} is not a fact of --seed {seed}: give the seed it was built with"
+        )
     facts = {int(mid): made[f["statement"]] for mid, f in kept["facts"].items()}
     return checkpoint, facts
 
@@ -150,7 +156,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", default="100k")
     ap.add_argument("--facts", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--seed", type=int, default=0, help="the facts' seed (with --kept: the one it was built with)"
+    )
     ap.add_argument("--targets", default="gpt-4o,claude,gemini-2,qwen2.5-vl")
     ap.add_argument("--kept", metavar="DIR", help="ask the recall store bench_retrieval.py --keep DIR kept")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "image_targets.json"))
@@ -170,7 +178,7 @@ def main() -> None:
     targets = args.targets.split(",")
     started = time.perf_counter()
     if args.kept:
-        total, facts = kept_facts(Path(args.kept))
+        total, facts = kept_facts(Path(args.kept), args.seed)
         with om.open(Path(args.kept) / "recall") as store:
             if store.stats().pages == 0:
                 with tqdm(desc="age", unit="page") as bar:
