@@ -611,7 +611,7 @@ def make_server(
     after every ``remember`` so old turns move into pages and down the ladder (idempotent; it holds the store
     lock for a scan of every page row plus the pages it re-renders or downsamples: tens of ms, about 0.1 s
     when a turn is packed), then read ahead in the background the pages a first recall would read whole
-    (``store.preread_in_background()``: old 256 px pages, ~3.5 s each), so a later recall finds them
+    (``store.preread_in_background()``: old 256 px pages, 3.5-4 s each), so a later recall finds them
     cached. ``log_level``: the SDK's (and uvicorn's) logging, which only goes to stderr.
     """
     if default_scope is not None and (not isinstance(default_scope, str) or not default_scope.strip()):

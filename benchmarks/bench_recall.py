@@ -151,7 +151,7 @@ def kept_contexts(folder: Path, reader: Reader, warm_asks: int, *, cold: bool = 
             with store._core.write() as w:
                 w.s.execute(delete(RecallRow))
         stats = store.stats()
-        # pages a first recall would read whole (at 256 px: 3.5 s each) that were not read ahead
+        # pages a first recall would read whole (at 256 px: 3.5-4 s each) that were not read ahead
         unread = len(unread_pages(store._core))
         store.search("warm up", k=1)  # the one-thread query session is made on first use
         first, warm, paged = [], [], []

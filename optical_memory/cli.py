@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--preread",
         action="store_true",
-        help="then read the pages a first recall would read whole into the cache (~3.5 s a 256 px page)",
+        help="then read the pages a first recall would read whole into the cache (3.5-4 s a 256 px page)",
     )
     g.set_defaults(func=cmd_age)
 

@@ -259,7 +259,7 @@ def unread_pages(core: Core, scope: str | None = None) -> list[int]:
     """Pages a recall would read whole at their current tier and no read of which is cached there, newest
     first: pages that still hold an image, are closed (an open page still changes), and show a memory whose
     text was not kept; read whole because the reader reads only pages, or the page is a scan, or its lines
-    are under ``BAND_MIN_LINE_PX`` tall at its tier (at 256 px: 3.5 s a page, where a band of a 1024 px page
+    are under ``BAND_MIN_LINE_PX`` tall at its tier (at 256 px: 3.5-4 s a page, where a band of a 1024 px page
     is read in a tenth of a second)."""
     reader = core.reader
     with core.session() as s:

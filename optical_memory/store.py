@@ -223,7 +223,7 @@ class OpticalMemory:
 
         Those pages are the ones recall cannot read a memory's own lines of: all pages when the reader reads
         only pages (DeepSeek-OCR, optical-mini), scans, and pages whose lines are too small to read one by
-        one at their tier (256 px with RapidOCR: ~3.5 s a page on 2 cores). Pages whose memories all keep
+        one at their tier (256 px with RapidOCR: 3.5-4 s a page on 2 cores). Pages whose memories all keep
         their text are skipped: recall returns the text."""
         return reading.preread(self._core, reading.unread_pages(self._core, scope), progress=progress)
 
