@@ -58,11 +58,17 @@ def _stats_table(stats: Stats) -> str:
     return _table(["tier", "memories", "pages", "text tokens", "vision tokens", "compression", "bytes"], rows)
 
 
-def _open(args: argparse.Namespace) -> OpticalMemory:
-    options: dict[str, object] = {}
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
     if args.model_dir or args.model:
         options.update(model=args.model or "deepseek-ocr", model_dir=args.model_dir, model_device=args.device)
-    return open_store(args.store, **options)
+    if args.database_url:
+        options.update(database_url=args.database_url)
+    return options
+
+
+def _open(args: argparse.Namespace) -> OpticalMemory:
+    return open_store(args.store, **_options(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -440,6 +446,67 @@ def cmd_mcp(args: argparse.Namespace) -> None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    # imported here: FastAPI and uvicorn are an optional extra, whose absence raises MissingDependency
+    from .adapters.keys import KeyRing
+    from .adapters.serve import serve
+
+    ring = KeyRing(args.store)
+    keys = ring.all()
+    where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    print(f"optical-memory: serving {args.store!r} at {where}/ (API {where}/v1, reference {where}/docs)")
+    if ring.required:
+        admins = sum(k.admin for k in keys)
+        print(f"optical-memory: {len(keys)} API key(s), {admins} admin: every request needs one")
+    else:
+        print(
+            "optical-memory: no API keys, so only loopback clients are answered "
+            "(create one: optical-memory keys create --scope NAME)"
+        )
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(
+                args.store,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                options=_options(args),
+                max_body_bytes=int(args.max_body_mb * 2**20),
+                log_level="info" if args.verbose else "warning",
+            )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def cmd_keys(args: argparse.Namespace) -> None:
+    from .adapters.keys import KeyRing
+
+    ring = KeyRing(args.store)
+    if args.action == "create":
+        key = ring.create(args.scope or [], admin=args.admin, label=args.label)
+        print(key)
+        print("optical-memory: the key is shown only now; the store keeps its hash", file=sys.stderr)
+    elif args.action == "revoke":
+        gone = ring.revoke(args.id)
+        print(f"revoked {gone.id} ({', '.join(gone.scopes) or 'admin'})")
+    else:
+        when = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")  # noqa: E731
+        rows = [
+            [key.id, "admin" if key.admin else ", ".join(key.scopes), key.label, when(key.created_at)]
+            for key in ring.all()
+        ]
+        if rows:
+            print(_table(["id", "scopes", "label", "created (UTC)"], rows))
+        elif ring.required:
+            print(
+                f"no API keys: 'serve' refuses every request until one is created (delete {ring.path} to "
+                "answer loopback clients without keys)"
+            )
+        else:
+            print("no API keys: 'serve' answers loopback clients only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="optical-memory",
@@ -470,6 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
         "$OPTICAL_MEMORY_MODEL_DIR, or the shipped weights for optical-mini)",
     )
     p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("OPTICAL_MEMORY_DATABASE_URL"),
+        help="SQLAlchemy URL of the store's database, e.g. postgresql+psycopg://user@host/db "
+        "(default: $OPTICAL_MEMORY_DATABASE_URL, else the SQLite file in the store folder)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
     sub = p.add_subparsers(dest="command", required=True)
@@ -620,6 +693,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve this one scope only: other scopes and their ids are invisible to the client",
     )
     m.set_defaults(func=cmd_mcp)
+
+    sv = sub.add_parser(
+        "serve", help="serve the store over HTTP: a JSON API with tenant keys, and the memory browser at /"
+    )
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s; others need an API key)"
+    )
+    sv.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    sv.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the store (default: %(default)s)"
+    )
+    sv.add_argument(
+        "--max-body-mb", type=float, default=64, help="largest request body in MiB (default: %(default)s)"
+    )
+    sv.set_defaults(func=cmd_serve)
+
+    k = sub.add_parser(
+        "keys", help="create, list and revoke the API keys of 'serve' (kept hashed in the store)"
+    )
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", help="make a key for some scopes (or --admin); prints it once")
+    kc.add_argument(
+        "--scope", action="append", help="a scope the key may touch, or a prefix ending in '*' (repeatable)"
+    )
+    kc.add_argument("--admin", action="store_true", help="a maintenance key: every scope, aging, stats")
+    kc.add_argument("--label", default="", help="a note shown by 'keys list'")
+    ksub.add_parser("list", help="the live keys (ids, scopes, labels; never the keys)")
+    kr = ksub.add_parser("revoke", help="revoke a key by its id")
+    kr.add_argument("id", help="the key's id (the 8 hex digits after om_), or the whole key")
+    k.set_defaults(func=cmd_keys)
 
     ex = sub.add_parser("experiment", help="measure a claim and write CSV, JSON, a plot and a markdown table")
     exsub = ex.add_subparsers(dest="experiment", required=True)

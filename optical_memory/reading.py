@@ -27,7 +27,7 @@ from .errors import BlobError, InvalidInput
 from .ingest import JOIN_CODES
 from .protocols import LineReader
 from .render import STAND_INS, restore
-from .types import Recall
+from .types import PagePlace, Recall
 from .validation import check_progress, now, page_id_fits, shown
 
 log = logging.getLogger(__name__)
@@ -436,6 +436,27 @@ def page_image(core: Core, memory_id: int, *, page_id: int | None = None) -> lis
         }
     found = [page_bytes(core, i, b) for i, b in ((i, blobs.get(i)) for i in page_ids) if b]
     return [Image.open(io.BytesIO(data)) for data in found if data is not None]
+
+
+def memory_pages(core: Core, memory_id: int) -> list[PagePlace]:
+    with core.lock, core.session() as s:
+        core.memory(s, memory_id)
+        rows = s.execute(
+            select(SpanRow.page_id, SpanRow.line_start, SpanRow.line_end, PageRow.side, PageRow.render_side)
+            .join(PageRow, PageRow.id == SpanRow.page_id)
+            .where(SpanRow.memory_id == memory_id)
+            .order_by(SpanRow.char_start)
+        ).all()
+    renderer, places = core.renderer, []
+    for page_id, start, end, side, render_side in rows:
+        tier = tier_of(True, [side])
+        if render_side == 0 or end <= start:  # a scan, a PDF page or an image: no line grid
+            places.append(PagePlace(page_id, tier, None, None))
+            continue
+        height = renderer.config.page_side
+        top, bottom = (renderer.line_top(i, height) / height for i in (start, end))
+        places.append(PagePlace(page_id, tier, round(top, 6), round(min(bottom, 1.0), 6)))
+    return places
 
 
 def page_text(core: Core, page_id: int) -> str | None:

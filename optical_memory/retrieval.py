@@ -87,7 +87,7 @@ def check_filters(core: Core, filters: object) -> dict[str, Any]:
     every value the one JSON scalar it must equal (str, int, float, bool or None). There are no operators:
     a dict value such as ``{"$regex": ...}`` is refused, naming the operator, rather than matching nothing.
     A tier is a page side, as an int or as the string hits carry ("1024"), or "text" or "forgotten"."""
-    wanted = check_metadata(filters)
+    wanted = check_metadata(filters, "filters")
     for key, value in wanted.items():
         if isinstance(value, dict) and any(str(op).startswith("$") for op in value):
             ops = ", ".join(repr(op) for op in value if str(op).startswith("$"))

@@ -40,7 +40,7 @@ from .maintenance import ORPHAN_GRACE_S
 from .pricing import ImagePricing
 from .protocols import Embedder, Encoder, Reader, TokenCounter
 from .render import Renderer
-from .types import Context, Hit, Kind, MemoryInfo, Recall, Stats, VerifyReport
+from .types import Context, Hit, Kind, MemoryInfo, PagePlace, Recall, Stats, VerifyReport
 from .validation import shown
 
 
@@ -424,6 +424,12 @@ class OpticalMemory:
         return context.answer(
             self._core, question, budget_tokens=budget_tokens, scope=scope, max_new_tokens=max_new_tokens
         )
+
+    def memory_pages(self, memory_id: int) -> list[PagePlace]:
+        """Where a memory is on its pages, in reading order: each page's id and current tier, and the band of
+        lines the memory takes on it (shares of the page's height; None on scans), for drawing a highlight
+        over :meth:`page_image`. Raises ``MemoryNotFound`` for an unknown, deleted or expired id."""
+        return reading.memory_pages(self._core, memory_id)
 
     def page_image(self, memory_id: int, *, page_id: int | None = None) -> list[Image.Image]:
         """The page images a memory is on, in reading order, at their current tier (empty if in the text tier

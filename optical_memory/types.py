@@ -53,6 +53,18 @@ class MemoryInfo:
 
 
 @dataclass(frozen=True)
+class PagePlace:
+    """Where a memory is on one of its pages: the page's ``page_id`` and current ``tier``, and the band of
+    the page its lines take, ``top`` and ``bottom`` as shares of the page's height (0.0 to 1.0; both None
+    on a scan, a PDF page or an image, which have no line grid)."""
+
+    page_id: int
+    tier: TierName
+    top: float | None
+    bottom: float | None
+
+
+@dataclass(frozen=True)
 class Recall:
     """A memory read back as text. ``source`` is "retained" (verbatim text from the store) or the name of
     the reader that read the page images at their current tier."""

@@ -53,42 +53,43 @@ def check_scope(scope: object) -> str:
     return check_name(scope, "scope", max_len=255)
 
 
-def check_metadata(metadata: object) -> dict[str, Any]:
+def check_metadata(metadata: object, what: str = "metadata") -> dict[str, Any]:
+    """``metadata`` as plain JSON (a dict of str keys), or ``InvalidInput`` naming it as ``what``."""
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise InvalidInput(f"metadata must be a dict, got {type(metadata).__name__} {shown(metadata)}")
+        raise InvalidInput(f"{what} must be a dict, got {type(metadata).__name__} {shown(metadata)}")
     for key in metadata:
         if not isinstance(key, str):
-            raise InvalidInput(f"metadata keys must be str, got {shown(key)} in {shown(metadata)}")
+            raise InvalidInput(f"{what} keys must be str, got {shown(key)} in {shown(metadata)}")
     try:
         plain = dict(json.loads(json.dumps(dict(metadata), allow_nan=False)))
     except RecursionError:
-        raise InvalidInput(f"metadata is nested more than {METADATA_DEPTH} levels deep") from None
+        raise InvalidInput(f"{what} is nested more than {METADATA_DEPTH} levels deep") from None
     except (TypeError, ValueError) as e:
-        raise InvalidInput(f"metadata must be JSON-serialisable, got {shown(metadata)} ({e})") from None
-    _check_json_strings(plain, metadata)
+        raise InvalidInput(f"{what} must be JSON-serialisable, got {shown(metadata)} ({e})") from None
+    _check_json_strings(plain, metadata, what=what)
     return plain
 
 
-def _check_json_strings(obj: object, metadata: object, depth: int = 0) -> None:
+def _check_json_strings(obj: object, metadata: object, depth: int = 0, *, what: str = "metadata") -> None:
     """Refuse NUL characters and lone surrogates anywhere in metadata: PostgreSQL's json operators cannot
     read a row holding them (every metadata filter on its scope would fail). Refuse nesting deeper than
     ``METADATA_DEPTH`` too: the JSON parsers on the way (SQLAlchemy's, the databases') recurse."""
     if depth > METADATA_DEPTH:
-        raise InvalidInput(f"metadata is nested more than {METADATA_DEPTH} levels deep: {shown(metadata)}")
+        raise InvalidInput(f"{what} is nested more than {METADATA_DEPTH} levels deep: {shown(metadata)}")
     if isinstance(obj, str):
         if "\x00" in obj or any(0xD800 <= ord(c) <= 0xDFFF for c in obj):
             raise InvalidInput(
-                f"metadata string {obj[:40]!r} holds a NUL character or a lone surrogate: {shown(metadata)}"
+                f"{what} string {obj[:40]!r} holds a NUL character or a lone surrogate: {shown(metadata)}"
             )
     elif isinstance(obj, list):
         for item in obj:
-            _check_json_strings(item, metadata, depth + 1)
+            _check_json_strings(item, metadata, depth + 1, what=what)
     elif isinstance(obj, dict):
         for key, value in obj.items():
-            _check_json_strings(key, metadata, depth + 1)
-            _check_json_strings(value, metadata, depth + 1)
+            _check_json_strings(key, metadata, depth + 1, what=what)
+            _check_json_strings(value, metadata, depth + 1, what=what)
 
 
 def _finite(value: object) -> float | None:

@@ -956,6 +956,7 @@ def test_public_api_is_pinned():
             "MissingDependency",
             "OpticalMemory",
             "OpticalMemoryError",
+            "PagePlace",
             "Recall",
             "RenderConfig",
             "SchemaVersionError",
@@ -1003,6 +1004,7 @@ def test_public_api_is_pinned():
         "set_ttl",
         "preread",
         "preread_in_background",
+        "memory_pages",
     }
     backends = {"reader", "encoder", "counter", "renderer"}  # properties: made on first use
     public = {n for n in dir(om.OpticalMemory) if not n.startswith("_")} - backends
