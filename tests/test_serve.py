@@ -8,6 +8,7 @@ Real parts throughout: SQLite files, FAISS, MiniLM, RapidOCR, tiktoken. Nothing 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -699,3 +700,32 @@ def test_after_a_thousand_attempts_bob_still_has_everything(tenants):
     store = tenants["store"]
     assert sorted(m.id for m in store.memories(scope="bob")) == sorted(tenants["bob"])
     assert all(store.memory_info(m).expires_at is None for m in tenants["bob"])  # no ttl set on his
+
+
+def test_a_vision_context_over_http_is_the_decoders_input(tmp_path, embedder):
+    """Vision mode with a small DeepSeek-OCR checkpoint the test writes in the official layout: the
+    embeddings sent over HTTP (float16, base64) are the in-process context's."""
+    import numpy as np
+
+    from optical_memory.model import OCRConfig
+    from optical_memory.model.testing import random_model, write_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "ckpt", random_model(OCRConfig.tiny(), seed=3))
+    config = StoreConfig.tiny(model="deepseek-ocr", model_dir=str(checkpoint), model_dtype="float32")
+    with om.open(tmp_path / "store", config=config, embedder=embedder) as store:
+        store.add_many([f"Turn {i}: the quick brown fox jumps over dog {i}." for i in range(12)], scope="s")
+        store.age()
+        body = {"query": "the quick brown fox", "budget_tokens": 400, "mode": "vision", "scope": "s"}
+        with LiveServer(make_app(store)) as url, httpx.Client(base_url=url, timeout=120) as c:
+            sent = c.post("/v1/context", json={**body, "return_embeds": True}).json()
+            plain = c.post("/v1/context", json=body).json()
+        here = store.build_context("the quick brown fox", budget_tokens=400, mode="vision", scope="s")
+    embeds = sent["inputs_embeds"]
+    assert embeds["dtype"] == "float16" and embeds["shape"] == [1, here.used_tokens, store.encoder.dim]
+    got = np.frombuffer(base64.b64decode(embeds["data"]), dtype=np.float16).reshape(embeds["shape"])
+    np.testing.assert_allclose(
+        got.astype(np.float32), here.inputs_embeds.float().numpy(), rtol=1e-3, atol=1e-3
+    )
+    assert sent["used_tokens"] == here.used_tokens and sent["text_counter"] == "decoder"
+    assert any(p["type"] == "vision" for p in sent["parts"])
+    assert "inputs_embeds" not in plain  # only when asked: they are large
