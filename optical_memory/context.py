@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from .config import recent_rule
 from .core import Core
 from .db import MemoryRow, PageRow, SpanRow
-from .errors import BlobError, InvalidInput
+from .errors import BlobError, InvalidInput, MemoryNotFound
 from .metrics import cer
 from .pricing import ImagePricing, pricing
 from .protocols import LineReader, VisionContext
@@ -131,11 +131,17 @@ def _chat_context(
         retrieved_parts: list[dict[str, Any]] = []
         damaged: list[int] = []
         hits = _candidates(core, query, k, scope, skip, {m.id for m in verbatim} - skip)
-        if mode == "text":
-            prefetch(core, [hit.id for hit in hits])  # every hit's unread lines in one call of the reader
+    if mode == "text":
+        # what the hits need read, read with the lock released: other calls go on meanwhile (a hit deleted
+        # or a page moved by one of them is handled below, under the lock again)
+        prefetch(core, [hit.id for hit in hits])
+    with core.lock:
         for hit in hits:
             with core.session() as s:
-                text_tokens = core.memory(s, hit.id).text_tokens
+                try:
+                    text_tokens = core.memory(s, hit.id).text_tokens
+                except MemoryNotFound:
+                    continue  # deleted while its pages were read
             if mode == "image" and hit.page_id is not None:
                 if hit.page_id in damaged:
                     continue

@@ -115,6 +115,9 @@ class Core:
         except (OSError, ValueError) as e:  # a file in the way, no permission, a NUL in the path
             raise InvalidInput(f"cannot use {str(path)!r} as a store folder: {e}") from None
         self.lock = threading.RLock()  # one lock around every public method of the store
+        # page id -> the lock of the thread reading that page whole outside ``lock`` (reading): a second
+        # thread wanting the page waits for that read and finds it cached, instead of reading it again
+        self.page_reads: dict[int, threading.Lock] = {}
         # (reader, tier side, page sides a context's target sees across and down) -> whether a page still
         # reads there (context)
         self.legible: dict[tuple[str, int, int, int], bool] = {}

@@ -14,8 +14,9 @@ from __future__ import annotations
 import io
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, wait
+from contextlib import contextmanager
 
 from PIL import Image
 from sqlalchemy import select
@@ -25,10 +26,10 @@ from .core import FORGOTTEN, Core, Write, live, tier_of
 from .db import MemoryRow, PageRow, RecallRow, ScopeRow, SpanRow
 from .errors import BlobError, InvalidInput
 from .ingest import JOIN_CODES
-from .protocols import LineReader
+from .protocols import LineReader, Reader
 from .render import STAND_INS, restore
 from .types import PagePlace, Recall
-from .validation import check_progress, now, page_id_fits, shown
+from .validation import SQL_INT, check_progress, now, page_id_fits, shown
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class _PageMoved(Exception):
 
 
 def recall(core: Core, memory_id: int, *, read: bool = False) -> Recall:
+    if isinstance(memory_id, int) and not isinstance(memory_id, bool) and -SQL_INT <= memory_id < SQL_INT:
+        prefetch(core, [memory_id], retained=read)  # read outside the lock what is not cached yet
     for _ in range(READ_ATTEMPTS - 1):
         try:
             return _recall(core, memory_id, read=read)
@@ -158,16 +161,18 @@ def _cache_lines(w: Write, page_id: int, blob: str, side: int, reader: str, read
     w.s.merge(RecallRow(page_id=page_id, side=side, reader=reader, lines=lines))
 
 
-def prefetch(core: Core, memory_ids: Sequence[int]) -> None:
-    """Read into the cache, in one call of the reader, the lines of these memories that recall would read
-    one memory at a time (a context's hits): the lines not cached yet on pages a :class:`LineReader` reads
-    by line. Pages that recall would read whole, and pages whose image is missing, corrupt or changing,
-    are left to recall, which reads them or says why not."""
+def prefetch(core: Core, memory_ids: Sequence[int], *, retained: bool = False) -> None:
+    """Read into the cache what recall will read of these memories (a context's hits), without the store's
+    lock while the reader runs, so that other calls go on meanwhile: the lines not cached yet on pages a
+    :class:`LineReader` reads by line, in one call of the reader, then the pages recall would read whole,
+    one at a time (:func:`preread`). Memories whose text is retained are skipped unless ``retained`` (a
+    recall with ``read=True``). Pages whose image is missing, corrupt or changing are left to recall,
+    which reads them or says why not."""
     reader = core.reader
-    if not memory_ids or not isinstance(reader, LineReader):
+    if not memory_ids:
         return
     with core.lock, core.session() as s:
-        rows = s.execute(
+        query = (
             select(
                 SpanRow.page_id,
                 SpanRow.line_start,
@@ -180,35 +185,44 @@ def prefetch(core: Core, memory_ids: Sequence[int]) -> None:
             .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
             .where(
                 SpanRow.memory_id.in_(list(memory_ids)),
-                MemoryRow.text.is_(None),
+                MemoryRow.paged.is_(True),
                 PageRow.blob.is_not(None),
                 PageRow.side.is_not(None),
             )
-        ).all()
+        )
+        rows = s.execute(query if retained else query.where(MemoryRow.text.is_(None))).all()
         wanted: dict[tuple[int, str, int], set[int]] = {}
+        whole: list[int] = []
         for page_id, start, end, blob, side, render_side in rows:
-            if blob and side and _by_line(core, side, render_side) is not None:
+            if blob and side and isinstance(reader, LineReader) and _by_line(core, side, render_side):
                 wanted.setdefault((page_id, blob, side), set()).update(range(start, end))
+            elif blob and side and page_id not in whole:
+                whole.append(page_id)
         todo: list[tuple[tuple[int, str, int], int, Image.Image]] = []
         for (page_id, blob, side), lines in wanted.items():
             cached = s.get(RecallRow, (page_id, side, reader.name))
             missing = sorted(lines - ({int(k) for k in cached.lines} if cached is not None else set()))
-            if not missing or len(missing) > BAND_LINES:
+            if len(missing) > BAND_LINES:
+                whole.append(page_id)  # recall reads it whole
+                continue
+            if not missing:
                 continue
             try:
                 image = Image.open(io.BytesIO(core.blobs.get(blob)))
             except BlobError:
                 continue  # recall names it
             todo += [((page_id, blob, side), i, image) for i in missing]
-    if not todo:
-        return  # every line is cached already: nothing to read, no write
-    texts = _read_lines(core, reader, [(image, i) for _, i, image in todo])
-    read: dict[tuple[int, str, int], dict[int, str]] = {}
-    for (key, i, _), text in zip(todo, texts, strict=True):
-        read.setdefault(key, {})[i] = text
-    with core.write() as w:
-        for (page_id, blob, side), page_lines in read.items():
-            _cache_lines(w, page_id, blob, side, reader.name, page_lines)
+    if todo:
+        assert isinstance(reader, LineReader)
+        texts = _read_lines(core, reader, [(image, i) for _, i, image in todo])
+        read: dict[tuple[int, str, int], dict[int, str]] = {}
+        for (key, i, _), text in zip(todo, texts, strict=True):
+            read.setdefault(key, {})[i] = text
+        with core.write() as w:
+            for (page_id, blob, side), page_lines in read.items():
+                _cache_lines(w, page_id, blob, side, reader.name, page_lines)
+    if whole:
+        preread(core, whole)  # skips the pages cached already
 
 
 def _read_page(core: Core, image: Image.Image, free_form: bool) -> dict[int, str]:
@@ -306,26 +320,57 @@ def preread(
     for page_id in page_ids:
         if stop is not None and stop.is_set():
             break
-        with core.lock, core.session() as s:
-            page = s.get(PageRow, page_id)
-            if page is None or page.side is None or page.blob is None:
-                continue
-            blob, side, free_form = page.blob, page.side, page.render_side == 0
-            if s.get(RecallRow, (page_id, side, reader.name)) is not None:
-                continue
-        try:
-            image = Image.open(io.BytesIO(core.blobs.get(blob)))
-        except BlobError as e:
-            if _page_blob(core, page_id) == blob:  # damaged, not moved: recall names it, verify heals it
-                log.warning("preread: page %d not read: %s", page_id, e)
-            continue
-        read = _read_page(core, image, free_form)
-        with core.write() as w:
-            _cache_lines(w, page_id, blob, side, reader.name, read)
-        done += 1
-        if progress is not None:
-            progress(1)
+        with _one_reader(core, page_id):
+            if _preread_page(core, reader, page_id):
+                done += 1
+                if progress is not None:
+                    progress(1)
     return done
+
+
+def _preread_page(core: Core, reader: Reader, page_id: int) -> bool:
+    """Read one page whole into the cache unless it is cached already, gone, or damaged; whether it was."""
+    with core.lock, core.session() as s:
+        page = s.get(PageRow, page_id)
+        if page is None or page.side is None or page.blob is None:
+            return False
+        blob, side, free_form = page.blob, page.side, page.render_side == 0
+        if s.get(RecallRow, (page_id, side, reader.name)) is not None:
+            return False
+    try:
+        image = Image.open(io.BytesIO(core.blobs.get(blob)))
+    except BlobError as e:
+        if _page_blob(core, page_id) == blob:  # damaged, not moved: recall names it, verify heals it
+            log.warning("preread: page %d not read: %s", page_id, e)
+        return False
+    read = _read_page(core, image, free_form)
+    with core.write() as w:
+        _cache_lines(w, page_id, blob, side, reader.name, read)
+    return True
+
+
+@contextmanager
+def _one_reader(core: Core, page_id: int) -> Iterator[None]:
+    """Hold the page's read: one thread reads a page whole at a time, and the others wait for it (then find
+    it cached) instead of reading it again. A thread that holds the store's lock does not wait (the reader
+    would need that lock to cache its read): it reads the page itself, as it did before this existed. Best
+    effort: a waiter can miss a read that ended as it arrived and read the page again."""
+    # whether this thread holds the store's lock: threading.Condition asks an RLock the same way
+    waits = not core.lock._is_owned()  # type: ignore[attr-defined]
+    with core.lock:
+        claim = core.page_reads.setdefault(page_id, threading.Lock())
+    if waits:
+        claim.acquire()
+    elif not claim.acquire(blocking=False):
+        yield
+        return
+    try:
+        yield
+    finally:
+        claim.release()
+        with core.lock:
+            if not claim.locked() and core.page_reads.get(page_id) is claim:
+                del core.page_reads[page_id]
 
 
 class Prereader:

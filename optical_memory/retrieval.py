@@ -213,12 +213,13 @@ def search(
     if mode not in RETRIEVAL_MODES:
         raise InvalidInput(f"mode must be one of {', '.join(map(repr, RETRIEVAL_MODES))}, got {shown(mode)}")
     wanted = check_filters(core, filters)
+    with core.lock, core.session() as s:
+        names = scope_names(core, s, scope)
+    if names == []:
+        return []
+    # the query is embedded with the lock released: other calls go on meanwhile (ingest embeds so too)
+    vector = None if mode == "lexical" else core.embedder.embed([query])[0]
     with core.lock:
-        with core.session() as s:
-            names = scope_names(core, s, scope)
-        if names == []:
-            return []
-        vector = None if mode == "lexical" else core.embedder.embed([query])[0]
         if vector is not None:
             core.sync_index()
         fetch = k * (8 if wanted else 3)

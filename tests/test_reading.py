@@ -4,8 +4,11 @@ better or costs less, and a repair that never draws a page from a read of only s
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
@@ -229,6 +232,50 @@ def test_reading_ahead_in_the_background_leaves_the_store_free_and_stops_at_clos
         assert reading.unread_pages(again._core) == unread[1:]  # the newest first: that one is cached
         assert again.preread_in_background().result(120) == len(unread) - 1
         assert reading.unread_pages(again._core) == []
+
+
+def test_a_context_or_a_recall_reading_a_page_leaves_the_store_free_meanwhile(tmp_path, embedder, reader):
+    """A context's hits and a recall with read=True are read with the store's lock released: a search, an
+    add and a listing from other threads go on while the reader runs (the HTTP server's requests)."""
+    gated = Gated(reader)
+    store, ids = tiny_lines(tmp_path / "s", embedder, gated, turns=40)
+    with store, ThreadPoolExecutor(2) as pool:
+        context = pool.submit(store.build_context, "parcel for flat 3", budget_tokens=400, scope=SCOPE, k=2)
+        assert gated.started.wait(60) and not context.done()  # a 64 px page, read whole
+        assert store.search("parcel for flat 3", k=1, scope=SCOPE)
+        added = store.add("a turn added while a page is read", scope=SCOPE)
+        assert store.memories(scope=SCOPE, limit=1)[0].id == added
+        gated.go.set()
+        ctx = context.result(60)
+        assert ctx.items and gated.pages >= 1  # the 64 px page was read for it
+
+        unread = reading.unread_pages(store._core, SCOPE)
+        assert unread  # a closed page the context did not need
+        other = next(i for i in ids if store.memory_pages(i)[0].page_id == unread[0])
+        gated.started.clear()
+        gated.go.clear()
+        recall = pool.submit(store.recall, other, read=True)
+        assert gated.started.wait(60) and not recall.done()
+        assert store.search("parcel", k=1, scope=SCOPE)  # free while recall reads
+        gated.go.set()
+        assert recall.result(60).source == "rapidocr"
+
+
+def test_two_contexts_wanting_one_unread_page_read_it_once(tmp_path, embedder, reader):
+    gated = Gated(reader)
+    store, _ = tiny_lines(tmp_path / "s", embedder, gated, turns=40)
+    with store, ThreadPoolExecutor(2) as pool:
+        unread = set(reading.unread_pages(store._core, SCOPE))
+        ask = functools.partial(store.build_context, "parcel for flat 3", budget_tokens=400, scope=SCOPE, k=1)
+        first = pool.submit(ask)
+        assert gated.started.wait(60)
+        second = pool.submit(ask)  # wants the same page: waits for the first one's read
+        time.sleep(0.5)
+        assert not second.done()
+        gated.go.set()
+        assert first.result(60).items == second.result(60).items
+        read = unread - set(reading.unread_pages(store._core, SCOPE))
+        assert len(read) >= 1 and gated.pages == len(read)
 
 
 class Broken:
