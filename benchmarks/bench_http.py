@@ -111,7 +111,7 @@ async def run_clients(url: str, args: argparse.Namespace, questions: list[str], 
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 op = rng.choices(ops, weights)[0]
-                q = f"{rng.choice(questions)} ({c}.{n})"
+                q = f"{rng.choice(questions)} ({c}.{n})"  # distinct, so no layer can cache the answer
                 if op == "add":
                     body = {"scope": scope, "items": [turn(rng, c, n + i) for i in range(args.batch)]}
                     path = "/v1/memories/batch"
@@ -192,6 +192,13 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--batch", type=int, default=32, help="turns per add request (default: %(default)s)")
     p.add_argument("--mix", default="add=1,search=2,context=1", help="weights (default: %(default)s)")
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="first ask each question once, one at a time, so the contexts read their pages before the clock "
+        "starts (the steady state of a store whose pages were read once); without it, the mixed phase "
+        "includes the first reads of pages at 256 px, 3.5-4 s each",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "http_load.json")
     args = p.parse_args()
     mix = {k: float(v) for k, v in (part.split("=") for part in args.mix.split(","))}
@@ -200,7 +207,14 @@ def main() -> None:
         tokens, memories = store.stats().text_tokens, store.stats().memories
 
     server = Server(args.store, args.workers)
+    warmed = None
     try:
+        if args.warm:
+            t0 = time.perf_counter()
+            with httpx.Client(base_url=server.url, timeout=600) as http:
+                for q in questions:
+                    http.post("/v1/context", json={"query": q, "budget_tokens": 2000, "scope": args.scope})
+            warmed = round(time.perf_counter() - t0, 1)
         mixed = asyncio.run(run_clients(server.url, args, questions, mix, args.seconds, "mixed"))
         adds = asyncio.run(run_clients(server.url, args, questions, {"add": 1.0}, args.seconds / 2, "add"))
     finally:
@@ -213,6 +227,7 @@ def main() -> None:
         "workers": args.workers,
         "batch": args.batch,
         "mix": mix,
+        "warm_up_seconds": warmed,
         "cpu_count": os.cpu_count(),
         "mixed": mixed,
         "add_only": adds,

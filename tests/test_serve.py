@@ -80,8 +80,10 @@ class LiveServer:
 
 
 @pytest.fixture
-def live(tmp_path, embedder, reader) -> Iterator[tuple[str, om.OpticalMemory]]:
-    store = open_store(tmp_path / "store", embedder, reader)
+def live(tmp_path, embedder, reader, backend) -> Iterator[tuple[str, om.OpticalMemory]]:
+    """A store (SQLite, or PostgreSQL where a server is given) served on a real socket."""
+    config = StoreConfig.tiny(database_url=backend)
+    store = om.open(tmp_path / "store", config=config, embedder=embedder, reader=reader)
     with store, LiveServer(make_app(store)) as url:
         yield url, store
 
