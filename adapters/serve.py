@@ -558,7 +558,13 @@ def make_app(
             with open(path, "wb") as f:
                 while chunk := file.file.read(1 << 20):
                     f.write(chunk)
-            return {"ids": store.add_file(path, scope=scope, metadata=meta)}
+            try:
+                return {"ids": store.add_file(path, scope=scope, metadata=meta)}
+            except InvalidInput as e:  # about the file: named as uploaded, not by the server's scratch path
+                message = clean(str(e)).replace(str(path), name).replace(tmp, "")
+                said = re.match(r"[A-Za-z_]+", message)
+                field = "metadata" if said and said.group() == "metadata" else "file"
+                raise ApiError(422, "invalid_input", message, field) from e
 
     @app.post("/v1/memories/{memory_id}/pin", tags=["memories"], summary="Pin (never ages) or unpin")
     def pin(memory_id: MemoryId, body: PinBody, who: Who) -> dict[str, Any]:

@@ -233,6 +233,10 @@ def test_store_errors_keep_their_message_and_get_a_code_and_a_field(live):
         assert when.status_code == 201  # ISO 8601 is the one string parsed
         extra = c.post("/v1/memories", json={"text": "x", "scope": "a", "colour": "red"}).json()["error"]
         assert extra["field"] == "colour"
+        broken = c.post("/v1/files", files={"file": ("notes.pdf", b"%PDF-1.4 broken")}, data={"scope": "a"})
+        error = broken.json()["error"]
+        assert broken.status_code == 422 and error["field"] == "file"
+        assert "'notes.pdf'" in error["message"] and "om-upload" not in error["message"]  # not the temp path
         assert c.get("/v1/nothing").json()["error"]["code"] == "not_found"
         assert c.put("/v1/search").json()["error"]["code"] == "method_not_allowed"
 
