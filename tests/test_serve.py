@@ -260,6 +260,50 @@ def test_a_body_over_the_limit_is_refused_before_it_is_stored(tmp_path, embedder
         assert again.stats().memories == 1
 
 
+def test_concurrent_clients_lose_nothing(tmp_path, embedder, reader):
+    """A bounded load test: 8 clients on their own threads and connections, each 12 mixed requests (batched
+    adds, searches, contexts, recalls), against one real server. No error, and every id returned is listed
+    under its scope, and nowhere else."""
+    store = open_store(tmp_path / "store", embedder, reader)
+    fill(store, "shared", 12)
+    returned: dict[str, list[int]] = {}
+    failures: list[str] = []
+
+    def client(n: int) -> None:
+        scope = f"client-{n}"
+        with httpx.Client(base_url=url, timeout=120) as c:
+            for i in range(12):
+                op = ("add", "search", "context", "add", "recall", "search")[(n + i) % 6]
+                if op == "add":
+                    items = [f"client {n} note {i}.{j}: shelf {j} 🚲" for j in range(4)]
+                    r = c.post("/v1/memories/batch", json={"scope": scope, "items": items})
+                    if r.status_code == 201:
+                        returned.setdefault(scope, []).extend(r.json()["ids"])
+                elif op == "search":
+                    r = c.post(
+                        "/v1/search", json={"query": f"parcel for flat {i}", "scope": "shared", "k": 4}
+                    )
+                elif op == "context":
+                    body = {"query": f"parcel for flat {i}", "scope": "shared", "budget_tokens": 500}
+                    r = c.post("/v1/context", json=body)
+                else:
+                    r = c.get(f"/v1/memories/{1 + i % 12}/text", params={"read": "true"})
+                if r.status_code >= 300:
+                    failures.append(f"{op}: {r.status_code} {r.text[:200]}")
+
+    with store, LiveServer(make_app(store)) as url:
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert failures == []
+        assert sum(len(ids) for ids in returned.values()) == 8 * 4 * 4  # 4 adds of 4 turns per client
+        for scope, ids in returned.items():
+            assert sorted(m.id for m in store.memories(scope=scope)) == sorted(ids)
+        assert store.verify().ok
+
+
 # -- keys ----------------------------------------------------------------------------------------------------
 
 
@@ -700,6 +744,25 @@ def test_no_key_crosses_a_tenant_boundary(tenants, data):
         assert r.status_code == 403
     if op == "delete_scope":
         assert r.status_code == 403
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=70),
+        st.from_regex(r"om_[0-9a-f]{8}_[A-Za-z0-9_-]{43}", fullmatch=True),
+    ),
+    header=st.sampled_from(["authorization", "x-api-key"]),
+    bearer=st.booleans(),
+)
+def test_fuzzed_keys_are_refused_with_a_401(tenants, key, header, bearer):
+    value = f"Bearer {key}" if bearer and header == "authorization" else key
+    if value in tenants["keys"].values() or value.removeprefix("Bearer ") in tenants["keys"].values():
+        return
+    r = tenants["client"].get("/v1/scopes", headers={header: value})
+    assert r.status_code == 401, r.text
+    assert r.json()["error"]["code"] in ("key_required", "key_unknown")
+    assert r.json()["error"]["field"] == "authorization"
 
 
 def test_after_a_thousand_attempts_bob_still_has_everything(tenants):
