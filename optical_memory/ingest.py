@@ -62,6 +62,33 @@ class Pending:
     chunks: list[tuple[int, str]]
     vectors: np.ndarray | None = None
     ttl_s: float | None = None
+    drawn: Drawn | None = None  # a document's pages, drawn before the write lock is taken
+
+
+@dataclass
+class Drawn:
+    """A document laid out and drawn: its pages' lines, spans, section offsets and PNG bytes. Drawing is
+    nearly all of a document's write (15 ms a page at 1024 px), so it is done without the store's lock."""
+
+    pages: list[list[Line]]
+    spans: list[Span]
+    offsets: list[int]
+    pngs: list[bytes]
+
+
+def draw_document(core: Core, p: Pending) -> Drawn:
+    """Lay out and draw a document's pages; each form feed in it starts a new page."""
+    pages: list[list[Line]] = []
+    spans: list[Span] = []
+    offsets: list[int] = []
+    at = 0
+    for section in p.text.split("\f"):
+        laid, placed = core.renderer.layout([(None, section)])
+        spans += [replace(sp, item=len(offsets), page=sp.page + len(pages)) for sp in placed]
+        pages += laid
+        offsets.append(at)
+        at += len(section) + 1
+    return Drawn(pages, spans, offsets, [png(core.renderer.draw(lines)) for lines in pages])
 
 
 def add(
@@ -107,6 +134,9 @@ def add_many(
     if not pending:
         return []
     _embed(core, pending, progress)
+    if kind == "document":
+        for p in pending:
+            p.drawn = draw_document(core, p)  # without the lock: other calls go on meanwhile
     with core.lock, core.write() as w:
         if kind == "document":
             return [_write_document(core, w, p) for p in pending]
@@ -300,22 +330,21 @@ def _write_turns(w: Write, pending: list[Pending]) -> list[int]:
 
 
 def _write_document(core: Core, w: Write, p: Pending) -> int:
-    """A document laid out and written as pages at once; each form feed in it starts a new page."""
-    pages: list[list[Line]] = []
-    spans: list[Span] = []
-    offsets: list[int] = []
-    at = 0
-    for section in p.text.split("\f"):
-        laid, placed = core.renderer.layout([(None, section)])
-        spans += [replace(sp, item=len(offsets), page=sp.page + len(pages)) for sp in placed]
-        pages += laid
-        offsets.append(at)
-        at += len(section) + 1
+    """A document written as pages at once (drawn now unless ``p.drawn`` holds its pages already)."""
+    drawn = p.drawn if p.drawn is not None else draw_document(core, p)
     s = w.s
     srow = _ensure_scope(s, p.scope, p.timestamp)
     memory = _new_memory(s, p, turn_index=srow.turns, paged=True)
     write_pages(
-        core, s, p.scope, pages, spans, [memory] * len(offsets), leave_last_open=False, offsets=offsets
+        core,
+        s,
+        p.scope,
+        drawn.pages,
+        drawn.spans,
+        [memory] * len(drawn.offsets),
+        leave_last_open=False,
+        offsets=drawn.offsets,
+        pngs=drawn.pngs,
     )
     if not core.config.retain_text:
         memory.text = None
@@ -333,8 +362,10 @@ def write_pages(
     *,
     leave_last_open: bool,
     offsets: Sequence[int] | None = None,
+    pngs: Sequence[bytes] | None = None,
 ) -> list[PageRow]:
-    """Render laid-out pages, store their blobs, and write page and span rows (caller's transaction).
+    """Render laid-out pages (or take them drawn, ``pngs``), store their blobs, and write page and span rows
+    (caller's transaction).
 
     ``memories[i]`` is the memory of layout item i; ``offsets[i]`` is added to its char ranges (an item
     can be the tail of a memory whose head is already on an earlier page).
@@ -344,7 +375,7 @@ def write_pages(
     for number, lines in enumerate(pages):
         on_page = [sp for sp in spans if sp.page == number]
         members = [memories[sp.item] for sp in on_page]
-        blob = core.blobs.put(png(core.renderer.draw(lines)))
+        blob = core.blobs.put(pngs[number] if pngs is not None else png(core.renderer.draw(lines)))
         is_last = number == len(pages) - 1
         page = PageRow(
             scope=scope,
@@ -431,6 +462,10 @@ def add_files(
             progress(0.5)  # read (and OCR'd where it has no text layer): half of a file's work
     pending = [part.pending for parts in files for part in parts]
     _embed(core, pending, progress, share=0.5 * len(files) / max(len(pending), 1))
+    for parts in files:
+        for part in parts:
+            if part.image is None:  # a text file: its pages drawn without the lock
+                part.pending.drawn = draw_document(core, part.pending)
     with core.lock, core.write() as w:
         return [[_write_part(core, w, part) for part in parts] for parts in files]
 
