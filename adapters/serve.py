@@ -389,15 +389,7 @@ def make_app(
     @app.post("/v1/memories", status_code=201, tags=["memories"], summary="Store one turn or document")
     def add(body: AddBody, who: Who) -> dict[str, int]:
         scope = who.scope(body.scope)
-        memory_id = store.add(
-            body.text,
-            scope=scope,
-            role=body.role,
-            kind=body.kind,
-            metadata=body.metadata,
-            timestamp=body.timestamp,
-            ttl=body.ttl,
-        )
+        memory_id = store.add(scope=scope, **body.model_dump(exclude={"scope"}))
         return {"id": memory_id}
 
     @app.post("/v1/memories/batch", status_code=201, tags=["memories"], summary="Store many, all or nothing")
@@ -555,18 +547,7 @@ def make_app(
                 f"recent_share: must be 0-1 or 'auto' (got {body.recent_share!r})",
                 "recent_share",
             )
-        ctx = store.build_context(
-            body.query,
-            budget_tokens=body.budget_tokens,
-            mode=body.mode,
-            scope=scope,
-            k=body.k,
-            recent_share=body.recent_share,
-            page_form=body.page_form,
-            exclude=body.exclude,
-            target=body.target,
-            crop_margin=body.crop_margin,
-        )
+        ctx = store.build_context(scope=scope, **body.model_dump(exclude={"scope", "return_embeds"}))
         out = {
             f.name: _plain(getattr(ctx, f.name))
             for f in dataclasses.fields(ctx)
