@@ -39,7 +39,7 @@ from .reading import (
     page_bytes,
     page_text,
     prefetch,
-    recall,
+    read_back,
     text_tier_turns,
     turn_text,
 )
@@ -155,7 +155,7 @@ def _chat_context(
                 cost, text_tokens = placed
             else:
                 try:
-                    r = recall(core, hit.id)
+                    r = read_back(core, hit.id)  # prefetched above
                 except BlobError as e:
                     _left_out(damaged, damaged_pages(core, hit.id), e)
                     continue

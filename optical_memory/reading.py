@@ -29,7 +29,7 @@ from .ingest import JOIN_CODES
 from .protocols import LineReader, Reader
 from .render import STAND_INS, restore
 from .types import PagePlace, Recall
-from .validation import SQL_INT, check_progress, now, page_id_fits, shown
+from .validation import check_progress, is_sql_int, now, page_id_fits, shown
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,14 @@ class _PageMoved(Exception):
 
 
 def recall(core: Core, memory_id: int, *, read: bool = False) -> Recall:
-    if isinstance(memory_id, int) and not isinstance(memory_id, bool) and -SQL_INT <= memory_id < SQL_INT:
+    if is_sql_int(memory_id):  # anything else is named by read_back
         prefetch(core, [memory_id], retained=read)  # read outside the lock what is not cached yet
+    return read_back(core, memory_id, read=read)
+
+
+def read_back(core: Core, memory_id: int, *, read: bool = False) -> Recall:
+    """A memory as text, under the store's lock: what :func:`prefetch` cached is taken from the cache, the
+    rest is read here (a caller that prefetched already, as a context does, calls this directly)."""
     for _ in range(READ_ATTEMPTS - 1):
         try:
             return _recall(core, memory_id, read=read)
@@ -185,7 +191,6 @@ def prefetch(core: Core, memory_ids: Sequence[int], *, retained: bool = False) -
             .join(MemoryRow, MemoryRow.id == SpanRow.memory_id)
             .where(
                 SpanRow.memory_id.in_(list(memory_ids)),
-                MemoryRow.paged.is_(True),
                 PageRow.blob.is_not(None),
                 PageRow.side.is_not(None),
             )

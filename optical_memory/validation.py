@@ -143,12 +143,17 @@ def check_count(value: object, what: str, *, allow_none: bool) -> int | None:
     return min(value, SQL_INT - 1)  # beyond SQL's 64-bit integers: as good as no bound
 
 
+def is_sql_int(value: object) -> bool:
+    """Whether ``value`` is an int (not a bool) that SQL's integer columns can hold: could be an id."""
+    return isinstance(value, int) and not isinstance(value, bool) and -SQL_INT <= value < SQL_INT
+
+
 def page_id_fits(page_id: object) -> bool:
     """Whether ``page_id`` could be a page's id; False for an int SQL cannot hold (no page has it),
     ``InvalidInput`` for anything but an int."""
     if not isinstance(page_id, int) or isinstance(page_id, bool):
         raise InvalidInput(f"page id must be an int, got {type(page_id).__name__} {shown(page_id)}")
-    return -SQL_INT <= page_id < SQL_INT
+    return is_sql_int(page_id)
 
 
 def check_file(path: object) -> Path:
