@@ -183,30 +183,23 @@ class TtlBody(_Body):
     ttl: float | None
 
 
-# every name a client can get wrong: request fields, query and path parameters, form fields
+# every name a client can get wrong: the request bodies' fields, and the query, path and form parameters
 FIELDS = {name for model in _Body.__subclasses__() for name in model.model_fields} | {
     "memory_id",
     "page_id",
-    "scope",
-    "filters",
     "limit",
     "offset",
     "read",
     "file",
     "filename",
-    "metadata",
-    "text",
-    "query",
-    "k",
-    "items",
-    "role",
-    "kind",
-    "budget_tokens",
-    "mode",
-    "target",
-    "ttl",
-    "timestamp",
 }
+
+
+def _named(message: str) -> str | None:
+    """The field a store error is about: its messages start with the value's name ("scope must be ...")."""
+    said = re.match(r"[A-Za-z_]+", message)
+    return said.group() if said and said.group() in FIELDS else None
+
 
 MemoryId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a memory's id")]
 PageId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a page's id (from .../pages or a hit)")]
@@ -245,10 +238,14 @@ class Access:
             raise ApiError(403, "forbidden_scope", f"this key may not touch scope {scope!r}", field)
         return scope
 
+    def visible(self) -> list[str]:
+        """The scopes holding memories that this key may touch."""
+        return [s for s in self.store.scopes() if self.key.may(s)]
+
     def scopes(self, scope: str | list[str] | None, field: str = "scope") -> str | list[str] | None:
         """The scope(s) a listing or search runs over: the ones asked for, each checked, or all the key's."""
         if scope is None:
-            return None if self.key.admin else [s for s in self.store.scopes() if self.key.may(s)]
+            return None if self.key.admin else self.visible()
         if isinstance(scope, str):
             return self.scope(scope, field)
         return [self.scope(s, field) for s in scope]
@@ -258,9 +255,8 @@ class Access:
             return self.scope(scope)
         if self.key.admin:
             return None
-        names = [p for p in self.key.scopes if not p.endswith("*")]
-        if len(names) == 1 and len(self.key.scopes) == 1:
-            return names[0]
+        if len(self.key.scopes) == 1 and not self.key.scopes[0].endswith("*"):
+            return self.key.scopes[0]  # a key of one scope names it
         raise ApiError(422, "scope_required", "scope is required: this key may touch several scopes", "scope")
 
     def memory(self, memory_id: int) -> Any:
@@ -352,9 +348,7 @@ def make_app(
             log.error("%s %s: %s", request.method, request.url.path, e)
         extra = {"Retry-After": "1"} if status == 503 else {}
         message = clean(str(e))
-        named = re.match(r"[A-Za-z_]+", message)  # the store's messages start with the value's name
-        field = named.group() if named and named.group() in FIELDS else None
-        return error_response(status, code, message, field, **extra)
+        return error_response(status, code, message, _named(message), **extra)
 
     @app.exception_handler(RequestValidationError)
     async def on_bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -433,8 +427,7 @@ def make_app(
                 return {"ids": store.add_file(path, scope=scope, metadata=meta)}
             except InvalidInput as e:  # about the file: named as uploaded, not by the server's scratch path
                 message = clean(str(e)).replace(str(path), name).replace(tmp, "")
-                said = re.match(r"[A-Za-z_]+", message)
-                field = "metadata" if said and said.group() == "metadata" else "file"
+                field = "metadata" if _named(message) == "metadata" else "file"
                 raise ApiError(422, "invalid_input", message, field) from e
 
     @app.post("/v1/memories/{memory_id}/pin", tags=["memories"], summary="Pin (never ages) or unpin")
@@ -467,7 +460,7 @@ def make_app(
 
     @app.get("/v1/scopes", tags=["scopes"], summary="The scopes this key may touch that hold memories")
     def scopes(who: Who) -> dict[str, list[str]]:
-        return {"scopes": [s for s in store.scopes() if who.key.may(s)]}
+        return {"scopes": who.visible()}
 
     @app.get("/v1/memories", tags=["memories"], summary="List memories, newest first, a page at a time")
     def memories(
