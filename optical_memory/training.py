@@ -169,6 +169,14 @@ class TrainConfig:
     # crops) the grid at the cells' centres scores every line: in the probe above a blind head there learnt
     # 30% of the characters by step 500, a told head on a jittered grid 7%.
     char_jitter: bool = True
+    # The character head's hidden width (0: a linear map from each vision token). The decoder reads the
+    # tokens through attention and MLPs, not a linear map, so a head with one hidden layer asks of the
+    # encoder what the decoder will, rather than that every character be linearly separable in 256 dims.
+    char_hidden: int = 0
+    # The encoder (ENCODER_PREFIXES) frozen: run without gradients, its weights as they start (from
+    # ``init_from``). DeepSeek-OCR's second stage trained its decoder on a frozen encoder; here it is the
+    # stage after the encoder is pretrained on the character loss, and the step costs no encoder backward.
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
@@ -186,6 +194,15 @@ class TrainConfig:
             raise ValueError(
                 f"neck_char_loss must be >= 0, and it needs char_loss > 0, got {self.neck_char_loss} and "
                 f"{self.char_loss}"
+            )
+        if not self.char_hidden >= 0 or (self.char_hidden and self.char_query):
+            raise ValueError(
+                f"char_hidden must be >= 0, and it does not combine with char_query, got {self.char_hidden}"
+            )
+        if self.freeze_encoder and (self.char_loss > 0 or not self.decoder_loss > 0):
+            raise ValueError(
+                "freeze_encoder trains the decoder alone: it needs decoder_loss > 0 and char_loss 0, got "
+                f"{self.decoder_loss} and {self.char_loss}"
             )
         for name in ("scramble_share", "crop_share", "conversation_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -564,7 +581,8 @@ class CharHead(torch.nn.Module):
     the cell (the grid's jitter) is an input, through Fourier features and a hidden layer, so the target is
     the one character under a known point; otherwise a linear map that cannot know where its points are.
     ``neck``: the width of a token's SAM-neck features (``neck_tokens``), for a linear head that reads the
-    same targets there (deep supervision, ``TrainConfig.neck_char_loss``)."""
+    same targets there (deep supervision, ``TrainConfig.neck_char_loss``). ``hidden_width``: a blind head
+    with one hidden layer of that width (0: linear)."""
 
     def __init__(
         self,
@@ -574,16 +592,22 @@ class CharHead(torch.nn.Module):
         width: int = 512,
         frequencies: int = 4,
         neck: int | None = None,
+        hidden_width: int = 0,
     ) -> None:
         super().__init__()
         out = CHAR_GRID**2 * CHAR_CLASSES
         self.query = query
         self.neck = None if neck is None else torch.nn.Linear(neck, out)
+        self.out: torch.nn.Module
         if query:
             self.frequencies = frequencies
             self.features = torch.nn.Linear(hidden, width)
             self.offset = torch.nn.Linear(4 * frequencies, width)
             self.out = torch.nn.Linear(width, out)
+        elif hidden_width:
+            self.out = torch.nn.Sequential(
+                torch.nn.Linear(hidden, hidden_width), torch.nn.GELU(), torch.nn.Linear(hidden_width, out)
+            )
         else:
             self.out = torch.nn.Linear(hidden, out)
         for layer in self.modules():
@@ -714,12 +738,18 @@ class Trainer:
         else:
             self.model.load_state_dict(start.state_dict())
             log.info("%s: starting from the weights in %s", self.folder, init_from)
+        if config.freeze_encoder:  # no gradient: AdamW skips them, and losses() runs the encoder without one
+            for name, param in self.model.named_parameters():
+                if name.startswith(ENCODER_PREFIXES):
+                    param.requires_grad_(False)
         self.char_head: CharHead | None = None  # training only: never exported
         if config.char_loss > 0:
             hidden = self.model_config.decoder.hidden_size
             sam = self.model_config.sam
             neck = sam.out_chans * self.neck_patches**2 if config.neck_char_loss else None
-            self.char_head = CharHead(hidden, query=config.char_query, neck=neck).to(self.device)
+            self.char_head = CharHead(
+                hidden, query=config.char_query, neck=neck, hidden_width=config.char_hidden
+            ).to(self.device)
             if neck is not None:
                 self.model.model.sam_model.neck.register_forward_hook(self._keep_neck)
         self._neck: torch.Tensor | None = None  # the last SAM-neck output, for the neck's character head
@@ -866,7 +896,8 @@ class Trainer:
         grid (None: the cells' centres). With ``neck_char_loss`` the character loss includes the neck's
         term at that weight; ``neck_char`` keeps that term alone."""
         self.neck_char = None
-        feats = vision_features(self.model, samples)  # (B, q*q, H)
+        with torch.no_grad() if self.config.freeze_encoder else contextlib.nullcontext():
+            feats = vision_features(self.model, samples)  # (B, q*q, H)
         loss, n = page_loss(self.model, samples, feats=feats) if self.config.decoder_loss > 0 else (None, 0)
         if self.char_head is None:
             return loss, n, None
@@ -998,10 +1029,19 @@ class Trainer:
     def evaluate(self, samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
         """``evaluate_pages`` of the model being trained (full pages of the evaluation corpus), and with a
         character head, ``char_accuracy`` per side: the share of its points at the cells' centres whose
-        character it names (what the encoder's output holds of the page, whether the decoder reads it)."""
-        out = evaluate_pages(self.model, samples, greedy_pages=self.config.eval_greedy_pages)
+        character it names (what the encoder's output holds of the page, whether the decoder reads it), and
+        ``glyph_accuracy``, the same over the points on a character other than a space (about a third of the
+        points are spaces, so a head that only says "space" scores that much of ``char_accuracy``).
+
+        When the encoder is pretrained alone (``decoder_loss`` 0) the decoder is untrained: its losses and a
+        greedy read would say nothing and cost most of an evaluation, so only ``vision_rms`` and
+        ``char_accuracy`` are measured."""
+        if self.config.decoder_loss > 0:
+            out = evaluate_pages(self.model, samples, greedy_pages=self.config.eval_greedy_pages)
+        else:
+            out = {k: {} for k in ("loss", "blank_loss", "gap", "vision_rms", "precision")}
         if self.char_head is not None:
-            out["char_accuracy"] = {}
+            out["char_accuracy"], out["glyph_accuracy"] = {}, {}
             was_training = self.model.training
             self.model.eval()
             try:
@@ -1009,11 +1049,18 @@ class Trainer:
                     for side in LADDER:
                         group = [s for s in samples if s.side == side]
                         if group:
-                            logits, targets = self.char_logits(group, vision_features(self.model, group))
+                            feats = vision_features(self.model, group)
+                            if self.config.decoder_loss == 0:
+                                out["vision_rms"][side] = round(rms(feats), 4)
+                            logits, targets = self.char_logits(group, feats)
                             scored = targets != -100
                             hits = (logits.argmax(-1) == targets) & scored
                             out["char_accuracy"][side] = round(
                                 float(hits.sum() / scored.sum().clamp(min=1)), 4
+                            )
+                            glyphs = scored & (targets != 0)
+                            out["glyph_accuracy"][side] = round(
+                                float((hits & glyphs).sum() / glyphs.sum().clamp(min=1)), 4
                             )
             finally:
                 self.model.train(was_training)
@@ -1103,6 +1150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="score the character grid at the cells' centres in training too (for full-density pages)",
     )
     parser.add_argument(
+        "--char-hidden",
+        type=int,
+        default=TrainConfig.char_hidden,
+        help="the character head's hidden width (0: linear; e.g. 1024: one GELU layer, as a decoder reads)",
+    )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the decoder alone on a frozen encoder (e.g. one pretrained with --decoder-loss 0)",
+    )
+    parser.add_argument(
         "--decoder-loss",
         type=float,
         default=TrainConfig.decoder_loss,
@@ -1145,6 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             decoder_loss=args.decoder_loss,
             neck_char_loss=args.neck_char_loss,
             char_jitter=args.char_jitter,
+            char_hidden=args.char_hidden,
+            freeze_encoder=args.freeze_encoder,
         )
     except ValueError as e:
         parser.error(str(e))

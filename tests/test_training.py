@@ -366,6 +366,63 @@ def test_the_encoder_can_be_pretrained_on_the_character_loss_alone(tmp_path, few
         TrainConfig(decoder_loss=0.0)  # and no character loss: nothing to train
 
 
+def test_an_encoder_pretrained_alone_is_evaluated_without_its_untrained_decoder(tmp_path, few, monkeypatch):
+    import optical_memory.training as training
+
+    trainer = make_trainer(tmp_path / "run", few, steps=3, char_loss=1.0, decoder_loss=0.0, char_hidden=64)
+    assert isinstance(trainer.char_head.out, torch.nn.Sequential)  # one hidden layer, 64 wide
+    assert trainer.char_head.out[0].out_features == 64
+    trainer.train()
+    monkeypatch.setattr(training, "evaluate_pages", None)  # a greedy read here would be a TypeError
+    out = trainer.evaluate(held_out_samples(1))
+    assert out["gap"] == out["loss"] == out["precision"] == {}
+    assert set(out["vision_rms"]) == set(out["char_accuracy"]) == set(out["glyph_accuracy"]) == set(LADDER)
+    assert all(v > 0 for v in out["vision_rms"].values())
+    folder = trainer.export(tmp_path / "export")
+    loaded = from_pretrained(folder, dtype=torch.float32)  # strict: the official layout, no head
+    assert set(loaded.state_dict()) == set(trainer.model.state_dict())
+    with pytest.raises(ValueError, match="char_hidden"):
+        TrainConfig(char_loss=1.0, char_hidden=-1)
+
+
+def test_glyph_accuracy_scores_only_the_points_on_a_character(tmp_path, few, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", few, steps=1, char_loss=1.0, decoder_loss=0.0)
+    samples = [s for s in held_out_samples(1) if s.side == 1024]
+
+    def says_space(group, feats, *, step=None):  # a head that names every point a space
+        logits, targets = Trainer.char_logits(trainer, group, feats, step=step)
+        spaces = torch.full_like(logits, -1e4)
+        spaces[..., 0] = 0.0
+        return spaces, targets
+
+    monkeypatch.setattr(trainer, "char_logits", says_space)
+    out = trainer.evaluate(samples)
+    _, targets = Trainer.char_logits(trainer, samples, vision_features(trainer.model, samples))
+    scored = targets[targets != -100]
+    assert out["char_accuracy"][1024] == round(float((scored == 0).float().mean()), 4) > 0.1
+    assert out["glyph_accuracy"][1024] == 0.0
+
+
+def test_a_decoder_trains_on_a_frozen_pretrained_encoder(tmp_path, few):
+    first = make_trainer(tmp_path / "encoder", few, steps=2, char_loss=1.0, decoder_loss=0.0, lr=3e-3)
+    first.train()
+    export = first.export(tmp_path / "export")
+    trainer = make_trainer(tmp_path / "decoder", few, steps=3, freeze_encoder=True, init_from=export)
+    before = {n: p.clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "decoder" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > 0 and r["tokens"] > 0 and "char_loss" not in r for r in records)
+    after = dict(trainer.model.named_parameters())
+    encoder = [n for n in before if n.startswith(ENCODER_PREFIXES)]
+    assert encoder and all(torch.equal(after[n], before[n]) for n in encoder)  # as exported, no decay
+    assert not torch.equal(
+        after["model.layers.0.mlp.gate_proj.weight"], before["model.layers.0.mlp.gate_proj.weight"]
+    )
+    for bad in ({"char_loss": 1.0}, {"decoder_loss": 0.0, "char_loss": 1.0}):
+        with pytest.raises(ValueError, match="freeze_encoder"):
+            TrainConfig(freeze_encoder=True, **bad)
+
+
 def test_a_neck_head_reads_the_characters_before_the_compressor_and_is_not_exported(tmp_path, few):
     trainer = make_trainer(tmp_path / "run", few, steps=3, char_loss=1.0, neck_char_loss=1.0, lr=3e-3)
     samples = trainer.stream.batch(1)
