@@ -105,7 +105,11 @@ GREEDY_PAGES = 1  # held-out pages per side read greedily at each evaluation
 # The auxiliary character loss: a training-only head reads, from each vision token alone, the character
 # under each point of a CHAR_GRID x CHAR_GRID grid over the token's 64 px cell (positions from the renderer's
 # geometry). It makes the encoder's output carry the page, which the decoder's loss alone did not force.
+# Its points are 16 px apart: closer than a line is tall (19 px) but not than a character is wide (9 px), so
+# at the cells' centres a 1024 px page's grid never lands on 43% of its character columns (2, 4, 6, 9, ...).
+# TrainConfig.char_columns = COMPLETE_COLUMNS puts them 8 px apart across, on every character of a page.
 CHAR_GRID = 4
+COMPLETE_COLUMNS = 8
 CHAR_CLASSES = 96  # 0: none on a line (a space, the margin, past its end); 1-94: ASCII 33-126; 95: any other
 # DeepEncoder's parameters (SAM, CLIP, projector, the newline and view-separator embeddings), by name
 ENCODER_PREFIXES = (
@@ -173,6 +177,9 @@ class TrainConfig:
     # tokens through attention and MLPs, not a linear map, so a head with one hidden layer asks of the
     # encoder what the decoder will, rather than that every character be linearly separable in 256 dims.
     char_hidden: int = 0
+    # Points across each token's cell in the character grid (CHAR_GRID rows of them): CHAR_GRID scores
+    # 57% of a 1024 px page's character columns, COMPLETE_COLUMNS all of them.
+    char_columns: int = CHAR_GRID
     # The encoder (ENCODER_PREFIXES) frozen: run without gradients, its weights as they start (from
     # ``init_from``). DeepSeek-OCR's second stage trained its decoder on a frozen encoder; here it is the
     # stage after the encoder is pretrained on the character loss, and the step costs no encoder backward.
@@ -199,6 +206,8 @@ class TrainConfig:
             raise ValueError(
                 f"char_hidden must be >= 0, and it does not combine with char_query, got {self.char_hidden}"
             )
+        if not self.char_columns >= 1:
+            raise ValueError(f"char_columns must be >= 1, got {self.char_columns}")
         if self.freeze_encoder and (self.char_loss > 0 or not self.decoder_loss > 0):
             raise ValueError(
                 "freeze_encoder trains the decoder alone: it needs decoder_loss > 0 and char_loss 0, got "
@@ -473,14 +482,20 @@ def char_class(ch: str) -> int:
 
 
 def char_targets(
-    text: str, side: int, renderer: Renderer, *, offset: tuple[float, float] | None = None
+    text: str,
+    side: int,
+    renderer: Renderer,
+    *,
+    offset: tuple[float, float] | None = None,
+    columns: int = CHAR_GRID,
 ) -> torch.Tensor:
     """The auxiliary loss's targets for a page of ``text`` (its lines joined by "\\n", ASCII) at ``side``:
-    (q*q, CHAR_GRID**2) classes of the character under each grid point of each vision token's cell, tokens
-    in the encoder's row-major order. A token covers a 64 px square of the page as the encoder sees it at
-    ``side``, i.e. 64 * page_side / side pixels of the page as drawn; its grid points are 64 / CHAR_GRID
-    apart, starting ``offset`` (y, x) px into the cell (default: the grid's centres). Below 1024 px they are
-    further apart than a line is tall: training jitters ``offset`` so that every line is read in turn."""
+    (q*q, CHAR_GRID * columns) classes of the character under each grid point of each vision token's cell,
+    tokens in the encoder's row-major order, points row-major. A token covers a 64 px square of the page as
+    the encoder sees it at ``side``, i.e. 64 * page_side / side pixels of the page as drawn; its grid points
+    are 64 / CHAR_GRID apart down and 64 / ``columns`` across, starting ``offset`` (y, x) px into the cell
+    (default: the grid's centres). Below 1024 px they are further apart than a line is tall: training
+    jitters ``offset`` so that every line is read in turn."""
     cfg = renderer.config
     q = grid_tokens(side)
     lines = text.split("\n")
@@ -488,22 +503,26 @@ def char_targets(
     for i, line in enumerate(lines[: renderer.lines_per_page]):
         classes = [char_class(ch) for ch in line[: renderer.columns]]
         table[i, : len(classes)] = torch.tensor(classes, dtype=torch.long)
-    step = PIXELS_PER_TOKEN / CHAR_GRID
-    oy, ox = (step / 2, step / 2) if offset is None else offset
-    cells = torch.arange(q)[:, None] * PIXELS_PER_TOKEN + torch.arange(CHAR_GRID) * step  # (q, K)
+    down, across = PIXELS_PER_TOKEN / CHAR_GRID, PIXELS_PER_TOKEN / columns
+    oy, ox = (down / 2, across / 2) if offset is None else offset
+    origins = torch.arange(q)[:, None] * PIXELS_PER_TOKEN
     scale = cfg.page_side / side
-    ys = (cells + oy).flatten() * scale - cfg.margin  # (q*K,) page pixels below the text's top
-    xs = (cells + ox).flatten() * scale - cfg.margin  # (q*K,) and right of its left edge
+    ys = (
+        origins + torch.arange(CHAR_GRID) * down + oy
+    ).flatten() * scale - cfg.margin  # (q*K,) below the top
+    xs = (
+        origins + torch.arange(columns) * across + ox
+    ).flatten() * scale - cfg.margin  # (q*M,) right of left
     rows = torch.floor(ys / cfg.line_height).long()
     cols = torch.floor(xs / renderer.cell_width).long()
     on_line = (rows >= 0) & (rows < min(len(lines), renderer.lines_per_page))
     rows = torch.where(on_line, rows, renderer.lines_per_page)
     cols = torch.where((cols >= 0) & (cols < renderer.columns), cols, renderer.columns)
-    grid = table[rows[:, None], cols[None, :]]  # (q*K, q*K): y, then x
+    grid = table[rows[:, None], cols[None, :]]  # (q*K, q*M): y, then x
     # points above, between or below the page's lines are not scored (-100): on a page of a few lines they
     # would be nearly all of them, and "nothing here" would be the whole lesson
     grid[~on_line] = -100
-    return grid.view(q, CHAR_GRID, q, CHAR_GRID).permute(0, 2, 1, 3).reshape(q * q, CHAR_GRID**2)
+    return grid.view(q, CHAR_GRID, q, columns).permute(0, 2, 1, 3).reshape(q * q, CHAR_GRID * columns)
 
 
 @torch.no_grad()
@@ -577,7 +596,7 @@ def collapse_alarms(evaluations: Sequence[dict[str, dict[int, float]]], *, text_
 
 class CharHead(torch.nn.Module):
     """The auxiliary character loss's head (training only, never exported): from one vision token, the
-    class of the character under each of its CHAR_GRID x CHAR_GRID points. ``query``: the points' offset in
+    class of the character under each of its CHAR_GRID x ``columns`` points. ``query``: the points' offset in
     the cell (the grid's jitter) is an input, through Fourier features and a hidden layer, so the target is
     the one character under a known point; otherwise a linear map that cannot know where its points are.
     ``neck``: the width of a token's SAM-neck features (``neck_tokens``), for a linear head that reads the
@@ -593,9 +612,10 @@ class CharHead(torch.nn.Module):
         frequencies: int = 4,
         neck: int | None = None,
         hidden_width: int = 0,
+        columns: int = CHAR_GRID,
     ) -> None:
         super().__init__()
-        out = CHAR_GRID**2 * CHAR_CLASSES
+        out = CHAR_GRID * columns * CHAR_CLASSES
         self.query = query
         self.neck = None if neck is None else torch.nn.Linear(neck, out)
         self.out: torch.nn.Module
@@ -617,7 +637,7 @@ class CharHead(torch.nn.Module):
 
     def forward(self, feats: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """``feats`` (B, T, H) and ``offsets`` (B, 2), the grid's (y, x) start as a share of its spacing in
-        [0, 1): logits (B, T, CHAR_GRID**2 * CHAR_CLASSES)."""
+        [0, 1): logits (B, T, CHAR_GRID * columns * CHAR_CLASSES)."""
         if not self.query:
             return self.out(feats)
         angles = offsets[:, :, None] * (
@@ -748,7 +768,11 @@ class Trainer:
             sam = self.model_config.sam
             neck = sam.out_chans * self.neck_patches**2 if config.neck_char_loss else None
             self.char_head = CharHead(
-                hidden, query=config.char_query, neck=neck, hidden_width=config.char_hidden
+                hidden,
+                query=config.char_query,
+                neck=neck,
+                hidden_width=config.char_hidden,
+                columns=config.char_columns,
             ).to(self.device)
             if neck is not None:
                 self.model.model.sam_model.neck.register_forward_hook(self._keep_neck)
@@ -917,21 +941,25 @@ class Trainer:
     def char_logits(
         self, samples: Sequence[Sample], feats: torch.Tensor, *, step: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The character head's logits (B, q*q, K*K, C) and their targets (B, q*q, K*K) for ``samples``,
-        the grid jittered by ``step``'s seed (None: at the cells' centres)."""
+        """The character head's logits (B, q*q, P, C) and their targets (B, q*q, P) for ``samples``, P =
+        CHAR_GRID x ``char_columns`` points, the grid jittered by ``step``'s seed (None: at the cells'
+        centres)."""
         assert self.char_head is not None
-        side = samples[0].side
-        spread = PIXELS_PER_TOKEN / CHAR_GRID
-        offsets = [(spread / 2, spread / 2)] * len(samples)
+        side, columns = samples[0].side, self.config.char_columns
+        spread = (PIXELS_PER_TOKEN / CHAR_GRID, PIXELS_PER_TOKEN / columns)  # between points: down, across
+        offsets = [(spread[0] / 2, spread[1] / 2)] * len(samples)
         if step is not None and self.config.char_jitter:  # jittered grid points, seeded like the pages
             rngs = [random.Random(f"{self.config.seed}:char:{step}:{i}") for i in range(len(samples))]
-            offsets = [(r.uniform(0, spread), r.uniform(0, spread)) for r in rngs]
+            offsets = [(r.uniform(0, spread[0]), r.uniform(0, spread[1])) for r in rngs]
         renderer = self.stream.renderer_for(samples[0].page_side)
         targets = torch.stack(
-            [char_targets(s.text, side, renderer, offset=o) for s, o in zip(samples, offsets, strict=True)]
-        )  # (B, q*q, K*K)
-        where = torch.tensor(offsets, device=self.device) / spread  # (B, 2) in [0, 1)
-        logits = self.char_head(feats, where).view(*targets.shape, CHAR_CLASSES)  # (B, q*q, K*K, C)
+            [
+                char_targets(s.text, side, renderer, offset=o, columns=columns)
+                for s, o in zip(samples, offsets, strict=True)
+            ]
+        )  # (B, q*q, P)
+        where = torch.tensor(offsets, device=self.device) / torch.tensor(spread, device=self.device)  # [0, 1)
+        logits = self.char_head(feats, where).view(*targets.shape, CHAR_CLASSES)  # (B, q*q, P, C)
         return logits, targets.to(self.device)
 
     def train(
@@ -1156,6 +1184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the character head's hidden width (0: linear; e.g. 1024: one GELU layer, as a decoder reads)",
     )
     parser.add_argument(
+        "--char-columns",
+        type=int,
+        default=TrainConfig.char_columns,
+        help=f"points across a token in the character grid ({COMPLETE_COLUMNS}: every character at 1024 px)",
+    )
+    parser.add_argument(
         "--freeze-encoder",
         action="store_true",
         help="train the decoder alone on a frozen encoder (e.g. one pretrained with --decoder-loss 0)",
@@ -1205,6 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             char_jitter=args.char_jitter,
             char_hidden=args.char_hidden,
             freeze_encoder=args.freeze_encoder,
+            char_columns=args.char_columns,
         )
     except ValueError as e:
         parser.error(str(e))

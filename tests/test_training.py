@@ -20,6 +20,7 @@ from optical_memory.render import Renderer
 from optical_memory.training import (
     CHAR_GRID,
     COLLAPSE_GAP_NATS,
+    COMPLETE_COLUMNS,
     CROP_BATCH,
     CROP_MARGIN,
     CROP_SIDES,
@@ -505,6 +506,38 @@ def test_character_targets_follow_the_renderer_geometry():
     assert shifted[0].view(4, 4).tolist() == [[drawn(y + 8, x + 8) for x in points] for y in points]
     assert shifted[0].view(4, 4)[0, 0] == char_class("H")
     assert char_class(" ") == 0 and char_class("!") == 1 and char_class("~") == 94 and char_class("é") == 95
+
+
+def test_a_complete_grid_scores_every_character_column_the_default_grid_misses_some():
+    renderer = Renderer(RenderConfig())
+    printable = "".join(chr(c) for c in range(33, 127))  # 94 distinct characters, one a column
+    line = printable + printable[: renderer.columns - len(printable)]
+    scored = {}
+    for columns in (CHAR_GRID, COMPLETE_COLUMNS):
+        targets = char_targets(line, 1024, renderer, columns=columns)
+        assert targets.shape == (16 * 16, CHAR_GRID * columns)
+        scored[columns] = set(targets[targets > 0].tolist())
+    assert scored[COMPLETE_COLUMNS] == {char_class(c) for c in printable}  # every column of line 0
+    # 16 px apart across 9 px characters: about 4 in 7 columns, the same on every line
+    assert 0.5 < len(scored[CHAR_GRID]) / len(printable) < 0.65
+    # 8 points across a token, at 4, 12, ..., 60 px; the text starts at the 24 px margin, 9 px a character
+    row = char_targets(line, 1024, renderer, columns=COMPLETE_COLUMNS)[0].view(CHAR_GRID, COMPLETE_COLUMNS)[1]
+    assert row.tolist() == [0, 0, 0, *(char_class(line[(x - 24) // 9]) for x in range(28, 64, 8))]
+
+
+def test_a_head_on_the_complete_grid_trains_and_evaluates(tmp_path, few):
+    trainer = make_trainer(
+        tmp_path / "run", few, steps=2, char_loss=1.0, neck_char_loss=1.0, char_columns=COMPLETE_COLUMNS
+    )
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["char_loss"] > 0 and r["neck_char_loss"] > 0 for r in records)
+    samples = [s for s in held_out_samples(1) if s.side == 1024]
+    logits, targets = trainer.char_logits(samples, vision_features(trainer.model, samples))
+    assert targets.shape == (1, 16 * 16, CHAR_GRID * COMPLETE_COLUMNS) and logits.shape[:3] == targets.shape
+    assert set(trainer.evaluate(samples)["char_accuracy"]) == {1024}
+    with pytest.raises(ValueError, match="char_columns"):
+        TrainConfig(char_columns=0)
 
 
 def test_the_character_loss_trains_a_head_the_export_leaves_out(tmp_path, few):
