@@ -725,6 +725,10 @@ class Trainer:
             model_config = start.config
             for name in ("tokenizer.json", "tokenizer_config.json"):
                 (self.folder / name).write_bytes((Path(init_from) / name).read_bytes())
+        elif init_from is not None:  # resumed: state.pt holds the weights, the checkpoint their architecture
+            from .model.loading import config_from_json
+
+            model_config = config_from_json(json.loads((Path(init_from) / "config.json").read_text()))
         self.init_from = None if init_from is None else str(init_from)
         self.config = config
         self.device = torch.device(

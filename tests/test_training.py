@@ -458,6 +458,10 @@ def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
     again = make_trainer(tmp_path / "second", few, steps=3, init_from=export)
     assert again.step == 1  # a run folder with state.pt resumes: init_from only seeds a new one
     torch.testing.assert_close(again.model.state_dict(), second.model.state_dict())
+    # as the command line resumes it, with no model config given: the architecture is the checkpoint's
+    config = TrainConfig(steps=3, eval_every=0, min_lines=2, warmup=2)
+    cli = Trainer(tmp_path / "second", config, device="cpu", paragraphs=few, vocab_size=400, init_from=export)
+    assert cli.step == 1 and cli.model_config == second.model_config
 
 
 def test_a_windowed_sam_drops_the_global_block_and_exports_its_own_architecture(tmp_path, few):
