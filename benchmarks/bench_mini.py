@@ -10,6 +10,13 @@ it does not read), and writes ``results/optical_mini/`` (the experiment's csv/js
 ``results/optical_mini.json``. With the training run folder at hand it also plots the training and
 held-out losses (``results/optical_mini_training.png``) and keeps a compact copy of the log (every 10th
 step, every evaluation) in the JSON. ``--control-only`` runs the control alone.
+
+    .venv/bin/python benchmarks/bench_mini.py --lines 1,2,4,51 [--weights build/optical-mini/export]
+
+measures a checkpoint (the shipped one, or a training run's export) on held-out pages cut to their first
+N lines, at 1024 px (``--sides``): the control and a greedy read of every page, what a model early in its
+curriculum already reads. It prints a table and adds the figures, by the weights folder's name, to
+``results/optical_mini_lines.json``.
 """
 
 from __future__ import annotations
@@ -122,6 +129,21 @@ def image_control(pages: int) -> dict[str, Any]:
     return {"pages": pages, "text_rms": round(text_rms(model), 4), **result}
 
 
+def short_pages(weights: Path, pages: int, lines: list[int], sides: list[int]) -> dict[str, Any]:
+    """``evaluate_pages`` of the checkpoint in ``weights`` on ``pages`` held-out pages cut to each of
+    ``lines`` lines, at ``sides``, every page read greedily."""
+    import torch
+
+    from optical_memory.model import from_pretrained
+    from optical_memory.training import evaluate_pages, held_out_samples
+
+    model = from_pretrained(weights, dtype=torch.float32)
+    return {
+        str(n): evaluate_pages(model, held_out_samples(pages, lines=n, sides=sides), greedy_pages=pages)
+        for n in lines
+    }
+
+
 def print_control(control: dict[str, Any]) -> None:
     rows = [
         [
@@ -152,7 +174,34 @@ def main() -> None:
         action="store_true",
         help="only the blank-image control (real vs blank page loss), added to results/optical_mini.json",
     )
+    parser.add_argument("--weights", default=str(MINI_DIR), help="the checkpoint --lines measures")
+    parser.add_argument(
+        "--lines",
+        help="comma-separated line counts: measure --weights on held-out pages cut to each (e.g. 1,2,4,51)",
+    )
+    parser.add_argument("--sides", default="1024", help="the sides --lines measures at, comma-separated")
     args = parser.parse_args()
+
+    if args.lines:
+        counts = [int(n) for n in args.lines.split(",")]
+        sides = [int(side) for side in args.sides.split(",")]
+        result = short_pages(Path(args.weights), args.pages, counts, sides)
+        rows = [
+            [n, side, *(r[k][side] for k in ("loss", "blank_loss", "gap")), f"{r['precision'][side]:.1%}"]
+            for n, r in result.items()
+            for side in sides
+        ]
+        headers = ["lines", "side", "loss, real page", "loss, blank page", "gap (nats)", "precision"]
+        print(table(headers, rows))
+        path = RESULTS / "optical_mini_lines.json"
+        existing = json.loads(path.read_text()) if path.is_file() else {}
+        command = (
+            f".venv/bin/python benchmarks/bench_mini.py --lines {args.lines} --sides {args.sides} "
+            f"--pages {args.pages} --weights {args.weights}"
+        )
+        existing[Path(args.weights).name] = {"command": command, "by_lines": result}
+        path.write_text(json.dumps(existing, indent=1) + "\n")
+        return
 
     if args.control_only:
         control = image_control(args.pages)

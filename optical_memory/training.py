@@ -70,6 +70,7 @@ from .config import AgingPolicy, RenderConfig
 from .experiments import _prose_paragraphs, char_precision, shrink_chain
 from .hardware import cpu_name
 from .model import DEFAULT_PROMPT, DeepseekOCR, GenerationConfig, OCRConfig
+from .model.decoder import Attention, apply_rope
 from .model.generation import left_pad
 from .model.loading import config_to_json
 from .model.preprocess import PIXELS_PER_TOKEN, get_mode, grid_tokens, prepare
@@ -119,6 +120,10 @@ ENCODER_PREFIXES = (
     "model.image_newline",
     "model.view_seperator",
 )
+# The attention guide (TrainConfig.guide_attention): one head of the decoder's last layer but one is
+# taught, from each position that predicts a text token, to look at the vision token that holds that
+# token's first character (positions from the renderer), so that where to read is given, not searched for.
+GUIDE_HEAD = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +189,9 @@ class TrainConfig:
     # ``init_from``). DeepSeek-OCR's second stage trained its decoder on a frozen encoder; here it is the
     # stage after the encoder is pretrained on the character loss, and the step costs no encoder backward.
     freeze_encoder: bool = False
+    # The attention guide's weight beside the decoder's loss (0: off; GUIDE_HEAD). A training-only loss on
+    # one head's attention: the exported checkpoint's layout and the model's computation are unchanged.
+    guide_attention: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
@@ -212,6 +220,11 @@ class TrainConfig:
             raise ValueError(
                 "freeze_encoder trains the decoder alone: it needs decoder_loss > 0 and char_loss 0, got "
                 f"{self.decoder_loss} and {self.char_loss}"
+            )
+        if not self.guide_attention >= 0 or (self.guide_attention > 0 and not self.decoder_loss > 0):
+            raise ValueError(
+                f"guide_attention must be >= 0, and it needs decoder_loss > 0, got {self.guide_attention} "
+                f"and {self.decoder_loss}"
             )
         for name in ("scramble_share", "crop_share", "conversation_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -407,18 +420,23 @@ class BatchStream(torch.utils.data.IterableDataset[tuple[int, list[Sample]]]):
             yield step, self.stream.batch(step)
 
 
-def held_out_samples(pages: int = 2, *, seed: int = 0) -> list[Sample]:
-    """Full pages of the held-out corpus (``experiments.build_corpus``) at every ladder side."""
+def held_out_samples(
+    pages: int = 2, *, seed: int = 0, lines: int | None = None, sides: Sequence[int] = LADDER
+) -> list[Sample]:
+    """Pages of the held-out corpus (``experiments.build_corpus``) at ``sides`` of the ladder: full pages,
+    or cut to their first ``lines`` lines (what a model early in its curriculum may already read)."""
     from .experiments import build_corpus
 
+    if lines is not None and lines < 1:
+        raise ValueError(f"lines must be at least 1, got {lines}")
     renderer = Renderer(RenderConfig())
     out = []
     for b in build_corpus(pages, seed=seed, renderer=renderer):
-        lines = renderer.paginate_document(b.text)[0][0]
-        page = renderer.draw(lines)
-        text = "\n".join(line.text for line in lines)
-        for side, image in shrink_chain(page, list(LADDER)).items():
-            out.append(Sample(image, side, text, len(lines)))
+        kept = renderer.paginate_document(b.text)[0][0][:lines]
+        page = renderer.draw(kept)
+        text = "\n".join(line.text for line in kept)
+        for side, image in shrink_chain(page, list(sides)).items():
+            out.append(Sample(image, side, text, len(kept)))
     return out
 
 
@@ -438,14 +456,23 @@ def vision_features(model: DeepseekOCR, samples: Sequence[Sample]) -> torch.Tens
     return model.model.encode_views(pixels)  # (B, q*q, H)
 
 
-def page_loss(
-    model: DeepseekOCR, samples: Sequence[Sample], *, feats: torch.Tensor | None = None
-) -> tuple[torch.Tensor, int]:
-    """Mean next-token loss over the samples' text and EOS, their pages as the image; and the count.
+@dataclass
+class PageRows:
+    """A batch as the decoder is trained on it: each row the model's own OCR prompt (``embed_prompt``: BOS,
+    the page's vision tokens, the prompt text) followed by the page's text and EOS, left-padded as
+    ``generate`` pads its prompts."""
 
-    Each row is the model's own OCR prompt (``embed_prompt``: BOS, the page's vision tokens, the prompt
-    text) followed by the page's text and EOS, left-padded as ``generate`` pads its prompts. ``feats``:
-    the pages' vision features when the caller has them already."""
+    embeds: torch.Tensor  # (B, T, H)
+    mask: torch.Tensor  # (B, T): 1 for real positions, 0 for the left padding
+    labels: torch.Tensor  # (B, T): position t's next token, -100 where nothing is predicted
+    vision_starts: list[int]  # each row's first vision position (its BOS is one before)
+
+
+def page_rows(
+    model: DeepseekOCR, samples: Sequence[Sample], *, feats: torch.Tensor | None = None
+) -> PageRows:
+    """The decoder's training rows for ``samples``; ``feats``: their vision features when the caller has
+    them already."""
     assert model.tokenizer is not None
     body = model.model
     feats = vision_features(model, samples) if feats is None else feats  # (B, q*q, H)
@@ -461,10 +488,23 @@ def page_loss(
         targets.append(target)
     batch, mask = left_pad(rows)  # the mask hides the padding
     labels = torch.stack([F.pad(t, (batch.shape[1] - t.shape[0], 0), value=-100) for t in targets])
-    logits = model(batch, attention_mask=mask)  # (B, T, V)
-    labels = labels.to(model.device)
-    n = int((labels != -100).sum())
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), n
+    starts = [batch.shape[1] - row.shape[0] + 1 for row in rows]  # past the padding and BOS
+    return PageRows(batch, mask, labels.to(model.device), starts)
+
+
+def page_loss(
+    model: DeepseekOCR, samples: Sequence[Sample], *, feats: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """Mean next-token loss over the samples' text and EOS (``page_rows``), their pages as the image; and
+    the count."""
+    rows = page_rows(model, samples, feats=feats)
+    return next_token_loss(model, rows)
+
+
+def next_token_loss(model: DeepseekOCR, rows: PageRows) -> tuple[torch.Tensor, int]:
+    logits = model(rows.embeds, attention_mask=rows.mask)  # (B, T, V)
+    n = int((rows.labels != -100).sum())
+    return F.cross_entropy(logits.flatten(0, 1), rows.labels.flatten(), ignore_index=-100), n
 
 
 def rms(tensor: torch.Tensor) -> float:
@@ -523,6 +563,73 @@ def char_targets(
     # would be nearly all of them, and "nothing here" would be the whole lesson
     grid[~on_line] = -100
     return grid.view(q, CHAR_GRID, q, columns).permute(0, 2, 1, 3).reshape(q * q, CHAR_GRID * columns)
+
+
+def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list[int]:
+    """The attention guide's targets for a page of ``text`` at ``side``: for each of its tokens (as
+    ``page_rows`` encodes it) and the EOS after them, the vision token whose cell holds the token's first
+    character other than whitespace, as its index in the page's layout (rows of q tokens, each row followed
+    by its newline); -1 for a token of whitespace alone, and for the EOS."""
+    cfg = renderer.config
+    q = grid_tokens(side)
+    cell = PIXELS_PER_TOKEN * cfg.page_side / side  # a token's cell in the page's own pixels
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    keys = []
+    for start, end in encoded["offset_mapping"]:
+        first = next((i for i in range(start, end) if not text[i].isspace()), None)
+        if first is None:
+            keys.append(-1)
+            continue
+        line = text.count("\n", 0, first)
+        column = first - (text.rfind("\n", 0, first) + 1)
+        y = cfg.margin + (line + 0.5) * cfg.line_height
+        x = cfg.margin + (column + 0.5) * renderer.cell_width
+        row, col = min(q - 1, int(y // cell)), min(q - 1, int(x // cell))
+        keys.append(row * (q + 1) + col)
+    return [*keys, -1]
+
+
+def head_log_attention(
+    attention: Attention, seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor, head: int
+) -> torch.Tensor:
+    """Log of head ``head``'s attention weights (B, T, T) in ``attention``, recomputed from the layer's input,
+    cos and sin (``seen``) as its forward computes them for rows with ``mask`` (B, T: 0 for left padding)."""
+    x, cos, sin = seen
+    d = attention.head_dim
+    rows = slice(head * d, (head + 1) * d)
+    q = apply_rope(F.linear(x, attention.q_proj.weight[rows])[:, None], cos, sin)[:, 0]  # (B, T, D)
+    k = apply_rope(F.linear(x, attention.k_proj.weight[rows])[:, None], cos, sin)[:, 0]  # (B, T, D)
+    scores = (q @ k.transpose(1, 2)).float() / math.sqrt(d)  # (B, T, T), scaled as SDPA scales them
+    T = scores.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
+    allowed = causal & mask.to(device=scores.device, dtype=torch.bool)[:, None, :]
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=scores.device)  # padding sees itself
+    return scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+
+
+def guide_loss(
+    attention: Attention,
+    seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rows: PageRows,
+    keys: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Mean negative log of the attention that head GUIDE_HEAD of ``attention`` pays, from each position
+    that predicts a text token, to the vision token holding that token's first character (``keys``, one
+    list per row, from ``guide_keys``). ``seen``: the layer's input, cos and sin, as its forward got them."""
+    logp = head_log_attention(attention, seen, rows.mask, GUIDE_HEAD)  # (B, T, T)
+    targets = torch.full(rows.labels.shape, -1, dtype=torch.long)
+    for b, (row_keys, start) in enumerate(zip(keys, rows.vision_starts, strict=True)):
+        queries = (rows.labels[b] != -100).nonzero().flatten().cpu()  # in order: text token j's predictor
+        wanted = torch.tensor(row_keys, dtype=torch.long)
+        if len(queries) != len(wanted):
+            raise ValueError(f"row {b}: {len(wanted)} guide keys for {len(queries)} predicted tokens")
+        targets[b, queries] = torch.where(wanted >= 0, wanted + start, -1)
+    targets = targets.to(logp.device)
+    guided = targets >= 0
+    if not guided.any():
+        return logp.new_zeros(()) * logp[0, 0, 0]
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (B, T)
+    return -picked[guided].mean()
 
 
 @torch.no_grad()
@@ -782,6 +889,11 @@ class Trainer:
                 self.model.model.sam_model.neck.register_forward_hook(self._keep_neck)
         self._neck: torch.Tensor | None = None  # the last SAM-neck output, for the neck's character head
         self.neck_char: torch.Tensor | None = None  # the last `losses` call's neck term (logged)
+        self.guide: torch.Tensor | None = None  # the last `losses` call's attention-guide term (logged)
+        self._seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # the guided layer's input
+        if config.guide_attention > 0:
+            self.guided = self.model.model.layers[self.model_config.decoder.num_layers - 2].self_attn
+            self.guided.register_forward_pre_hook(self._keep_attention_input)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda"
         )
@@ -902,6 +1014,9 @@ class Trainer:
         """SAM patches along a vision token's side (64 px over the patch size): 4 for DeepEncoder."""
         return PIXELS_PER_TOKEN // self.model_config.sam.patch_size
 
+    def _keep_attention_input(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        self._seen = args[:3]  # the normed input, cos, sin
+
     def _keep_neck(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._neck = output
 
@@ -922,11 +1037,22 @@ class Trainer:
         """The decoder's loss (None when its weight is 0: not run) and its token count, and the auxiliary
         character loss (None when off), from one encoder pass; ``step`` seeds the jitter of the character
         grid (None: the cells' centres). With ``neck_char_loss`` the character loss includes the neck's
-        term at that weight; ``neck_char`` keeps that term alone."""
-        self.neck_char = None
+        term at that weight; ``neck_char`` keeps that term alone. With ``guide_attention`` the attention
+        guide's term is kept in ``guide``."""
+        self.neck_char = self.guide = None
         with torch.no_grad() if self.config.freeze_encoder else contextlib.nullcontext():
             feats = vision_features(self.model, samples)  # (B, q*q, H)
-        loss, n = page_loss(self.model, samples, feats=feats) if self.config.decoder_loss > 0 else (None, 0)
+        loss, n = None, 0
+        if self.config.decoder_loss > 0:
+            rows = page_rows(self.model, samples, feats=feats)
+            loss, n = next_token_loss(self.model, rows)
+            if self.config.guide_attention > 0:
+                assert self._seen is not None
+                keys = [
+                    guide_keys(s.text, self.tokenizer, s.side, self.stream.renderer_for(s.page_side))
+                    for s in samples
+                ]
+                self.guide = guide_loss(self.guided, self._seen, rows, keys)
         if self.char_head is None:
             return loss, n, None
         logits, targets = self.char_logits(samples, feats, step=step)
@@ -1012,6 +1138,8 @@ class Trainer:
                 weighted = [] if loss is None else [cfg.decoder_loss * loss]
                 if char is not None:
                     weighted.append(cfg.char_loss * char)
+                if self.guide is not None:
+                    weighted.append(cfg.guide_attention * self.guide)
                 total = torch.stack(weighted).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -1027,6 +1155,7 @@ class Trainer:
                 "grad_norm": round(float(norm), 3),
                 **({} if char is None else {"char_loss": round(char.item(), 4)}),
                 **({} if self.neck_char is None else {"neck_char_loss": round(self.neck_char.item(), 4)}),
+                **({} if self.guide is None else {"guide_loss": round(self.guide.item(), 4)}),
                 "side": samples[0].side,
                 **({"crop": True} if samples[0].page_side != self.stream.renderer.config.page_side else {}),
                 "pages": len(samples),
@@ -1199,6 +1328,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="train the decoder alone on a frozen encoder (e.g. one pretrained with --decoder-loss 0)",
     )
     parser.add_argument(
+        "--guide-attention",
+        type=float,
+        default=TrainConfig.guide_attention,
+        help="weight of the attention guide: a decoder head taught where on the page the next token is",
+    )
+    parser.add_argument(
         "--decoder-loss",
         type=float,
         default=TrainConfig.decoder_loss,
@@ -1243,6 +1378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             char_jitter=args.char_jitter,
             char_hidden=args.char_hidden,
             freeze_encoder=args.freeze_encoder,
+            guide_attention=args.guide_attention,
             char_columns=args.char_columns,
         )
     except ValueError as e:

@@ -4,9 +4,11 @@ that an export loads through the strict ``from_pretrained`` path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from optical_memory.config import RenderConfig
 from optical_memory.experiments import _prose_paragraphs
 from optical_memory.model import GenerationConfig, from_pretrained
 from optical_memory.model.config import ClipConfig, DecoderConfig, OCRConfig, SamConfig
+from optical_memory.model.decoder import apply_rope
 from optical_memory.model.preprocess import grid_tokens
 from optical_memory.render import Renderer
 from optical_memory.training import (
@@ -25,6 +28,7 @@ from optical_memory.training import (
     CROP_MARGIN,
     CROP_SIDES,
     ENCODER_PREFIXES,
+    GUIDE_HEAD,
     LADDER,
     SPECIALS,
     BatchStream,
@@ -36,8 +40,11 @@ from optical_memory.training import (
     collapse_alarms,
     conversation,
     evaluate_pages,
+    guide_keys,
+    head_log_attention,
     held_out_samples,
     neck_tokens,
+    page_rows,
     scrambled,
     text_rms,
     training_paragraphs,
@@ -189,6 +196,16 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, few):
     assert [r["step"] for r in json.loads((tmp_path / "part" / "run.json").read_text())["runs"]] == [0, 2]
     with pytest.raises(ValueError, match="resume with the same settings"):
         make_trainer(tmp_path / "part", few, steps=5)
+
+
+def test_held_out_pages_can_be_cut_to_their_first_lines():
+    full = held_out_samples(1, sides=[1024])
+    [cut] = held_out_samples(1, lines=2, sides=[1024])
+    assert len(full) == 1 and full[0].lines > 2
+    assert cut.lines == 2 and cut.text == "\n".join(full[0].text.split("\n")[:2])
+    assert [s.side for s in held_out_samples(1, lines=1)] == list(LADDER)
+    with pytest.raises(ValueError, match="lines must be at least 1, got 0"):
+        held_out_samples(1, lines=0)
 
 
 def test_held_out_loss_is_logged_per_side(tmp_path, few):
@@ -510,6 +527,92 @@ def test_character_targets_follow_the_renderer_geometry():
     assert shifted[0].view(4, 4).tolist() == [[drawn(y + 8, x + 8) for x in points] for y in points]
     assert shifted[0].view(4, 4)[0, 0] == char_class("H")
     assert char_class(" ") == 0 and char_class("!") == 1 and char_class("~") == 94 and char_class("é") == 95
+
+
+def test_the_attention_guide_points_each_token_at_the_cell_of_its_first_character(tmp_path, few):
+    tokenizer = make_trainer(tmp_path / "run", few).tokenizer
+    renderer = Renderer(RenderConfig())  # margin 24 px, lines 19 px, characters 9 px: 7 a 64 px token
+    lines = ["Hello world, naïve", "", "x = 1;" + " " * 24 + "done"]  # "done" at column 30
+    text = "\n".join(lines)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    keys = guide_keys(text, tokenizer, 1024, renderer)
+    assert len(keys) == len(ids) + 1 and keys[-1] == -1  # one per token the decoder predicts; none for EOS
+    # the cell (row, column) of 16 x 16 that holds each character, from the geometry: line 0 at 24-43 px
+    # down, line 2 at 62-81 px (row 1); column c at 24 + 9c to 33 + 9c px across
+    cell = {"H": (0, 0), "w": (0, 1), "n": (0, 2), "x": (1, 0), "1": (1, 1), "d": (1, 4)}
+    index = {"H": 0, "w": 6, "n": 13, "x": len(lines[0]) + 2, "1": len(lines[0]) + 6, "d": text.index("done")}
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    firsts = {}
+    for (start, end), key in zip(offsets, keys, strict=False):
+        first = next((i for i in range(start, end) if not text[i].isspace()), None)
+        if first is None:
+            assert key == -1  # a token of spaces or newlines alone is not guided
+        else:
+            firsts[first] = key
+    for char, at in index.items():
+        row, column = cell[char]
+        assert firsts[at] == row * 17 + column, char  # each row of 16 tokens ends in its newline token
+    # the page as drawn has ink in every cell a key names
+    page = renderer.draw(renderer.layout([(None, text)])[0][0])
+    ink = torch.from_numpy(np.asarray(page.convert("L")) < 128)  # (1024, 1024)
+    for key in (k for k in keys if k >= 0):
+        row, column = divmod(key, 17)
+        assert ink[row * 64 : (row + 1) * 64, column * 64 : (column + 1) * 64].any(), key
+    # at 512 px a token covers 128 px of the page: all three lines sit on the first row of 8 tokens
+    small = guide_keys(text, tokenizer, 512, renderer)
+    assert small[0] == 0 and {k // 9 for k in small if k >= 0} == {0}
+
+
+def test_the_guided_head_is_the_attention_the_layer_computes(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, guide_attention=1.0)
+    samples = trainer.stream.batch(3)[:2]
+    samples[1] = dataclasses.replace(samples[1], text=samples[1].text.split("\n")[0])  # rows left-padded
+    rows = page_rows(trainer.model, samples)
+    assert not rows.mask.all()
+    with torch.no_grad():
+        trainer.model(rows.embeds, attention_mask=rows.mask)
+    x, cos, sin = trainer._seen
+    attention = trainer.guided
+    d = attention.head_dim
+    weights = head_log_attention(attention, (x, cos, sin), rows.mask, GUIDE_HEAD).exp()  # (B, T, T)
+    head = slice(GUIDE_HEAD * d, (GUIDE_HEAD + 1) * d)
+    v = F.linear(x, attention.v_proj.weight[head])  # (B, T, D)
+    mask, is_causal = trainer.model.model._attention_mask(rows.mask.bool(), 0, x.shape[1])
+    q = F.linear(x, attention.q_proj.weight[head])[:, None]
+    k = F.linear(x, attention.k_proj.weight[head])[:, None]
+    expected = F.scaled_dot_product_attention(
+        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v[:, None], attn_mask=mask, is_causal=is_causal
+    )[:, 0]
+    real = rows.mask.bool()
+    torch.testing.assert_close((weights @ v)[real], expected[real], atol=1e-5, rtol=1e-4)
+
+
+def test_the_attention_guide_teaches_a_head_where_to_look_and_is_not_exported(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=2, guide_attention=1.0, lr=3e-3)
+    samples = trainer.stream.batch(1)
+    trainer.losses(samples)
+    first = trainer.guide.item()
+    assert first > 0
+    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
+    for _ in range(30):  # the guide's term alone, on one batch
+        trainer.losses(samples)
+        optimizer.zero_grad()
+        trainer.guide.backward()
+        optimizer.step()
+    trainer.losses(samples)
+    assert trainer.guide.item() < 0.7 * first
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["guide_loss"] > 0 and r["loss"] > 0 for r in records)
+    exported = from_pretrained(trainer.export(tmp_path / "export"), device="cpu")
+    assert exported.state_dict().keys() == trainer.model.state_dict().keys()
+    plain = make_trainer(tmp_path / "plain", few, steps=1)
+    plain.train()
+    assert plain.guide is None and "guide_loss" not in (tmp_path / "plain" / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match="guide_attention"):
+        TrainConfig(guide_attention=1.0, decoder_loss=0.0, char_loss=1.0)
+    with pytest.raises(ValueError, match="guide_attention must be >= 0"):
+        TrainConfig(guide_attention=-1.0)
 
 
 def test_a_complete_grid_scores_every_character_column_the_default_grid_misses_some():
