@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,6 +218,16 @@ def test_held_out_loss_is_logged_per_side(tmp_path, few):
     assert set(record["held_out_loss"]) == {str(s) for s in LADDER}
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["train_licence"] and run["parameters"] > 0 and run["runs"][0]["step"] == 0
+    # benchmarks/summarise_runs.py keeps what the run measured beyond its folder
+    script = Path(__file__).parents[1] / "benchmarks" / "summarise_runs.py"
+    out = tmp_path / "runs.json"
+    command = [sys.executable, str(script), str(tmp_path), "--out", str(out)]
+    shown = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert tmp_path.name in shown and "gap, 1024 px" in shown
+    [summary] = json.loads(out.read_text())["runs"]
+    assert summary["steps"] == 1 and summary["train_config"]["eval_every"] == 1
+    assert summary["evaluations"][0]["gap"] == record["held_out"]["gap"]
+    assert summary["loss_means_per_window"] == [{"steps": [1, 1], "loss": record["loss"]}]
 
 
 def blind(trainer):

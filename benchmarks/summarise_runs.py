@@ -1,0 +1,93 @@
+"""Training runs side by side, from their folders' logs: what each ran and what it reached.
+
+    .venv/bin/python benchmarks/summarise_runs.py build/optical-mini [build/other ...] [--out results/X.json]
+
+For each run folder (``optical_memory.training --run``) it prints the steps, the training time, the mean
+training losses over the last ``--window`` steps (the decoder's, the character head's, the attention
+guide's) and the last held-out evaluation at 1024 px (the image's worth in nats on full pages, greedy
+precision, the character head's accuracies), and with ``--out`` writes them with each run's configuration,
+every evaluation and the losses' means per window, so that an experiment's curves outlive its machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import table
+
+LOSSES = ("loss", "char_loss", "neck_char_loss", "guide_loss")
+SIDE = "1024"
+
+
+def summarise(folder: Path, window: int) -> dict[str, Any]:
+    log = folder / "log.jsonl"
+    if not log.is_file():
+        raise SystemExit(f"{folder}: no log.jsonl (not a training run folder)")
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit(f"{folder}: log.jsonl is empty")
+    info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    windows = []
+    for start in range(0, len(rows), window):
+        chunk = rows[start : start + window]
+        means = {k: round(statistics.fmean(r[k] for r in chunk), 4) for k in LOSSES if k in chunk[0]}
+        windows.append({"steps": [chunk[0]["step"], chunk[-1]["step"]], **means})
+    evaluations = [{"step": r["step"], **r["held_out"]} for r in rows if "held_out" in r]
+    return {
+        "run": folder.name,
+        "device": info.get("device"),
+        "torch_threads": info.get("torch_threads"),
+        "init_from": info.get("init_from"),
+        "train_config": info.get("train_config"),
+        "steps": rows[-1]["step"],
+        "train_seconds": rows[-1]["elapsed_s"],
+        "pages_seen": sum(r["pages"] for r in rows),
+        "loss_means_per_window": windows,
+        "evaluations": evaluations,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="training run folders")
+    parser.add_argument("--window", type=int, default=250, help="steps per mean of the training losses")
+    parser.add_argument("--out", type=Path, help="write the summaries here (JSON)")
+    args = parser.parse_args()
+    if args.window < 1:
+        raise SystemExit(f"--window must be at least 1, got {args.window}")
+
+    runs = [summarise(folder, args.window) for folder in args.runs]
+    rows = []
+    for run in runs:
+        last = run["loss_means_per_window"][-1]
+        held = run["evaluations"][-1] if run["evaluations"] else {}
+        rows.append(
+            [
+                run["run"],
+                run["steps"],
+                f"{run['train_seconds'] / 60:.0f}",
+                *(last.get(k, "") for k in ("loss", "char_loss", "guide_loss")),
+                held.get("gap", {}).get(SIDE, ""),
+                held.get("precision", {}).get(SIDE, ""),
+                held.get("char_accuracy", {}).get(SIDE, ""),
+                held.get("glyph_accuracy", {}).get(SIDE, ""),
+            ]
+        )
+    headers = ["run", "steps", "minutes", "loss", "char loss", "guide loss"]
+    headers += [f"{name}, {SIDE} px" for name in ("gap", "precision", "char acc", "glyph acc")]
+    print(table(headers, rows))
+    print(f"(losses: means of the last {args.window} steps; the rest: the run's last held-out evaluation)")
+    if args.out:
+        command = " ".join(["benchmarks/summarise_runs.py", *sys.argv[1:]])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"command": command, "runs": runs}, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
