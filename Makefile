@@ -59,7 +59,8 @@ test-vllm: $(VLLM_STAMP)
 # ten-minute runs that checkpoint and resume: make train TRAIN_ARGS="--minutes 10". A new run can start from
 # the shipped weights (TRAIN_ARGS="--init-from optical_memory/weights/optical-mini") and use the recipe's knobs
 # (--char-loss 1.0, --neck-char-loss 1.0, --no-char-jitter, --decoder-loss 0, --encoder-lr-scale 0.1,
-# --sides 1024,640, --scramble-share 0.5, --crop-share 0.5; --windowed-sam: a new model 2.5x faster at 1024 px).
+# --sides 1024,640, --scramble-share 0.5, --crop-share 0.5; --windowed-sam: a new model 2.5x faster at 1024 px;
+# --char-hidden, --char-columns, --freeze-encoder, --guide-attention: the staged recipe in the model card).
 # Copy the export into optical_memory/weights/optical-mini only when it measures materially better
 # (benchmarks/bench_mini.py).
 TRAIN_ARGS ?=
