@@ -31,6 +31,7 @@ from common import table
 
 from optical_memory.backends.deepseek import MINI_DIR
 from optical_memory.experiments import forgetting
+from optical_memory.training import LADDER
 
 RESULTS = Path(__file__).parent / "results"
 READERS = ("rapidocr", "optical-mini")
@@ -183,8 +184,17 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.lines:
-        counts = [int(n) for n in args.lines.split(",")]
-        sides = [int(side) for side in args.sides.split(",")]
+        try:
+            counts = [int(n) for n in args.lines.split(",")]
+            sides = [int(side) for side in args.sides.split(",")]
+        except ValueError:
+            parser.error(
+                f"--lines and --sides take comma-separated whole numbers, got {args.lines!r}, {args.sides!r}"
+            )
+        if min(counts) < 1 or any(side not in LADDER for side in sides):
+            parser.error(
+                f"--lines must be at least 1 and --sides on the ladder {LADDER}, got {counts}, {sides}"
+            )
         result = short_pages(Path(args.weights), args.pages, counts, sides)
         rows = [
             [n, side, *(r[k][side] for k in ("loss", "blank_loss", "gap")), f"{r['precision'][side]:.1%}"]
