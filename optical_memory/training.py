@@ -572,7 +572,7 @@ def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list
     by its newline); -1 for a token of whitespace alone, and for the EOS."""
     cfg = renderer.config
     q = grid_tokens(side)
-    cell = PIXELS_PER_TOKEN * cfg.page_side / side  # a token's cell in the page's own pixels
+    scale = side / cfg.page_side
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     keys = []
     for start, end in encoded["offset_mapping"]:
@@ -582,41 +582,44 @@ def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list
             continue
         line = text.count("\n", 0, first)
         column = first - (text.rfind("\n", 0, first) + 1)
-        y = cfg.margin + (line + 0.5) * cfg.line_height
-        x = cfg.margin + (column + 0.5) * renderer.cell_width
-        row, col = min(q - 1, int(y // cell)), min(q - 1, int(x // cell))
+        y = renderer.line_top(line, side) + renderer.line_px(side) / 2  # the character's centre at ``side``
+        x = (cfg.margin + (column + 0.5) * renderer.cell_width) * scale
+        row, col = min(q - 1, int(y // PIXELS_PER_TOKEN)), min(q - 1, int(x // PIXELS_PER_TOKEN))
         keys.append(row * (q + 1) + col)
     return [*keys, -1]
 
 
-def head_log_attention(
-    attention: Attention, seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor], mask: torch.Tensor, head: int
-) -> torch.Tensor:
-    """Log of head ``head``'s attention weights (B, T, T) in ``attention``, recomputed from the layer's input,
-    cos and sin (``seen``) as its forward computes them for rows with ``mask`` (B, T: 0 for left padding)."""
-    x, cos, sin = seen
+# What an attention layer's forward gets (DecoderLayer passes them): its normed input (B, T, H), the RoPE
+# cos and sin, the model's boolean mask (B, 1, T, T; True = may attend) or None with its causal flag.
+AttentionInput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, bool]
+
+
+def head_log_attention(attention: Attention, seen: AttentionInput, head: int) -> torch.Tensor:
+    """Log of head ``head``'s attention weights (B, T, T) in ``attention``, recomputed from what its forward
+    got (``seen``), under the same mask."""
+    x, cos, sin, mask, is_causal = seen
     d = attention.head_dim
     rows = slice(head * d, (head + 1) * d)
     q = apply_rope(F.linear(x, attention.q_proj.weight[rows])[:, None], cos, sin)[:, 0]  # (B, T, D)
     k = apply_rope(F.linear(x, attention.k_proj.weight[rows])[:, None], cos, sin)[:, 0]  # (B, T, D)
     scores = (q @ k.transpose(1, 2)).float() / math.sqrt(d)  # (B, T, T), scaled as SDPA scales them
-    T = scores.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()
-    allowed = causal & mask.to(device=scores.device, dtype=torch.bool)[:, None, :]
-    allowed = allowed | torch.eye(T, dtype=torch.bool, device=scores.device)  # padding sees itself
-    return scores.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+    if mask is None:  # no padding: SDPA's own causal flag
+        assert is_causal, "a one-token step has no attention to guide"
+        T = scores.shape[1]
+        mask = torch.ones(T, T, dtype=torch.bool, device=scores.device).tril()[None, None]
+    return scores.masked_fill(~mask[:, 0], float("-inf")).log_softmax(-1)
 
 
 def guide_loss(
     attention: Attention,
-    seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    seen: AttentionInput,
     rows: PageRows,
     keys: Sequence[Sequence[int]],
 ) -> torch.Tensor:
     """Mean negative log of the attention that head GUIDE_HEAD of ``attention`` pays, from each position
     that predicts a text token, to the vision token holding that token's first character (``keys``, one
-    list per row, from ``guide_keys``). ``seen``: the layer's input, cos and sin, as its forward got them."""
-    logp = head_log_attention(attention, seen, rows.mask, GUIDE_HEAD)  # (B, T, T)
+    list per row, from ``guide_keys``). ``seen``: what the layer's forward got for ``rows``."""
+    logp = head_log_attention(attention, seen, GUIDE_HEAD)  # (B, T, T)
     targets = torch.full(rows.labels.shape, -1, dtype=torch.long)
     for b, (row_keys, start) in enumerate(zip(keys, rows.vision_starts, strict=True)):
         queries = (rows.labels[b] != -100).nonzero().flatten().cpu()  # in order: text token j's predictor
@@ -890,7 +893,7 @@ class Trainer:
         self._neck: torch.Tensor | None = None  # the last SAM-neck output, for the neck's character head
         self.neck_char: torch.Tensor | None = None  # the last `losses` call's neck term (logged)
         self.guide: torch.Tensor | None = None  # the last `losses` call's attention-guide term (logged)
-        self._seen: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # the guided layer's input
+        self._seen: AttentionInput | None = None  # what the guided layer's forward last got
         if config.guide_attention > 0:
             self.guided = self.model.model.layers[self.model_config.decoder.num_layers - 2].self_attn
             self.guided.register_forward_pre_hook(self._keep_attention_input)
@@ -1015,7 +1018,7 @@ class Trainer:
         return PIXELS_PER_TOKEN // self.model_config.sam.patch_size
 
     def _keep_attention_input(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        self._seen = args[:3]  # the normed input, cos, sin
+        self._seen = args[:5]  # the normed input, cos, sin, mask, is_causal (not the cache)
 
     def _keep_neck(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._neck = output

@@ -580,24 +580,26 @@ def test_the_guided_head_is_the_attention_the_layer_computes(tmp_path, few):
     trainer = make_trainer(tmp_path / "run", few, guide_attention=1.0)
     samples = trainer.stream.batch(3)[:2]
     samples[1] = dataclasses.replace(samples[1], text=samples[1].text.split("\n")[0])  # rows left-padded
-    rows = page_rows(trainer.model, samples)
-    assert not rows.mask.all()
-    with torch.no_grad():
-        trainer.model(rows.embeds, attention_mask=rows.mask)
-    x, cos, sin = trainer._seen
     attention = trainer.guided
     d = attention.head_dim
-    weights = head_log_attention(attention, (x, cos, sin), rows.mask, GUIDE_HEAD).exp()  # (B, T, T)
     head = slice(GUIDE_HEAD * d, (GUIDE_HEAD + 1) * d)
-    v = F.linear(x, attention.v_proj.weight[head])  # (B, T, D)
-    mask, is_causal = trainer.model.model._attention_mask(rows.mask.bool(), 0, x.shape[1])
-    q = F.linear(x, attention.q_proj.weight[head])[:, None]
-    k = F.linear(x, attention.k_proj.weight[head])[:, None]
-    expected = F.scaled_dot_product_attention(
-        apply_rope(q, cos, sin), apply_rope(k, cos, sin), v[:, None], attn_mask=mask, is_causal=is_causal
-    )[:, 0]
-    real = rows.mask.bool()
-    torch.testing.assert_close((weights @ v)[real], expected[real], atol=1e-5, rtol=1e-4)
+    for batch, padded in ((samples, True), (samples[:1], False)):  # the model's mask, and its causal flag
+        rows = page_rows(trainer.model, batch)
+        assert rows.mask.all() != padded
+        with torch.no_grad():
+            trainer.model(rows.embeds, attention_mask=rows.mask)
+        x, cos, sin, _, _ = trainer._seen
+        assert (trainer._seen[3] is not None) == padded
+        weights = head_log_attention(attention, trainer._seen, GUIDE_HEAD).exp()  # (B, T, T)
+        v = F.linear(x, attention.v_proj.weight[head])  # (B, T, D)
+        mask, is_causal = trainer.model.model._attention_mask(rows.mask.bool(), 0, x.shape[1])
+        q = F.linear(x, attention.q_proj.weight[head])[:, None]
+        k = F.linear(x, attention.k_proj.weight[head])[:, None]
+        expected = F.scaled_dot_product_attention(
+            apply_rope(q, cos, sin), apply_rope(k, cos, sin), v[:, None], attn_mask=mask, is_causal=is_causal
+        )[:, 0]
+        real = rows.mask.bool()
+        torch.testing.assert_close((weights @ v)[real], expected[real], atol=1e-5, rtol=1e-4)
 
 
 def test_the_attention_guide_teaches_a_head_where_to_look_and_is_not_exported(tmp_path, few):
