@@ -145,6 +145,14 @@ def short_pages(weights: Path, pages: int, lines: list[int], sides: list[int]) -
     }
 
 
+def add_result(name: str, key: str, record: dict[str, Any]) -> None:
+    """Put ``record`` under ``key`` in ``results/<name>``, keeping what that file already holds."""
+    path = RESULTS / name
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    existing[key] = record
+    path.write_text(json.dumps(existing, indent=1) + "\n")
+
+
 def print_control(control: dict[str, Any]) -> None:
     rows = [
         [
@@ -203,35 +211,27 @@ def main() -> None:
         ]
         headers = ["lines", "side", "loss, real page", "loss, blank page", "gap (nats)", "precision"]
         print(table(headers, rows))
-        path = RESULTS / "optical_mini_lines.json"
-        existing = json.loads(path.read_text()) if path.is_file() else {}
         command = (
             f".venv/bin/python benchmarks/bench_mini.py --lines {args.lines} --sides {args.sides} "
             f"--pages {args.pages} --weights {args.weights}"
         )
-        existing[Path(args.weights).name] = {"command": command, "by_lines": result}
-        path.write_text(json.dumps(existing, indent=1) + "\n")
+        record = {"command": command, "by_lines": result}
+        add_result("optical_mini_lines.json", Path(args.weights).name, record)
         return
 
     if args.control_only:
         control = image_control(args.pages)
         print_control(control)
-        path = RESULTS / "optical_mini.json"
-        existing = json.loads(path.read_text()) if path.is_file() else {}
         command = f".venv/bin/python benchmarks/bench_mini.py --control-only --pages {args.pages}"
-        existing["image_control"] = {"command": command, **control}
-        path.write_text(json.dumps(existing, indent=1) + "\n")
+        add_result("optical_mini.json", "image_control", {"command": command, **control})
         return
 
     if args.decode_only:
         speed = decode_speed()
         rows = [[dtype, *figures.values()] for dtype, figures in speed.items()]
         print(table(["dtype", "encode s", "tokens", "ms/token"], rows))
-        path = RESULTS / "optical_mini.json"
-        existing = json.loads(path.read_text()) if path.is_file() else {}
         command = ".venv/bin/python benchmarks/bench_mini.py --decode-only"
-        existing["decode_640px"] = {"command": command, **speed}
-        path.write_text(json.dumps(existing, indent=1) + "\n")
+        add_result("optical_mini.json", "decode_640px", {"command": command, **speed})
         return
 
     report = forgetting(
