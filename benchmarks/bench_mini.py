@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from common import table
+from common import read_run, run_totals, table
 
 from optical_memory.backends.deepseek import MINI_DIR
 from optical_memory.experiments import forgetting
@@ -38,17 +38,13 @@ READERS = ("rapidocr", "optical-mini")
 
 
 def training_curve(run: Path) -> dict[str, Any] | None:
-    log_path = run / "log.jsonl"
-    if not log_path.is_file():
+    rows, info = read_run(run)
+    if not rows:
         return None
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     kept = [r for r in rows if r["step"] % 10 == 0 or "held_out_loss" in r]
     return {
         "run": info,
-        "steps": rows[-1]["step"],
-        "train_seconds": rows[-1]["elapsed_s"],
-        "pages_seen": sum(r["pages"] for r in rows),
+        **run_totals(rows),
         "text_tokens_seen": sum(r["tokens"] for r in rows),
         "final_loss_mean_of_last_100": round(statistics.fmean(r["loss"] for r in rows[-100:]), 4),
         "held_out": [{"step": r["step"], **r["held_out_loss"]} for r in rows if "held_out_loss" in r],

@@ -28,3 +28,21 @@ def write_result(out: str | Path, script: str, payload: dict[str, Any]) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def read_run(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A training run folder's log (``log.jsonl``, one record a step; [] when it has none) and its
+    ``run.json`` ({} when absent)."""
+    log, info = folder / "log.jsonl", folder / "run.json"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    rows = [json.loads(line) for line in lines if line.strip()]
+    return rows, json.loads(info.read_text()) if info.is_file() else {}
+
+
+def run_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's log (``read_run``) adds up to: its last step, training seconds and pages seen."""
+    return {
+        "steps": rows[-1]["step"],
+        "train_seconds": rows[-1]["elapsed_s"],
+        "pages_seen": sum(r["pages"] for r in rows),
+    }

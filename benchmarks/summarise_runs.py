@@ -18,20 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import table
+from common import read_run, run_totals, table
 
 LOSSES = ("loss", "char_loss", "neck_char_loss", "guide_loss")
 SIDE = "1024"
 
 
 def summarise(folder: Path, window: int) -> dict[str, Any]:
-    log = folder / "log.jsonl"
-    if not log.is_file():
-        raise SystemExit(f"{folder}: no log.jsonl (not a training run folder)")
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows, info = read_run(folder)
     if not rows:
-        raise SystemExit(f"{folder}: log.jsonl is empty")
-    info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        raise SystemExit(f"{folder}: no steps logged (not a training run folder, or one not yet started)")
     windows = []
     for start in range(0, len(rows), window):
         chunk = rows[start : start + window]
@@ -44,9 +40,7 @@ def summarise(folder: Path, window: int) -> dict[str, Any]:
         "torch_threads": info.get("torch_threads"),
         "init_from": info.get("init_from"),
         "train_config": info.get("train_config"),
-        "steps": rows[-1]["step"],
-        "train_seconds": rows[-1]["elapsed_s"],
-        "pages_seen": sum(r["pages"] for r in rows),
+        **run_totals(rows),
         "loss_means_per_window": windows,
         "evaluations": evaluations,
     }
