@@ -31,7 +31,7 @@ from common import read_run, run_totals, table
 
 from optical_memory.backends.deepseek import MINI_DIR
 from optical_memory.experiments import forgetting
-from optical_memory.training import LADDER
+from optical_memory.training import CROP_SIDES, LADDER
 
 RESULTS = Path(__file__).parent / "results"
 READERS = ("rapidocr", "optical-mini")
@@ -126,19 +126,24 @@ def image_control(pages: int) -> dict[str, Any]:
     return {"pages": pages, "text_rms": round(text_rms(model), 4), **result}
 
 
-def short_pages(weights: Path, pages: int, lines: list[int], sides: list[int]) -> dict[str, Any]:
+def short_pages(
+    weights: Path, pages: int, lines: list[int], sides: list[int], *, crop: bool = False
+) -> dict[str, Any]:
     """``evaluate_pages`` of the checkpoint in ``weights`` on ``pages`` held-out pages cut to each of
-    ``lines`` lines, at ``sides``, every page read greedily."""
+    ``lines`` lines, at ``sides``, every page read greedily; ``crop``: crops drawn at ``sides`` at the full
+    page's density (``held_out_crops``) instead of pages shrunk to them."""
     import torch
 
     from optical_memory.model import from_pretrained
-    from optical_memory.training import evaluate_pages, held_out_samples
+    from optical_memory.training import evaluate_pages, held_out_crops, held_out_samples
+
+    def samples(n: int) -> list[Any]:
+        if crop:
+            return [s for side in sides for s in held_out_crops(pages, side=side, lines=n)]
+        return held_out_samples(pages, lines=n, sides=sides)
 
     model = from_pretrained(weights, dtype=torch.float32)
-    return {
-        str(n): evaluate_pages(model, held_out_samples(pages, lines=n, sides=sides), greedy_pages=pages)
-        for n in lines
-    }
+    return {str(n): evaluate_pages(model, samples(n), greedy_pages=pages) for n in lines}
 
 
 def add_result(name: str, key: str, record: dict[str, Any]) -> None:
@@ -185,6 +190,11 @@ def main() -> None:
         help="comma-separated line counts: measure --weights on held-out pages cut to each (e.g. 1,2,4,51)",
     )
     parser.add_argument("--sides", default="1024", help="the sides --lines measures at, comma-separated")
+    parser.add_argument(
+        "--crop",
+        action="store_true",
+        help=f"--lines measures crops (--sides among {CROP_SIDES}) drawn at the full page's density",
+    )
     args = parser.parse_args()
 
     if args.lines:
@@ -195,11 +205,11 @@ def main() -> None:
             parser.error(
                 f"--lines and --sides take comma-separated whole numbers, got {args.lines!r}, {args.sides!r}"
             )
-        if min(counts) < 1 or any(side not in LADDER for side in sides):
-            parser.error(
-                f"--lines must be at least 1 and --sides on the ladder {LADDER}, got {counts}, {sides}"
-            )
-        result = short_pages(Path(args.weights), args.pages, counts, sides)
+        allowed = CROP_SIDES if args.crop else LADDER
+        if min(counts) < 1 or any(side not in allowed for side in sides):
+            where = f"crop sides {CROP_SIDES}" if args.crop else f"the ladder {LADDER}"
+            parser.error(f"--lines must be at least 1 and --sides among {where}, got {counts}, {sides}")
+        result = short_pages(Path(args.weights), args.pages, counts, sides, crop=args.crop)
         rows = [
             [n, side, *(r[k][side] for k in ("loss", "blank_loss", "gap")), f"{r['precision'][side]:.1%}"]
             for n, r in result.items()
@@ -209,10 +219,11 @@ def main() -> None:
         print(table(headers, rows))
         command = (
             f".venv/bin/python benchmarks/bench_mini.py --lines {args.lines} --sides {args.sides} "
-            f"--pages {args.pages} --weights {args.weights}"
+            f"--pages {args.pages} --weights {args.weights}{' --crop' if args.crop else ''}"
         )
         record = {"command": command, "by_lines": result}
-        add_result("optical_mini_lines.json", Path(args.weights).name, record)
+        key = Path(args.weights).name + (" (crops)" if args.crop else "")
+        add_result("optical_mini_lines.json", key, record)
         return
 
     if args.control_only:

@@ -84,6 +84,7 @@ TRAIN_SOURCE = "docstrings of NumPy and SQLAlchemy (the installed versions), pro
 TRAIN_LICENCE = "NumPy: BSD-3-Clause; SQLAlchemy: MIT"
 SPECIALS = (BOS, EOS, PAD, "<image>", *EXTRA_SPECIALS)  # ids 0, 1, 2, 3, ...
 VOCAB_SIZE = 4096
+CHAR_VOCAB = len(SPECIALS) + 256  # a byte-level BPE this size learns no merges: one id a byte
 LADDER = tuple(t.side for t in AgingPolicy().tiers)  # 1024, 640, 512, 384, 256
 # How often each side is drawn, and pages per batch there (a batch is one side: DeepEncoder takes one size).
 # The legible rungs are drawn most: reading is learnt there first, and carries down the ladder.
@@ -120,10 +121,16 @@ ENCODER_PREFIXES = (
     "model.image_newline",
     "model.view_seperator",
 )
-# The attention guide (TrainConfig.guide_attention): one head of the decoder's last layer but one is
-# taught, from each position that predicts a text token, to look at the vision token that holds that
-# token's first character (positions from the renderer), so that where to read is given, not searched for.
+# The attention guide (TrainConfig.guide_attention): heads of the decoder's last layer but one (the first
+# TrainConfig.guide_heads of them) are taught, from each position that predicts a text token, to look at
+# the vision token that holds that token's first character (positions from the renderer), so that where to
+# read is given, not searched for.
 GUIDE_HEAD = 0
+# The slot guide (TrainConfig.guide_slot): the guided layer's output, at each position that predicts a text
+# token, names the point of the character grid (CHAR_GRID rows x COMPLETE_COLUMNS, the points the encoder's
+# character head reads) under that token's first character, inside the cell the guide points the head at:
+# which cell says where to look, the slot what to read there.
+GUIDE_SLOTS = CHAR_GRID * COMPLETE_COLUMNS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +199,12 @@ class TrainConfig:
     # The attention guide's weight beside the decoder's loss (0: off; GUIDE_HEAD). A training-only loss on
     # one head's attention: the exported checkpoint's layout and the model's computation are unchanged.
     guide_attention: float = 0.0
+    # How many heads the guide teaches (heads GUIDE_HEAD, GUIDE_HEAD + 1, ...; each head's value map sees
+    # a quarter of a vision token's width in the mini, so one guided head passes on a quarter of the cell).
+    guide_heads: int = 1
+    # The slot guide's weight beside the decoder's loss (0: off; GUIDE_SLOTS): a training-only linear head
+    # on the guided layer's output, never exported.
+    guide_slot: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.sides or any(side not in LADDER for side in self.sides):
@@ -225,6 +238,13 @@ class TrainConfig:
             raise ValueError(
                 f"guide_attention must be >= 0, and it needs decoder_loss > 0, got {self.guide_attention} "
                 f"and {self.decoder_loss}"
+            )
+        if not self.guide_heads >= 1:
+            raise ValueError(f"guide_heads must be at least 1, got {self.guide_heads}")
+        if not self.guide_slot >= 0 or (self.guide_slot > 0 and not self.decoder_loss > 0):
+            raise ValueError(
+                f"guide_slot must be >= 0, and it needs decoder_loss > 0, got {self.guide_slot} and "
+                f"{self.decoder_loss}"
             )
         for name in ("scramble_share", "crop_share", "conversation_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -440,6 +460,27 @@ def held_out_samples(
     return out
 
 
+def held_out_crops(
+    pages: int = 2, *, side: int = CROP_SIDES[0], seed: int = 0, lines: int | None = None
+) -> list[Sample]:
+    """Crops (``CROP_SIDES``) of the held-out corpus: ``pages`` of its documents drawn on ``side`` px pages
+    at the full page's density, as training draws its crops, each the first page of a document (cut to its
+    first ``lines`` lines)."""
+    from .experiments import build_corpus
+
+    if side not in CROP_SIDES:
+        raise ValueError(f"a crop's side must be one of {CROP_SIDES}, got {side}")
+    if lines is not None and lines < 1:
+        raise ValueError(f"lines must be at least 1, got {lines}")
+    renderer = Renderer(dataclasses.replace(RenderConfig(), page_side=side, margin=CROP_MARGIN))
+    out = []
+    for b in build_corpus(pages, seed=seed, renderer=Renderer(RenderConfig())):
+        kept = renderer.paginate_document(b.text)[0][0][:lines]
+        text = "\n".join(line.text for line in kept)
+        out.append(Sample(renderer.draw(kept), side, text, len(kept), side))
+    return out
+
+
 def blank_page(sample: Sample) -> Sample:
     """``sample`` with its page wiped white: the control that tells reading from guessing."""
     return dataclasses.replace(sample, image=Image.new(sample.image.mode, sample.image.size, "white"))
@@ -565,28 +606,68 @@ def char_targets(
     return grid.view(q, CHAR_GRID, q, columns).permute(0, 2, 1, 3).reshape(q * q, CHAR_GRID * columns)
 
 
-def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list[int]:
-    """The attention guide's targets for a page of ``text`` at ``side``: for each of its tokens (as
-    ``page_rows`` encodes it) and the EOS after them, the vision token whose cell holds the token's first
-    character other than whitespace, as its index in the page's layout (rows of q tokens, each row followed
-    by its newline); -1 for a token of whitespace alone, and for the EOS."""
+def guide_points(
+    text: str, tokenizer: Any, side: int, renderer: Renderer
+) -> list[tuple[float, float] | None]:
+    """For each of ``text``'s tokens (as ``page_rows`` encodes it) and the EOS after them, the centre (x, y)
+    of the token's first character other than whitespace on the page at ``side``, in its pixels; None for a
+    token of whitespace alone, and for the EOS."""
     cfg = renderer.config
-    q = grid_tokens(side)
     scale = side / cfg.page_side
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    keys = []
+    points: list[tuple[float, float] | None] = []
     for start, end in encoded["offset_mapping"]:
         first = next((i for i in range(start, end) if not text[i].isspace()), None)
         if first is None:
-            keys.append(-1)
+            points.append(None)
             continue
         line = text.count("\n", 0, first)
         column = first - (text.rfind("\n", 0, first) + 1)
-        y = renderer.line_top(line, side) + renderer.line_px(side) / 2  # the character's centre at ``side``
+        y = renderer.line_top(line, side) + renderer.line_px(side) / 2
         x = (cfg.margin + (column + 0.5) * renderer.cell_width) * scale
-        row, col = min(q - 1, int(y // PIXELS_PER_TOKEN)), min(q - 1, int(x // PIXELS_PER_TOKEN))
+        points.append((x, y))
+    return [*points, None]
+
+
+def _cell(point: tuple[float, float], q: int) -> tuple[int, int]:
+    """The (row, column) of the vision token whose cell holds ``point``, in a grid of q x q."""
+    x, y = point
+    return min(q - 1, int(y // PIXELS_PER_TOKEN)), min(q - 1, int(x // PIXELS_PER_TOKEN))
+
+
+def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list[int]:
+    """The attention guide's targets for a page of ``text`` at ``side``: for each of its tokens and the EOS
+    after them (``guide_points``), the vision token whose cell holds the token's first character other than
+    whitespace, as its index in the page's layout (rows of q tokens, each row followed by its newline); -1
+    for a token of whitespace alone, and for the EOS."""
+    q = grid_tokens(side)
+    keys = []
+    for point in guide_points(text, tokenizer, side, renderer):
+        if point is None:
+            keys.append(-1)
+            continue
+        row, col = _cell(point, q)
         keys.append(row * (q + 1) + col)
-    return [*keys, -1]
+    return keys
+
+
+def guide_slots(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list[int]:
+    """The slot guide's targets, beside ``guide_keys``: the point of the character grid (CHAR_GRID rows
+    x COMPLETE_COLUMNS, row-major) nearest each token's first character inside its cell; -1 where
+    ``guide_keys`` has -1."""
+    q = grid_tokens(side)
+    down, across = PIXELS_PER_TOKEN / CHAR_GRID, PIXELS_PER_TOKEN / COMPLETE_COLUMNS
+    slots = []
+    for point in guide_points(text, tokenizer, side, renderer):
+        if point is None:
+            slots.append(-1)
+            continue
+        row, col = _cell(point, q)
+        x, y = point[0] - col * PIXELS_PER_TOKEN, point[1] - row * PIXELS_PER_TOKEN
+        slot_row = min(CHAR_GRID - 1, max(0, int(y // down)))
+        slot_col = min(COMPLETE_COLUMNS - 1, max(0, int(x // across)))
+        slots.append(slot_row * COMPLETE_COLUMNS + slot_col)
+    return slots
 
 
 # What an attention layer's forward gets (DecoderLayer passes them): its normed input (B, T, H), the RoPE
@@ -615,11 +696,15 @@ def guide_loss(
     seen: AttentionInput,
     rows: PageRows,
     keys: Sequence[Sequence[int]],
+    *,
+    heads: int = 1,
 ) -> torch.Tensor:
-    """Mean negative log of the attention that head GUIDE_HEAD of ``attention`` pays, from each position
-    that predicts a text token, to the vision token holding that token's first character (``keys``, one
-    list per row, from ``guide_keys``). ``seen``: what the layer's forward got for ``rows``."""
-    logp = head_log_attention(attention, seen, GUIDE_HEAD)  # (B, T, T)
+    """Mean negative log of the attention that heads GUIDE_HEAD .. GUIDE_HEAD + ``heads`` - 1 of
+    ``attention`` pay, from each position that predicts a text token, to the vision token holding that
+    token's first character (``keys``, one list per row, from ``guide_keys``). ``seen``: what the layer's
+    forward got for ``rows``."""
+    if not GUIDE_HEAD + heads <= attention.num_heads:
+        raise ValueError(f"guide heads {heads} from head {GUIDE_HEAD}: the layer has {attention.num_heads}")
     targets = torch.full(rows.labels.shape, -1, dtype=torch.long)
     for b, (row_keys, start) in enumerate(zip(keys, rows.vision_starts, strict=True)):
         queries = (rows.labels[b] != -100).nonzero().flatten().cpu()  # in order: text token j's predictor
@@ -627,12 +712,18 @@ def guide_loss(
         if len(queries) != len(wanted):
             raise ValueError(f"row {b}: {len(wanted)} guide keys for {len(queries)} predicted tokens")
         targets[b, queries] = torch.where(wanted >= 0, wanted + start, -1)
-    targets = targets.to(logp.device)
+    targets = targets.to(seen[0].device)
     guided = targets >= 0
-    if not guided.any():
-        return logp.new_zeros(()) * logp[0, 0, 0]
-    picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]  # (B, T)
-    return -picked[guided].mean()
+    if (
+        not guided.any()
+    ):  # only whitespace tokens: nothing to guide (a constant; the decoder's loss has grads)
+        return torch.zeros((), device=targets.device)
+    terms = []
+    for head in range(GUIDE_HEAD, GUIDE_HEAD + heads):
+        logp = head_log_attention(attention, seen, head)  # (B, T, T)
+        picked = logp.gather(-1, targets[..., None].clamp(min=0))[..., 0]  # (B, T)
+        terms.append(-picked[guided].mean())
+    return torch.stack(terms).mean()
 
 
 @torch.no_grad()
@@ -810,6 +901,7 @@ class Trainer:
         vocab_size: int = VOCAB_SIZE,
         workers: int = 0,
         init_from: str | os.PathLike[str] | None = None,
+        init_encoder_from: str | os.PathLike[str] | None = None,
     ) -> None:
         """``model_config`` defaults to ``OCRConfig.mini()``; its decoder's ``vocab_size`` and
         ``image_token_id`` are set to the tokenizer's. ``paragraphs`` defaults to ``training_paragraphs()``.
@@ -818,17 +910,37 @@ class Trainer:
 
         ``init_from``: a checkpoint folder in the official layout (an ``export``, such as the shipped
         weights) to start from instead of random weights: its config, weights and tokenizer. A run folder
-        that holds ``state.pt`` resumes from it as always; ``init_from`` only seeds a new one."""
+        that holds ``state.pt`` resumes from it as always; ``init_from`` only seeds a new one.
+
+        ``init_encoder_from``: such a checkpoint's encoder (``ENCODER_PREFIXES``) and architecture, with a
+        new decoder from random weights and this run's own tokenizer (``vocab_size``): a decoder of another
+        vocabulary trained on an encoder already pretrained. It too only seeds a new run."""
         self.workers = workers
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        if init_from is not None and init_encoder_from is not None:
+            raise ValueError(
+                f"init_from ({init_from}) seeds the whole model, init_encoder_from ({init_encoder_from}) the "
+                "encoder alone: give one"
+            )
+        seed_from = init_from if init_from is not None else init_encoder_from
+        if seed_from is not None and config.windowed_sam:  # refused before the checkpoint is read
+            raise ValueError(
+                f"windowed_sam builds a new SAM without its global block; {seed_from} holds a checkpoint "
+                "of its own architecture: start from random weights or drop windowed_sam"
+            )
         start = None
+        encoder_start: dict[str, torch.Tensor] | None = None
+        if init_encoder_from is not None:
+            from .model.loading import config_from_json
+
+            model_config = config_from_json(json.loads((Path(init_encoder_from) / "config.json").read_text()))
+            if not self.state_path.is_file():
+                from .model import from_pretrained
+
+                weights = from_pretrained(init_encoder_from, dtype=torch.float32).state_dict()
+                encoder_start = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
         if init_from is not None and not self.state_path.is_file():
-            if config.windowed_sam:  # refused before the checkpoint is read or its tokenizer copied here
-                raise ValueError(
-                    f"windowed_sam builds a new SAM without its global block; {init_from} holds a checkpoint "
-                    "of its own architecture: start from random weights or drop windowed_sam"
-                )
             from .model import from_pretrained
 
             start = from_pretrained(init_from, dtype=torch.float32)
@@ -840,6 +952,7 @@ class Trainer:
 
             model_config = config_from_json(json.loads((Path(init_from) / "config.json").read_text()))
         self.init_from = None if init_from is None else str(init_from)
+        self.init_encoder_from = None if init_encoder_from is None else str(init_encoder_from)
         self.config = config
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -869,6 +982,10 @@ class Trainer:
         self.model = DeepseekOCR(self.model_config, tokenizer=self.tokenizer).to(self.device)
         if start is None:
             self._init_weights()
+            if encoder_start is not None:
+                missing, unexpected = self.model.load_state_dict(encoder_start, strict=False)
+                assert not unexpected and not any(k.startswith(ENCODER_PREFIXES) for k in missing), missing
+                log.info("%s: starting from the encoder in %s", self.folder, init_encoder_from)
         else:
             self.model.load_state_dict(start.state_dict())
             log.info("%s: starting from the weights in %s", self.folder, init_from)
@@ -894,9 +1011,18 @@ class Trainer:
         self.neck_char: torch.Tensor | None = None  # the last `losses` call's neck term (logged)
         self.guide: torch.Tensor | None = None  # the last `losses` call's attention-guide term (logged)
         self._seen: AttentionInput | None = None  # what the guided layer's forward last got
+        guided_layer = self.model.model.layers[self.model_config.decoder.num_layers - 2]
         if config.guide_attention > 0:
-            self.guided = self.model.model.layers[self.model_config.decoder.num_layers - 2].self_attn
+            self.guided = guided_layer.self_attn
             self.guided.register_forward_pre_hook(self._keep_attention_input)
+        self.slot_head: torch.nn.Linear | None = None  # training only: never exported
+        self.slot: torch.Tensor | None = None  # the last `losses` call's slot-guide term (logged)
+        self._guided_out: torch.Tensor | None = None  # the guided layer's last output (B, T, H)
+        if config.guide_slot > 0:
+            self.slot_head = torch.nn.Linear(self.model_config.decoder.hidden_size, GUIDE_SLOTS).to(
+                self.device
+            )
+            guided_layer.register_forward_hook(self._keep_guided_output)
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, betas=(0.9, 0.95), fused=self.device.type == "cuda"
         )
@@ -930,14 +1056,17 @@ class Trainer:
                         "lr_scale": self.config.encoder_lr_scale if encoder else 1.0,
                     }
                 )
-        if self.char_head is not None:
-            groups.append({"params": list(self.char_head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+        for head in self.heads():
+            groups.append({"params": list(head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
         return groups
 
+    def heads(self) -> list[torch.nn.Module]:
+        """The training-only heads this run has (the character head, the slot guide's), never exported."""
+        return [head for head in (self.char_head, self.slot_head) if head is not None]
+
     def trained_parameters(self) -> list[torch.nn.Parameter]:
-        """The model's parameters, and the character head's when there is one."""
-        head = [] if self.char_head is None else list(self.char_head.parameters())
-        return [*self.model.parameters(), *head]
+        """The model's parameters, and the training-only heads'."""
+        return [*self.model.parameters(), *(p for head in self.heads() for p in head.parameters())]
 
     # -- state ------------------------------------------------------------------------------------------
 
@@ -963,6 +1092,8 @@ class Trainer:
             )
         if self.char_head is not None:
             self.char_head.load_state_dict(state["char_head"])
+        if self.slot_head is not None:
+            self.slot_head.load_state_dict(state["slot_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         log.info("resumed %s at step %d (%.0f s trained)", self.folder, self.step, self.elapsed)
@@ -977,6 +1108,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "train_config": dataclasses.asdict(self.config),
                 "char_head": None if self.char_head is None else self.char_head.state_dict(),
+                "slot_head": None if self.slot_head is None else self.slot_head.state_dict(),
             },
             tmp,
         )
@@ -998,6 +1130,7 @@ class Trainer:
             "train_packages": {p: importlib.metadata.version(p) for p in TRAIN_PACKAGES},
             "train_config": dataclasses.asdict(self.config),
             "init_from": self.init_from,
+            "init_encoder_from": self.init_encoder_from,
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "vocab_size": len(self.tokenizer),
         }
@@ -1023,6 +1156,9 @@ class Trainer:
     def _keep_neck(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._neck = output
 
+    def _keep_guided_output(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._guided_out = output
+
     def lr(self, step: int) -> float:
         cfg = self.config
         if step < cfg.warmup:
@@ -1042,7 +1178,7 @@ class Trainer:
         grid (None: the cells' centres). With ``neck_char_loss`` the character loss includes the neck's
         term at that weight; ``neck_char`` keeps that term alone. With ``guide_attention`` the attention
         guide's term is kept in ``guide``."""
-        self.neck_char = self.guide = None
+        self.neck_char = self.guide = self.slot = None
         with torch.no_grad() if self.config.freeze_encoder else contextlib.nullcontext():
             feats = vision_features(self.model, samples)  # (B, q*q, H)
         loss, n = None, 0
@@ -1055,7 +1191,13 @@ class Trainer:
                     guide_keys(s.text, self.tokenizer, s.side, self.stream.renderer_for(s.page_side))
                     for s in samples
                 ]
-                self.guide = guide_loss(self.guided, self._seen, rows, keys)
+                self.guide = guide_loss(self.guided, self._seen, rows, keys, heads=self.config.guide_heads)
+            if self.slot_head is not None:
+                slots = [
+                    guide_slots(s.text, self.tokenizer, s.side, self.stream.renderer_for(s.page_side))
+                    for s in samples
+                ]
+                self.slot = self.slot_loss(rows, slots)
         if self.char_head is None:
             return loss, n, None
         logits, targets = self.char_logits(samples, feats, step=step)
@@ -1070,6 +1212,23 @@ class Trainer:
             self.neck_char = F.cross_entropy(neck.flatten(0, 2).float(), flat, ignore_index=-100)
             char = char + self.config.neck_char_loss * self.neck_char
         return loss, n, char
+
+    def slot_loss(self, rows: PageRows, slots: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The slot guide's cross-entropy: from the guided layer's output at each position that predicts a
+        text token, the grid point under that token's first character (``slots``, one list per row, from
+        ``guide_slots``)."""
+        assert self.slot_head is not None and self._guided_out is not None
+        targets = torch.full(rows.labels.shape, -100, dtype=torch.long)
+        for b, row_slots in enumerate(slots):
+            queries = (rows.labels[b] != -100).nonzero().flatten().cpu()
+            if len(queries) != len(row_slots):
+                raise ValueError(f"row {b}: {len(row_slots)} slots for {len(queries)} predicted tokens")
+            targets[b, queries] = torch.tensor([t if t >= 0 else -100 for t in row_slots], dtype=torch.long)
+        targets = targets.to(self.device)
+        if not (targets != -100).any():
+            return torch.zeros((), device=self.device)
+        logits = self.slot_head(self._guided_out[targets != -100].float())
+        return F.cross_entropy(logits, targets[targets != -100])
 
     def char_logits(
         self, samples: Sequence[Sample], feats: torch.Tensor, *, step: int | None = None
@@ -1143,6 +1302,8 @@ class Trainer:
                     weighted.append(cfg.char_loss * char)
                 if self.guide is not None:
                     weighted.append(cfg.guide_attention * self.guide)
+                if self.slot is not None:
+                    weighted.append(cfg.guide_slot * self.slot)
                 total = torch.stack(weighted).sum()
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -1159,6 +1320,7 @@ class Trainer:
                 **({} if char is None else {"char_loss": round(char.item(), 4)}),
                 **({} if self.neck_char is None else {"neck_char_loss": round(self.neck_char.item(), 4)}),
                 **({} if self.guide is None else {"guide_loss": round(self.guide.item(), 4)}),
+                **({} if self.slot is None else {"slot_loss": round(self.slot.item(), 4)}),
                 "side": samples[0].side,
                 **({"crop": True} if samples[0].page_side != self.stream.renderer.config.page_side else {}),
                 "pages": len(samples),
@@ -1266,6 +1428,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="start a new run from this checkpoint folder (e.g. optical_memory/weights/optical-mini)",
     )
     parser.add_argument(
+        "--init-encoder-from",
+        default=None,
+        help="start a new run from this checkpoint's encoder: a new decoder, a tokenizer of --vocab-size",
+    )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=VOCAB_SIZE,
+        help=f"a new run's tokenizer: BPE ids, specials and the 256 bytes included ({CHAR_VOCAB}: one id a "
+        "character of ASCII, no merges)",
+    )
+    parser.add_argument(
         "--encoder-lr-scale",
         type=float,
         default=TrainConfig.encoder_lr_scale,
@@ -1337,6 +1511,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="weight of the attention guide: a decoder head taught where on the page the next token is",
     )
     parser.add_argument(
+        "--guide-heads",
+        type=int,
+        default=TrainConfig.guide_heads,
+        help="how many heads of that layer the guide teaches (the first N)",
+    )
+    parser.add_argument(
+        "--guide-slot",
+        type=float,
+        default=TrainConfig.guide_slot,
+        help="weight of the slot guide: that layer's output names the point in the cell the next token is at",
+    )
+    parser.add_argument(
         "--decoder-loss",
         type=float,
         default=TrainConfig.decoder_loss,
@@ -1382,15 +1568,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             char_hidden=args.char_hidden,
             freeze_encoder=args.freeze_encoder,
             guide_attention=args.guide_attention,
+            guide_heads=args.guide_heads,
+            guide_slot=args.guide_slot,
             char_columns=args.char_columns,
         )
     except ValueError as e:
         parser.error(str(e))
+    if args.vocab_size < CHAR_VOCAB:
+        parser.error(
+            f"--vocab-size must be at least {CHAR_VOCAB} (the specials and 256 bytes), got {args.vocab_size}"
+        )
     workers = args.workers
     if workers is None:
         workers = 6 if (args.device == "auto" and torch.cuda.is_available()) or "cuda" in args.device else 0
     try:
-        trainer = Trainer(args.run, config, device=args.device, workers=workers, init_from=args.init_from)
+        trainer = Trainer(
+            args.run,
+            config,
+            device=args.device,
+            workers=workers,
+            init_from=args.init_from,
+            init_encoder_from=args.init_encoder_from,
+            vocab_size=args.vocab_size,
+        )
     except ValueError as e:
         parser.error(str(e))
     result = trainer.train(minutes=args.minutes, max_steps=args.max_steps, progress=True)

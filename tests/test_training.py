@@ -25,6 +25,7 @@ from optical_memory.model.preprocess import grid_tokens
 from optical_memory.render import Renderer
 from optical_memory.training import (
     CHAR_GRID,
+    CHAR_VOCAB,
     COLLAPSE_GAP_NATS,
     COMPLETE_COLUMNS,
     CROP_BATCH,
@@ -32,6 +33,7 @@ from optical_memory.training import (
     CROP_SIDES,
     ENCODER_PREFIXES,
     GUIDE_HEAD,
+    GUIDE_SLOTS,
     LADDER,
     SPECIALS,
     BatchStream,
@@ -44,7 +46,10 @@ from optical_memory.training import (
     conversation,
     evaluate_pages,
     guide_keys,
+    guide_loss,
+    guide_slots,
     head_log_attention,
+    held_out_crops,
     held_out_samples,
     neck_tokens,
     page_rows,
@@ -95,7 +100,7 @@ def few(paragraphs):
     return paragraphs[:300]
 
 
-def make_trainer(folder, few, *, init_from=None, **config):
+def make_trainer(folder, few, *, init_from=None, init_encoder_from=None, **config):
     config = {"steps": 40, "eval_every": 0, "min_lines": 2, "warmup": 2, **config}
     torch.manual_seed(0)
     return Trainer(
@@ -106,6 +111,7 @@ def make_trainer(folder, few, *, init_from=None, **config):
         paragraphs=few,
         vocab_size=400,
         init_from=init_from,
+        init_encoder_from=init_encoder_from,
     )
 
 
@@ -209,6 +215,25 @@ def test_held_out_pages_can_be_cut_to_their_first_lines():
     assert [s.side for s in held_out_samples(1, lines=1)] == list(LADDER)
     with pytest.raises(ValueError, match="lines must be at least 1, got 0"):
         held_out_samples(1, lines=0)
+
+
+def test_held_out_crops_are_drawn_at_the_full_pages_density():
+    [page] = held_out_samples(1, sides=[1024])
+    crops = {side: held_out_crops(1, side=side, lines=3)[0] for side in CROP_SIDES}
+    for side, crop in crops.items():
+        assert crop.image.size == (side, side) and crop.side == crop.page_side == side
+        assert crop.lines == 3 and len(crop.text.split("\n")) == 3
+        # the same document from its start, in lines of the crop's width: the glyphs keep their size
+        assert page.text.split()[:4] == crop.text.split()[:4]
+        assert (
+            max(map(len, crop.text.split("\n")))
+            <= (side - 2 * CROP_MARGIN) // Renderer(RenderConfig()).cell_width
+        )
+    assert len(crops[384].text) > len(crops[256].text)
+    with pytest.raises(ValueError, match="one of \\(256, 384\\), got 1024"):
+        held_out_crops(1, side=1024)
+    with pytest.raises(ValueError, match="lines must be at least 1, got 0"):
+        held_out_crops(1, lines=0)
 
 
 def test_held_out_loss_is_logged_per_side(tmp_path, few):
@@ -494,6 +519,54 @@ def test_a_new_run_starts_from_an_exported_checkpoint(tmp_path, few):
     assert cli.step == 1 and cli.model_config == second.model_config
 
 
+def test_a_new_decoder_of_another_vocabulary_starts_on_an_exported_encoder(tmp_path, few):
+    first = make_trainer(tmp_path / "first", few, steps=1)
+    first.train()
+    export = first.export(tmp_path / "export")
+    torch.manual_seed(0)
+    config = TrainConfig(steps=3, eval_every=0, min_lines=2, warmup=2, freeze_encoder=True)
+    chars = Trainer(
+        tmp_path / "chars",
+        config,
+        device="cpu",
+        paragraphs=few,
+        vocab_size=CHAR_VOCAB,
+        init_encoder_from=export,
+    )
+    # one id a character: the byte-level tokenizer learnt no merges, and reads back any text
+    assert len(chars.tokenizer) == CHAR_VOCAB
+    text = "naïve café, x = 1;\n  done 🙂"
+    ids = chars.tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) == len(text.encode()) and chars.tokenizer.decode(ids) == text
+    assert chars.model_config.decoder.vocab_size == CHAR_VOCAB
+    assert (
+        chars.model_config.sam == first.model_config.sam
+        and chars.model_config.clip == first.model_config.clip
+    )
+    started = chars.model.state_dict()
+    for key, value in first.model.state_dict().items():
+        if key.startswith(ENCODER_PREFIXES):  # the export's encoder, bfloat16 as exported
+            torch.testing.assert_close(started[key], value.bfloat16().float(), msg=key)
+        elif key.startswith("model.layers."):  # a decoder of its own, from random weights
+            assert not torch.equal(started[key], value), key
+    chars.train(max_steps=1)
+    info = json.loads((tmp_path / "chars" / "run.json").read_text())
+    assert info["init_encoder_from"] == str(export) and info["vocab_size"] == CHAR_VOCAB
+    again = Trainer(tmp_path / "chars", config, device="cpu", paragraphs=few, init_encoder_from=export)
+    assert again.step == 1 and len(again.tokenizer) == CHAR_VOCAB  # resumed with its own tokenizer
+    torch.testing.assert_close(again.model.state_dict(), chars.model.state_dict())
+    with pytest.raises(ValueError, match="give one"):
+        make_trainer(tmp_path / "both", few, init_from=export, init_encoder_from=export)
+    with pytest.raises(ValueError, match="windowed_sam"):
+        Trainer(
+            tmp_path / "new",
+            TrainConfig(windowed_sam=True),
+            device="cpu",
+            paragraphs=few,
+            init_encoder_from=export,
+        )
+
+
 def test_a_windowed_sam_drops_the_global_block_and_exports_its_own_architecture(tmp_path, few):
     trainer = make_trainer(tmp_path / "windowed", few, steps=1, windowed_sam=True)
     assert trainer.model_config.sam.global_attn_indexes == ()
@@ -628,6 +701,100 @@ def test_the_attention_guide_teaches_a_head_where_to_look_and_is_not_exported(tm
         TrainConfig(guide_attention=1.0, decoder_loss=0.0, char_loss=1.0)
     with pytest.raises(ValueError, match="guide_attention must be >= 0"):
         TrainConfig(guide_attention=-1.0)
+
+
+def test_each_slot_the_guide_names_is_the_grid_point_on_the_tokens_first_character(tmp_path, few):
+    tokenizer = make_trainer(tmp_path / "run", few).tokenizer
+    renderer = Renderer(RenderConfig())
+    text = "\n".join(["Hello world, naive reader: ~42 {x}", "", "    indented = [1, 2]  # and done"] * 3)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for side in (1024, 512):
+        keys = guide_keys(text, tokenizer, side, renderer)
+        slots = guide_slots(text, tokenizer, side, renderer)
+        assert len(slots) == len(ids) + 1 and [s < 0 for s in slots] == [k < 0 for k in keys]
+        assert all(0 <= s < GUIDE_SLOTS for s in slots if s >= 0)
+    # at 1024 px the grid has a point on every character: the one the guide names is the token's first,
+    # as the encoder's character head is asked it
+    grid = char_targets(text, 1024, renderer, columns=COMPLETE_COLUMNS)  # (16 * 16, GUIDE_SLOTS)
+    keys, slots = guide_keys(text, tokenizer, 1024, renderer), guide_slots(text, tokenizer, 1024, renderer)
+    guided = [(span, key, slot) for span, key, slot in zip(offsets, keys, slots, strict=False) if key >= 0]
+    assert len(guided) > 20
+    for (start, end), key, slot in guided:
+        first = next(text[i] for i in range(start, end) if not text[i].isspace())
+        row, column = divmod(key, 17)  # rows of 16 tokens and their newline
+        assert grid[row * 16 + column, slot] == char_class(first), (first, key, slot)
+
+
+def test_the_slot_guide_is_learnt_resumed_and_not_exported(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, steps=2, guide_attention=1.0, guide_slot=1.0, lr=3e-3)
+    samples = trainer.stream.batch(1)
+    trainer.losses(samples)
+    first = trainer.slot.item()
+    assert first > 0
+    trainer.slot.backward()  # it reads the guided layer's output: the layers up to it learn, not the last
+    layers = trainer.model.model.layers
+    assert layers[-2].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert layers[-1].self_attn.q_proj.weight.grad is None
+    optimizer = torch.optim.Adam(trainer.trained_parameters(), lr=3e-3)
+    for _ in range(30):  # the slot guide's term alone, on one batch
+        trainer.losses(samples)
+        optimizer.zero_grad()
+        trainer.slot.backward()
+        optimizer.step()
+    trainer.losses(samples)
+    assert trainer.slot.item() < 0.9 * first
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(r["slot_loss"] > 0 and r["guide_loss"] > 0 for r in records)
+    exported = from_pretrained(trainer.export(tmp_path / "export"), device="cpu")
+    assert exported.state_dict().keys() == trainer.model.state_dict().keys()  # no slot head in the checkpoint
+    resumed = make_trainer(tmp_path / "run", few, steps=2, guide_attention=1.0, guide_slot=1.0, lr=3e-3)
+    torch.testing.assert_close(resumed.slot_head.state_dict(), trainer.slot_head.state_dict())
+    with pytest.raises(ValueError, match="guide_slot must be >= 0"):
+        TrainConfig(guide_slot=-1.0)
+    with pytest.raises(ValueError, match="guide_slot"):
+        TrainConfig(guide_slot=1.0, decoder_loss=0.0, char_loss=1.0)
+
+
+def test_the_guide_can_teach_every_head_of_its_layer(tmp_path, few):
+    trainer = make_trainer(tmp_path / "run", few, guide_attention=1.0, guide_heads=2)  # the toy's 2 heads
+    samples = trainer.stream.batch(1)
+    keys = [guide_keys(s.text, trainer.tokenizer, s.side, trainer.stream.renderer) for s in samples]
+    rows = page_rows(trainer.model, samples)
+    pairs = []  # (row, query position, key position): each text token's predictor and its cell
+    for b, (row_keys, start) in enumerate(zip(keys, rows.vision_starts, strict=True)):
+        queries = (rows.labels[b] != -100).nonzero().flatten().tolist()
+        pairs += [(b, q, k + start) for q, k in zip(queries, row_keys, strict=True) if k >= 0]
+    index = tuple(torch.tensor(column) for column in zip(*pairs, strict=True))
+
+    def log_attention_to_keys() -> torch.Tensor:
+        """Each head's mean log attention, over the guided positions, to the cell it is told to look at."""
+        now = page_rows(trainer.model, samples)  # the rows as the model embeds them now
+        trainer.model(now.embeds, attention_mask=now.mask)
+        return torch.stack(
+            [head_log_attention(trainer.guided, trainer._seen, h)[index].mean() for h in (0, 1)]
+        )
+
+    with torch.no_grad():
+        before = log_attention_to_keys()
+        trainer.losses(samples)
+        assert trainer.guide.item() == pytest.approx(-before.mean().item(), rel=1e-5)  # both heads' mean
+        one = guide_loss(trainer.guided, trainer._seen, rows, keys)
+        assert one.item() == pytest.approx(-before[0].item(), rel=1e-5)  # the default: head 0 alone
+    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
+    for _ in range(30):  # the guide's term alone, on one batch
+        trainer.losses(samples)
+        optimizer.zero_grad()
+        trainer.guide.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = log_attention_to_keys()
+    assert (after.exp() > 2 * before.exp()).all(), (before, after)  # each head learnt where to look
+    with pytest.raises(ValueError, match="guide heads 3 from head 0: the layer has 2"):
+        guide_loss(trainer.guided, trainer._seen, rows, keys, heads=3)
+    with pytest.raises(ValueError, match="guide_heads must be at least 1, got 0"):
+        TrainConfig(guide_attention=1.0, guide_heads=0)
 
 
 def test_a_complete_grid_scores_every_character_column_the_default_grid_misses_some():
