@@ -924,6 +924,8 @@ class Trainer:
                 "encoder alone: give one"
             )
         seed_from = init_from if init_from is not None else init_encoder_from
+        if seed_from is not None and not (Path(seed_from) / "config.json").is_file():
+            raise ValueError(f"{seed_from} holds no config.json: give a checkpoint folder (an export)")
         if seed_from is not None and config.windowed_sam:  # refused before the checkpoint is read
             raise ValueError(
                 f"windowed_sam builds a new SAM without its global block; {seed_from} holds a checkpoint "
@@ -1014,6 +1016,10 @@ class Trainer:
         guided_layer = self.model.model.layers[self.model_config.decoder.num_layers - 2]
         if config.guide_attention > 0:
             self.guided = guided_layer.self_attn
+            if GUIDE_HEAD + config.guide_heads > self.guided.num_heads:
+                raise ValueError(
+                    f"guide_heads {config.guide_heads}: the decoder's layers have {self.guided.num_heads}"
+                )
             self.guided.register_forward_pre_hook(self._keep_attention_input)
         self.slot_head: torch.nn.Linear | None = None  # training only: never exported
         self.slot: torch.Tensor | None = None  # the last `losses` call's slot-guide term (logged)

@@ -557,6 +557,10 @@ def test_a_new_decoder_of_another_vocabulary_starts_on_an_exported_encoder(tmp_p
     torch.testing.assert_close(again.model.state_dict(), chars.model.state_dict())
     with pytest.raises(ValueError, match="give one"):
         make_trainer(tmp_path / "both", few, init_from=export, init_encoder_from=export)
+    with pytest.raises(
+        ValueError, match=f"{tmp_path / 'chars'} holds no config.json"
+    ):  # a run, not an export
+        make_trainer(tmp_path / "new", few, init_encoder_from=tmp_path / "chars")
     with pytest.raises(ValueError, match="windowed_sam"):
         Trainer(
             tmp_path / "new",
@@ -795,6 +799,8 @@ def test_the_guide_can_teach_every_head_of_its_layer(tmp_path, few):
         guide_loss(trainer.guided, trainer._seen, rows, keys, heads=3)
     with pytest.raises(ValueError, match="guide_heads must be at least 1, got 0"):
         TrainConfig(guide_attention=1.0, guide_heads=0)
+    with pytest.raises(ValueError, match="guide_heads 3: the decoder's layers have 2"):
+        make_trainer(tmp_path / "three", few, guide_attention=1.0, guide_heads=3)
 
 
 def test_a_complete_grid_scores_every_character_column_the_default_grid_misses_some():
