@@ -131,7 +131,9 @@ def short_pages(
 ) -> dict[str, Any]:
     """``evaluate_pages`` of the checkpoint in ``weights`` on ``pages`` held-out pages cut to each of
     ``lines`` lines, at ``sides``, every page read greedily; ``crop``: crops drawn at ``sides`` at the full
-    page's density (``held_out_crops``) instead of pages shrunk to them."""
+    page's density (``held_out_crops``) instead of pages shrunk to them. Each side's figures also hold
+    ``tokens_per_char`` (the text's tokens and EOS over its characters and EOS), by which the losses become
+    nats a character: comparable across tokenizers."""
     import torch
 
     from optical_memory.model import from_pretrained
@@ -143,7 +145,25 @@ def short_pages(
         return held_out_samples(pages, lines=n, sides=sides)
 
     model = from_pretrained(weights, dtype=torch.float32)
-    return {str(n): evaluate_pages(model, samples(n), greedy_pages=pages) for n in lines}
+    assert model.tokenizer is not None
+    out = {}
+    for n in lines:
+        group = samples(n)
+        result = evaluate_pages(model, group, greedy_pages=pages)
+        result["tokens_per_char"] = {}
+        for side in sides:
+            texts = [s.text for s in group if s.side == side]
+            tokens = sum(len(model.tokenizer.encode(t, add_special_tokens=False)) + 1 for t in texts)
+            result["tokens_per_char"][side] = round(tokens / sum(len(t) + 1 for t in texts), 4)
+        out[str(n)] = result
+    return out
+
+
+def shown(path: Path) -> str:
+    """``path`` as a command in a results file names it: from the repository's root when it is inside it
+    (the shipped weights' default is an absolute path), as given otherwise."""
+    root = Path(__file__).resolve().parents[1]
+    return str(path.resolve().relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
 
 
 def add_result(name: str, key: str, record: dict[str, Any]) -> None:
@@ -211,15 +231,22 @@ def main() -> None:
             parser.error(f"--lines must be at least 1 and --sides among {where}, got {counts}, {sides}")
         result = short_pages(Path(args.weights), args.pages, counts, sides, crop=args.crop)
         rows = [
-            [n, side, *(r[k][side] for k in ("loss", "blank_loss", "gap")), f"{r['precision'][side]:.1%}"]
+            [
+                n,
+                side,
+                *(r[k][side] for k in ("loss", "blank_loss", "gap")),
+                *(round(r[k][side] * r["tokens_per_char"][side], 3) for k in ("loss", "blank_loss")),
+                f"{r['precision'][side]:.1%}",
+            ]
             for n, r in result.items()
             for side in sides
         ]
-        headers = ["lines", "side", "loss, real page", "loss, blank page", "gap (nats)", "precision"]
+        headers = ["lines", "side", "loss, real page", "loss, blank page", "gap (nats)"]
+        headers += ["real, a char", "blank, a char", "precision"]
         print(table(headers, rows))
         command = (
             f".venv/bin/python benchmarks/bench_mini.py --lines {args.lines} --sides {args.sides} "
-            f"--pages {args.pages} --weights {args.weights}{' --crop' if args.crop else ''}"
+            f"--pages {args.pages} --weights {shown(Path(args.weights))}{' --crop' if args.crop else ''}"
         )
         record = {"command": command, "by_lines": result}
         key = Path(args.weights).name + (" (crops)" if args.crop else "")

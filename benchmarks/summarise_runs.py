@@ -4,7 +4,7 @@
 
 For each run folder (``optical_memory.training --run``) it prints the steps, the training time, the mean
 training losses over the last ``--window`` steps (the decoder's, the character head's, the attention
-guide's) and the last held-out evaluation at 1024 px (the image's worth in nats on full pages, greedy
+and slot guides') and the last held-out evaluation at 1024 px (the image's worth in nats on full pages, greedy
 precision, the character head's accuracies), and with ``--out`` writes them with each run's configuration,
 every evaluation and the losses' means per window, so that an experiment's curves outlive its machine.
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 from common import read_run, run_totals, table
 
-LOSSES = ("loss", "char_loss", "neck_char_loss", "guide_loss")
+LOSSES = ("loss", "char_loss", "neck_char_loss", "guide_loss", "slot_loss")
 SIDE = "1024"
 
 
@@ -39,6 +39,8 @@ def summarise(folder: Path, window: int) -> dict[str, Any]:
         "device": info.get("device"),
         "torch_threads": info.get("torch_threads"),
         "init_from": info.get("init_from"),
+        "init_encoder_from": info.get("init_encoder_from"),
+        "vocab_size": info.get("vocab_size"),
         "train_config": info.get("train_config"),
         **run_totals(rows),
         "loss_means_per_window": windows,
@@ -65,14 +67,14 @@ def main() -> None:
                 run["run"],
                 run["steps"],
                 f"{run['train_seconds'] / 60:.0f}",
-                *(last.get(k, "") for k in ("loss", "char_loss", "guide_loss")),
+                *(last.get(k, "") for k in ("loss", "char_loss", "guide_loss", "slot_loss")),
                 held.get("gap", {}).get(SIDE, ""),
                 held.get("precision", {}).get(SIDE, ""),
                 held.get("char_accuracy", {}).get(SIDE, ""),
                 held.get("glyph_accuracy", {}).get(SIDE, ""),
             ]
         )
-    headers = ["run", "steps", "minutes", "loss", "char loss", "guide loss"]
+    headers = ["run", "steps", "minutes", "loss", "char loss", "guide loss", "slot loss"]
     headers += [f"{name}, {SIDE} px" for name in ("gap", "precision", "char acc", "glyph acc")]
     print(table(headers, rows))
     print(f"(losses: means of the last {args.window} steps; the rest: the run's last held-out evaluation)")
