@@ -679,18 +679,23 @@ def test_the_guided_head_is_the_attention_the_layer_computes(tmp_path, few):
         torch.testing.assert_close((weights @ v)[real], expected[real], atol=1e-5, rtol=1e-4)
 
 
+def learn_alone(trainer, samples, term, steps=30):
+    """Train on one term of ``trainer.losses`` alone ("guide", "slot"), on one batch, with Adam at 3e-3."""
+    optimizer = torch.optim.Adam(trainer.trained_parameters(), lr=3e-3)
+    for _ in range(steps):
+        trainer.losses(samples)
+        optimizer.zero_grad()
+        getattr(trainer, term).backward()
+        optimizer.step()
+
+
 def test_the_attention_guide_teaches_a_head_where_to_look_and_is_not_exported(tmp_path, few):
     trainer = make_trainer(tmp_path / "run", few, steps=2, guide_attention=1.0, lr=3e-3)
     samples = trainer.stream.batch(1)
     trainer.losses(samples)
     first = trainer.guide.item()
     assert first > 0
-    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
-    for _ in range(30):  # the guide's term alone, on one batch
-        trainer.losses(samples)
-        optimizer.zero_grad()
-        trainer.guide.backward()
-        optimizer.step()
+    learn_alone(trainer, samples, "guide")
     trainer.losses(samples)
     assert trainer.guide.item() < 0.7 * first
     trainer.train()
@@ -740,12 +745,7 @@ def test_the_slot_guide_is_learnt_resumed_and_not_exported(tmp_path, few):
     layers = trainer.model.model.layers
     assert layers[-2].self_attn.q_proj.weight.grad.abs().sum() > 0
     assert layers[-1].self_attn.q_proj.weight.grad is None
-    optimizer = torch.optim.Adam(trainer.trained_parameters(), lr=3e-3)
-    for _ in range(30):  # the slot guide's term alone, on one batch
-        trainer.losses(samples)
-        optimizer.zero_grad()
-        trainer.slot.backward()
-        optimizer.step()
+    learn_alone(trainer, samples, "slot")
     trainer.losses(samples)
     assert trainer.slot.item() < 0.9 * first
     trainer.train()
@@ -786,12 +786,7 @@ def test_the_guide_can_teach_every_head_of_its_layer(tmp_path, few):
         assert trainer.guide.item() == pytest.approx(-before.mean().item(), rel=1e-5)  # both heads' mean
         one = guide_loss(trainer.guided, trainer._seen, rows, keys)
         assert one.item() == pytest.approx(-before[0].item(), rel=1e-5)  # the default: head 0 alone
-    optimizer = torch.optim.Adam(trainer.model.parameters(), lr=3e-3)
-    for _ in range(30):  # the guide's term alone, on one batch
-        trainer.losses(samples)
-        optimizer.zero_grad()
-        trainer.guide.backward()
-        optimizer.step()
+    learn_alone(trainer, samples, "guide")
     with torch.no_grad():
         after = log_attention_to_keys()
     assert (after.exp() > 2 * before.exp()).all(), (before, after)  # each head learnt where to look
