@@ -60,7 +60,8 @@ test-vllm: $(VLLM_STAMP)
 # the shipped weights (TRAIN_ARGS="--init-from optical_memory/weights/optical-mini") and use the recipe's knobs
 # (--char-loss 1.0, --neck-char-loss 1.0, --no-char-jitter, --decoder-loss 0, --encoder-lr-scale 0.1,
 # --sides 1024,640, --scramble-share 0.5, --crop-share 0.5; --windowed-sam: a new model 2.5x faster at 1024 px;
-# --char-hidden, --char-columns, --freeze-encoder, --guide-attention: the staged recipe in the model card).
+# --char-hidden, --char-columns, --freeze-encoder, --guide-attention, --guide-heads, --guide-slot,
+# --init-encoder-from with --vocab-size 267 (a decoder that writes bytes): the staged recipe in the model card).
 # Copy the export into optical_memory/weights/optical-mini only when it measures materially better
 # (benchmarks/bench_mini.py).
 TRAIN_ARGS ?=
