@@ -16,7 +16,9 @@ step, every evaluation) in the JSON. ``--control-only`` runs the control alone.
 measures a checkpoint (the shipped one, or a training run's export) on held-out pages cut to their first
 N lines, at 1024 px (``--sides``): the control and a greedy read of every page, what a model early in its
 curriculum already reads. It prints a table and adds the figures, by the weights folder's name, to
-``results/optical_mini_lines.json``.
+``results/optical_mini_lines.json``, with the losses in nats a character beside nats a token (decoders of
+different tokenizers compare). ``--crop --sides 256,384`` measures held-out crops instead: small pages drawn
+at the full page's density, as training's ``--crop-share`` draws them.
 """
 
 from __future__ import annotations
