@@ -640,9 +640,21 @@ def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list
     after them (``guide_points``), the vision token whose cell holds the token's first character other than
     whitespace, as its index in the page's layout (rows of q tokens, each row followed by its newline); -1
     for a token of whitespace alone, and for the EOS."""
+    return keys_of(guide_points(text, tokenizer, side, renderer), side)
+
+
+def guide_slots(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list[int]:
+    """The slot guide's targets, beside ``guide_keys``: the point of the character grid (CHAR_GRID rows
+    x COMPLETE_COLUMNS, row-major) nearest each token's first character inside its cell; -1 where
+    ``guide_keys`` has -1."""
+    return slots_of(guide_points(text, tokenizer, side, renderer), side)
+
+
+def keys_of(points: Sequence[tuple[float, float] | None], side: int) -> list[int]:
+    """``guide_keys`` from a page's ``guide_points``."""
     q = grid_tokens(side)
     keys = []
-    for point in guide_points(text, tokenizer, side, renderer):
+    for point in points:
         if point is None:
             keys.append(-1)
             continue
@@ -651,14 +663,12 @@ def guide_keys(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list
     return keys
 
 
-def guide_slots(text: str, tokenizer: Any, side: int, renderer: Renderer) -> list[int]:
-    """The slot guide's targets, beside ``guide_keys``: the point of the character grid (CHAR_GRID rows
-    x COMPLETE_COLUMNS, row-major) nearest each token's first character inside its cell; -1 where
-    ``guide_keys`` has -1."""
+def slots_of(points: Sequence[tuple[float, float] | None], side: int) -> list[int]:
+    """``guide_slots`` from a page's ``guide_points``."""
     q = grid_tokens(side)
     down, across = PIXELS_PER_TOKEN / CHAR_GRID, PIXELS_PER_TOKEN / COMPLETE_COLUMNS
     slots = []
-    for point in guide_points(text, tokenizer, side, renderer):
+    for point in points:
         if point is None:
             slots.append(-1)
             continue
@@ -668,6 +678,19 @@ def guide_slots(text: str, tokenizer: Any, side: int, renderer: Renderer) -> lis
         slot_col = min(COMPLETE_COLUMNS - 1, max(0, int(x // across)))
         slots.append(slot_row * COMPLETE_COLUMNS + slot_col)
     return slots
+
+
+def at_predictions(rows: PageRows, per_row: Sequence[Sequence[int]], what: str) -> torch.Tensor:
+    """(B, T) targets on ``rows``' device: ``per_row[b][j]`` at the position that predicts row b's text
+    token j (and its EOS), -1 there where the list has -1 and at every other position. ``what`` names the
+    targets in the error when a list's length is not the row's count of predicted tokens."""
+    targets = torch.full(rows.labels.shape, -1, dtype=torch.long)
+    for b, row_targets in enumerate(per_row):
+        queries = (rows.labels[b] != -100).nonzero().flatten().cpu()  # in order: text token j's predictor
+        if len(queries) != len(row_targets):
+            raise ValueError(f"row {b}: {len(row_targets)} {what} for {len(queries)} predicted tokens")
+        targets[b, queries] = torch.tensor(row_targets, dtype=torch.long)
+    return targets.to(rows.labels.device)
 
 
 # What an attention layer's forward gets (DecoderLayer passes them): its normed input (B, T, H), the RoPE
@@ -705,14 +728,11 @@ def guide_loss(
     forward got for ``rows``."""
     if not GUIDE_HEAD + heads <= attention.num_heads:
         raise ValueError(f"guide heads {heads} from head {GUIDE_HEAD}: the layer has {attention.num_heads}")
-    targets = torch.full(rows.labels.shape, -1, dtype=torch.long)
-    for b, (row_keys, start) in enumerate(zip(keys, rows.vision_starts, strict=True)):
-        queries = (rows.labels[b] != -100).nonzero().flatten().cpu()  # in order: text token j's predictor
-        wanted = torch.tensor(row_keys, dtype=torch.long)
-        if len(queries) != len(wanted):
-            raise ValueError(f"row {b}: {len(wanted)} guide keys for {len(queries)} predicted tokens")
-        targets[b, queries] = torch.where(wanted >= 0, wanted + start, -1)
-    targets = targets.to(seen[0].device)
+    shifted = [
+        [key + start if key >= 0 else -1 for key in row_keys]  # layout index -> position in the row
+        for row_keys, start in zip(keys, rows.vision_starts, strict=True)
+    ]
+    targets = at_predictions(rows, shifted, "guide keys")
     guided = targets >= 0
     if (
         not guided.any()
@@ -1191,18 +1211,17 @@ class Trainer:
         if self.config.decoder_loss > 0:
             rows = page_rows(self.model, samples, feats=feats)
             loss, n = next_token_loss(self.model, rows)
+            if self.config.guide_attention > 0 or self.slot_head is not None:  # the pages' geometry, once
+                points = [
+                    guide_points(s.text, self.tokenizer, s.side, self.stream.renderer_for(s.page_side))
+                    for s in samples
+                ]
             if self.config.guide_attention > 0:
                 assert self._seen is not None
-                keys = [
-                    guide_keys(s.text, self.tokenizer, s.side, self.stream.renderer_for(s.page_side))
-                    for s in samples
-                ]
+                keys = [keys_of(p, s.side) for p, s in zip(points, samples, strict=True)]
                 self.guide = guide_loss(self.guided, self._seen, rows, keys, heads=self.config.guide_heads)
             if self.slot_head is not None:
-                slots = [
-                    guide_slots(s.text, self.tokenizer, s.side, self.stream.renderer_for(s.page_side))
-                    for s in samples
-                ]
+                slots = [slots_of(p, s.side) for p, s in zip(points, samples, strict=True)]
                 self.slot = self.slot_loss(rows, slots)
         if self.char_head is None:
             return loss, n, None
@@ -1224,17 +1243,12 @@ class Trainer:
         text token, the grid point under that token's first character (``slots``, one list per row, from
         ``guide_slots``)."""
         assert self.slot_head is not None and self._guided_out is not None
-        targets = torch.full(rows.labels.shape, -100, dtype=torch.long)
-        for b, row_slots in enumerate(slots):
-            queries = (rows.labels[b] != -100).nonzero().flatten().cpu()
-            if len(queries) != len(row_slots):
-                raise ValueError(f"row {b}: {len(row_slots)} slots for {len(queries)} predicted tokens")
-            targets[b, queries] = torch.tensor([t if t >= 0 else -100 for t in row_slots], dtype=torch.long)
-        targets = targets.to(self.device)
-        if not (targets != -100).any():
+        targets = at_predictions(rows, slots, "slots")
+        slotted = targets >= 0
+        if not slotted.any():
             return torch.zeros((), device=self.device)
-        logits = self.slot_head(self._guided_out[targets != -100].float())
-        return F.cross_entropy(logits, targets[targets != -100])
+        logits = self.slot_head(self._guided_out[slotted].float())
+        return F.cross_entropy(logits, targets[slotted])
 
     def char_logits(
         self, samples: Sequence[Sample], feats: torch.Tensor, *, step: int | None = None
