@@ -951,28 +951,21 @@ class Trainer:
                 f"windowed_sam builds a new SAM without its global block; {seed_from} holds a checkpoint "
                 "of its own architecture: start from random weights or drop windowed_sam"
             )
-        start = None
-        encoder_start: dict[str, torch.Tensor] | None = None
-        if init_encoder_from is not None:
+        start: dict[str, torch.Tensor] | None = None  # the weights a new run starts from
+        if seed_from is not None:
             from .model.loading import config_from_json
 
-            model_config = config_from_json(json.loads((Path(init_encoder_from) / "config.json").read_text()))
+            # the checkpoint's architecture, whether it seeds this run or state.pt resumes it
+            model_config = config_from_json(json.loads((Path(seed_from) / "config.json").read_text()))
             if not self.state_path.is_file():
                 from .model import from_pretrained
 
-                weights = from_pretrained(init_encoder_from, dtype=torch.float32).state_dict()
-                encoder_start = {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
-        if init_from is not None and not self.state_path.is_file():
-            from .model import from_pretrained
-
-            start = from_pretrained(init_from, dtype=torch.float32)
-            model_config = start.config
-            for name in ("tokenizer.json", "tokenizer_config.json"):
-                (self.folder / name).write_bytes((Path(init_from) / name).read_bytes())
-        elif init_from is not None:  # resumed: state.pt holds the weights, the checkpoint their architecture
-            from .model.loading import config_from_json
-
-            model_config = config_from_json(json.loads((Path(init_from) / "config.json").read_text()))
+                start = from_pretrained(seed_from, dtype=torch.float32).state_dict()
+                if init_encoder_from is not None:  # the encoder alone: the decoder and its tokenizer are new
+                    start = {k: v for k, v in start.items() if k.startswith(ENCODER_PREFIXES)}
+                else:
+                    for name in ("tokenizer.json", "tokenizer_config.json"):
+                        (self.folder / name).write_bytes((Path(seed_from) / name).read_bytes())
         self.init_from = None if init_from is None else str(init_from)
         self.init_encoder_from = None if init_encoder_from is None else str(init_encoder_from)
         self.config = config
@@ -1002,15 +995,14 @@ class Trainer:
             ),
         )
         self.model = DeepseekOCR(self.model_config, tokenizer=self.tokenizer).to(self.device)
-        if start is None:
+        if start is None or init_encoder_from is not None:
             self._init_weights()
-            if encoder_start is not None:
-                missing, unexpected = self.model.load_state_dict(encoder_start, strict=False)
-                assert not unexpected and not any(k.startswith(ENCODER_PREFIXES) for k in missing), missing
-                log.info("%s: starting from the encoder in %s", self.folder, init_encoder_from)
-        else:
-            self.model.load_state_dict(start.state_dict())
-            log.info("%s: starting from the weights in %s", self.folder, init_from)
+        if start is not None:
+            missing, unexpected = self.model.load_state_dict(start, strict=init_encoder_from is None)
+            assert not unexpected and not any(k.startswith(ENCODER_PREFIXES) for k in missing), missing
+            log.info(
+                "%s: starting from the %s in %s", self.folder, "encoder" if missing else "weights", seed_from
+            )
         if config.freeze_encoder:  # no gradient: AdamW skips them, and losses() runs the encoder without one
             for name, param in self.model.named_parameters():
                 if name.startswith(ENCODER_PREFIXES):
