@@ -92,9 +92,10 @@ SIDE_WEIGHTS = {1024: 0.3, 640: 0.3, 512: 0.2, 384: 0.12, 256: 0.08}
 BATCH = {1024: 2, 640: 3, 512: 4, 384: 4, 256: 4}  # times TrainConfig.batch_scale
 # Crops: small pages drawn at the full page's density (the 1024 px page's glyphs, 9 px wide), a few vision
 # tokens each, so that reading in order is learnt on 16-36 tokens before a page of 256. A crop batch is one
-# side; it holds CROP_BATCH[side] pages (times batch_scale), about a 1024 px batch's pixels.
-CROP_SIDES = (256, 384)
-CROP_BATCH = {256: 8, 384: 6}
+# side; it holds CROP_BATCH[side] pages (times batch_scale), about a 1024 px batch's pixels. The larger crops
+# (64-144 tokens) carry that order to grids nearer a full page's 16 x 16 (TrainConfig.crop_sides).
+CROP_BATCH = {256: 8, 384: 6, 512: 4, 640: 3, 768: 2}
+CROP_SIDES = tuple(CROP_BATCH)
 CROP_MARGIN = 8
 
 # Collapse alarms. The first optical-mini's encoder collapsed: its held-out loss with the real page equalled
@@ -166,8 +167,9 @@ class TrainConfig:
     # The share of prose pages whose words are shuffled (half) or replaced by random strings (half): text
     # the language prior cannot guess, so that the loss falls only by reading the page.
     scramble_share: float = 0.0
-    # The share of batches that are crops (CROP_SIDES, at full density) instead of pages at `sides`.
+    # The share of batches that are crops (at full density) instead of pages at `sides`, and their sides.
     crop_share: float = 0.0
+    crop_sides: tuple[int, ...] = (256, 384)
     # The character head told where its points are (the jittered grid's offset), so that every target is
     # the one character under a known point; without it the head guesses among the few a jittered point
     # may land on, and its loss has a floor well above 0 (CharHead).
@@ -249,6 +251,8 @@ class TrainConfig:
         for name in ("scramble_share", "crop_share", "conversation_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if not self.crop_sides or not set(self.crop_sides) <= set(CROP_SIDES):
+            raise ValueError(f"crop_sides must be some of {CROP_SIDES}, got {self.crop_sides}")
 
 
 # -- data ----------------------------------------------------------------------------------------------------
@@ -348,6 +352,12 @@ def scrambled(text: str, rng: random.Random) -> str:
     return " ".join("".join(rng.choices(_RANDOM_CHARS, k=rng.randint(1, 10))) for _ in words)
 
 
+def crop_renderer(side: int, page: RenderConfig | None = None) -> Renderer:
+    """A renderer of ``side`` px crops: ``page``'s glyphs and lines (the store's page by default) on a small
+    page with a thin margin."""
+    return Renderer(dataclasses.replace(page or RenderConfig(), page_side=side, margin=CROP_MARGIN))
+
+
 class PageStream:
     """Sample ``i`` (deterministic in ``seed`` and ``i``): a page of prose or chat at one ladder side, or a
     crop: a small page drawn at the full page's density."""
@@ -359,10 +369,7 @@ class PageStream:
         self.config = config
         self.renderer = Renderer(render or RenderConfig())
         self.full = self.renderer.lines_per_page
-        self.crop_renderers = {
-            side: Renderer(dataclasses.replace(self.renderer.config, page_side=side, margin=CROP_MARGIN))
-            for side in CROP_SIDES
-        }
+        self.crop_renderers = {side: crop_renderer(side, self.renderer.config) for side in CROP_SIDES}
 
     def renderer_for(self, page_side: int) -> Renderer:
         """The renderer that draws pages of ``page_side``: the store's, or a crop's."""
@@ -386,7 +393,7 @@ class PageStream:
         """The side of step ``step``'s batch if it is a crop batch, else None."""
         rng = random.Random(f"{self.config.seed}:crop:{step}")
         if self.config.crop_share and rng.random() < self.config.crop_share:
-            return rng.choice(CROP_SIDES)
+            return rng.choice(self.config.crop_sides)
         return None
 
     def page_lines(self, rng: random.Random, n_lines: int, renderer: Renderer | None = None) -> list[Line]:
@@ -472,7 +479,7 @@ def held_out_crops(
         raise ValueError(f"a crop's side must be one of {CROP_SIDES}, got {side}")
     if lines is not None and lines < 1:
         raise ValueError(f"lines must be at least 1, got {lines}")
-    renderer = Renderer(dataclasses.replace(RenderConfig(), page_side=side, margin=CROP_MARGIN))
+    renderer = crop_renderer(side)
     out = []
     for b in build_corpus(pages, seed=seed, renderer=Renderer(RenderConfig())):
         kept = renderer.paginate_document(b.text)[0][0][:lines]
@@ -1418,6 +1425,14 @@ class Trainer:
         return folder
 
 
+def _sides(option: str, text: str) -> tuple[int, ...]:
+    """``text``, comma-separated sides in pixels; a ValueError naming ``option`` and the bad one."""
+    try:
+        return tuple(int(side) for side in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} takes sides in pixels, comma-separated, got {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m optical_memory.training", description=(__doc__ or "").split("\n")[0]
@@ -1550,7 +1565,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--crop-share",
         type=float,
         default=TrainConfig.crop_share,
-        help=f"share of batches that are crops of {'/'.join(map(str, CROP_SIDES))} px at full density (0-1)",
+        help="share of batches that are crops (--crop-sides) drawn at the full page's density (0-1)",
+    )
+    parser.add_argument(
+        "--crop-sides",
+        default=",".join(map(str, TrainConfig.crop_sides)),
+        help=f"the crops' sides, comma-separated, among {','.join(map(str, CROP_SIDES))}",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -1559,7 +1579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        sides = tuple(int(side) for side in args.sides.split(","))
+        sides, crop_sides = (
+            _sides(option, text)
+            for option, text in (("--sides", args.sides), ("--crop-sides", args.crop_sides))
+        )
         config = TrainConfig(
             seed=args.seed,
             steps=args.steps,
@@ -1572,6 +1595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             windowed_sam=args.windowed_sam,
             scramble_share=args.scramble_share,
             crop_share=args.crop_share,
+            crop_sides=crop_sides,
             char_query=args.char_query,
             min_lines=args.min_lines,
             decoder_loss=args.decoder_loss,

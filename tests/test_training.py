@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ from optical_memory.training import (
     head_log_attention,
     held_out_crops,
     held_out_samples,
+    main,
     neck_tokens,
     page_rows,
     scrambled,
@@ -229,8 +231,9 @@ def test_held_out_crops_are_drawn_at_the_full_pages_density():
             max(map(len, crop.text.split("\n")))
             <= (side - 2 * CROP_MARGIN) // Renderer(RenderConfig()).cell_width
         )
-    assert len(crops[384].text) > len(crops[256].text)
-    with pytest.raises(ValueError, match="one of \\(256, 384\\), got 1024"):
+    widths = [max(map(len, crops[side].text.split("\n"))) for side in CROP_SIDES]
+    assert widths == sorted(widths) and widths[0] < widths[-1]  # a wider crop, longer lines
+    with pytest.raises(ValueError, match="one of \\(256, 384, 512, 640, 768\\), got 1024"):
         held_out_crops(1, side=1024)
     with pytest.raises(ValueError, match="lines must be at least 1, got 0"):
         held_out_crops(1, lines=0)
@@ -357,7 +360,7 @@ def test_crops_are_small_pages_at_the_full_page_density(few):
     stream = PageStream(few, TrainConfig(steps=10, crop_share=0.5, sides=(1024, 640)))
     crops = [step for step in range(200) if stream.crop_side(step) is not None]
     assert 60 < len(crops) < 140  # about half the batches
-    assert {stream.crop_side(step) for step in crops} == set(CROP_SIDES)
+    assert {stream.crop_side(step) for step in crops} == {256, 384}  # the default crop_sides
     batch = stream.batch(crops[0])
     side = batch[0].side
     assert len(batch) == CROP_BATCH[side] and {(s.side, s.page_side) for s in batch} == {(side, side)}
@@ -371,6 +374,28 @@ def test_crops_are_small_pages_at_the_full_page_density(few):
     row = targets[0].view(CHAR_GRID, CHAR_GRID)[0]  # points 8 px down: on line 0 (8-26 px)
     assert row[0] == char_class(first[0])  # 8 px across: the first cell (8-16 px)
     assert PageStream(few, TrainConfig(steps=10)).crop_side(crops[0]) is None  # off by default
+
+
+def test_larger_crops_carry_the_reading_order_towards_a_full_page(few):
+    stream = PageStream(few, TrainConfig(steps=10, min_lines=60, crop_share=1.0, crop_sides=(512, 768)))
+    drawn = {stream.crop_side(step) for step in range(40)}
+    assert drawn == {512, 768}  # only the sides asked for, each drawn
+    for side in drawn:
+        step = next(step for step in range(40) if stream.crop_side(step) == side)
+        batch = stream.batch(step)
+        assert len(batch) == CROP_BATCH[side] and all(s.image.size == (side, side) for s in batch)
+        assert max(s.lines for s in batch) <= stream.renderer_for(side).lines_per_page
+        assert stream.renderer_for(side).cell_width == stream.renderer.cell_width
+    for bad in [(), (1024,), (256, 300)]:
+        with pytest.raises(ValueError, match=f"crop_sides must be some of .*, got {re.escape(str(bad))}"):
+            TrainConfig(crop_sides=bad)
+
+
+def test_the_command_line_names_a_bad_side(capsys):
+    for option, value in [("--crop-sides", "384,5l2"), ("--sides", "1024,"), ("--crop-sides", "1024")]:
+        with pytest.raises(SystemExit):
+            main([option, value])
+        assert value in capsys.readouterr().err
 
 
 def test_a_crop_step_trains_with_the_character_loss(tmp_path, few):
