@@ -24,6 +24,18 @@ LOSSES = ("loss", "char_loss", "neck_char_loss", "guide_loss", "slot_loss")
 SIDE = "1024"
 
 
+def loss_by_side(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The decoder's mean loss over ``rows`` per kind of batch ("1024", "crop 512", ...), where it has one:
+    a run that mixes crops and pages learns each at its own pace."""
+    kinds: dict[str, list[float]] = {}
+    for r in rows:
+        if "loss" in r:
+            kinds.setdefault(f"{'crop ' if r.get('crop') else ''}{r['side']}", []).append(r["loss"])
+    if len(kinds) < 2:
+        return {}
+    return {"loss_by_side": {k: round(statistics.fmean(v), 4) for k, v in sorted(kinds.items())}}
+
+
 def summarise(folder: Path, window: int) -> dict[str, Any]:
     rows, info = read_run(folder)
     if not rows:
@@ -32,7 +44,7 @@ def summarise(folder: Path, window: int) -> dict[str, Any]:
     for start in range(0, len(rows), window):
         chunk = rows[start : start + window]
         means = {k: round(statistics.fmean(r[k] for r in chunk), 4) for k in LOSSES if k in chunk[0]}
-        windows.append({"steps": [chunk[0]["step"], chunk[-1]["step"]], **means})
+        windows.append({"steps": [chunk[0]["step"], chunk[-1]["step"]], **means, **loss_by_side(chunk)})
     evaluations = [{"step": r["step"], **r["held_out"]} for r in rows if "held_out" in r]
     return {
         "run": folder.name,

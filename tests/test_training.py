@@ -405,6 +405,23 @@ def test_a_crop_step_trains_with_the_character_loss(tmp_path, few):
     assert all(r.get("crop") is True and r["side"] in CROP_SIDES and r["char_loss"] > 0 for r in records)
 
 
+def test_the_run_summary_splits_the_loss_by_kind_of_batch(tmp_path, few):
+    trainer = make_trainer(tmp_path, few, steps=8, crop_share=0.5, sides=(1024,))
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    kinds: dict[str, list[float]] = {}
+    for r in records:
+        kinds.setdefault(f"{'crop ' if r.get('crop') else ''}{r['side']}", []).append(r["loss"])
+    assert len(kinds) >= 2 and "1024" in kinds  # pages and crops of at least one side
+    script = Path(__file__).parents[1] / "benchmarks" / "summarise_runs.py"
+    out = tmp_path / "runs.json"
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--out", str(out)], check=True, capture_output=True
+    )
+    [window] = json.loads(out.read_text())["runs"][0]["loss_means_per_window"]
+    assert window["loss_by_side"] == pytest.approx({k: sum(v) / len(v) for k, v in kinds.items()}, abs=1e-4)
+
+
 def test_a_character_head_told_where_its_points_are_learns_what_a_blind_one_cannot(tmp_path, few):
     # one page, its grid jittered every step, each token a fixed distinct vector: told the offset, the head
     # can name every point's character; blind to it, it can only guess among those a point may land on
