@@ -92,8 +92,9 @@ SIDE_WEIGHTS = {1024: 0.3, 640: 0.3, 512: 0.2, 384: 0.12, 256: 0.08}
 BATCH = {1024: 2, 640: 3, 512: 4, 384: 4, 256: 4}  # times TrainConfig.batch_scale
 # Crops: small pages drawn at the full page's density (the 1024 px page's glyphs, 9 px wide), a few vision
 # tokens each, so that reading in order is learnt on 16-36 tokens before a page of 256. A crop batch is one
-# side; it holds CROP_BATCH[side] pages (times batch_scale), about a 1024 px batch's pixels. The larger crops
-# (64-144 tokens) carry that order to grids nearer a full page's 16 x 16 (TrainConfig.crop_sides).
+# side; it holds CROP_BATCH[side] pages (times batch_scale): 0.5-1.2 million pixels, against 2.1 for a 1024 px
+# batch. The larger crops (64-144 tokens) carry that order to grids nearer a full page's 16 x 16
+# (TrainConfig.crop_sides).
 CROP_BATCH = {256: 8, 384: 6, 512: 4, 640: 3, 768: 2}
 CROP_SIDES = tuple(CROP_BATCH)
 CROP_MARGIN = 8
