@@ -391,6 +391,19 @@ def test_larger_crops_carry_the_reading_order_towards_a_full_page(few):
             TrainConfig(crop_sides=bad)
 
 
+def test_a_share_of_pages_hold_every_line_the_curriculum_allows(few):
+    def lines(full_share):
+        stream = PageStream(few, TrainConfig(steps=10, min_lines=51, full_share=full_share))
+        return [stream.sample(step, 0, 1024).lines for step in range(40)]
+
+    even, half, full = lines(0.0), lines(0.5), lines(1.0)
+    assert sum(n == 51 for n in even) <= 4  # drawn evenly from 1-51, a page is rarely full
+    assert 10 <= sum(n == 51 for n in half) <= 30
+    assert all(n == 51 for n in full)  # passages are added until the page is full
+    with pytest.raises(ValueError, match=r"full_share must be between 0 and 1, got 1\.5"):
+        TrainConfig(full_share=1.5)
+
+
 def test_the_command_line_names_a_bad_side(capsys):
     for option, value in [("--crop-sides", "384,5l2"), ("--sides", "1024,"), ("--crop-sides", "1024")]:
         with pytest.raises(SystemExit):
