@@ -123,6 +123,24 @@ ENCODER_PREFIXES = (
     "model.image_newline",
     "model.view_seperator",
 )
+
+# The settings that decide which model and training heads a run builds: a run carried on under new settings
+# (``Trainer(new_settings=True)``) must keep them. For the loss weights only whether they are on counts.
+BUILT_SETTINGS = (
+    "windowed_sam",
+    "char_query",
+    "char_hidden",
+    "char_columns",
+    "char_loss",
+    "neck_char_loss",
+    "guide_slot",
+)
+
+
+def _built(name: str, value: Any) -> Any:
+    return value > 0 if name in ("char_loss", "neck_char_loss", "guide_slot") else value
+
+
 # The attention guide (TrainConfig.guide_attention): heads of the decoder's last layer but one (the first
 # TrainConfig.guide_heads of them) are taught, from each position that predicts a text token, to look at
 # the vision token that holds that token's first character (positions from the renderer), so that where to
@@ -942,6 +960,7 @@ class Trainer:
         workers: int = 0,
         init_from: str | os.PathLike[str] | None = None,
         init_encoder_from: str | os.PathLike[str] | None = None,
+        new_settings: bool = False,
     ) -> None:
         """``model_config`` defaults to ``OCRConfig.mini()``; its decoder's ``vocab_size`` and
         ``image_token_id`` are set to the tokenizer's. ``paragraphs`` defaults to ``training_paragraphs()``.
@@ -954,8 +973,14 @@ class Trainer:
 
         ``init_encoder_from``: such a checkpoint's encoder (``ENCODER_PREFIXES``) and architecture, with a
         new decoder from random weights and this run's own tokenizer (``vocab_size``): a decoder of another
-        vocabulary trained on an encoder already pretrained. It too only seeds a new run."""
+        vocabulary trained on an encoder already pretrained. It too only seeds a new run.
+
+        ``new_settings``: resume the folder's ``state.pt`` under ``config`` though it was saved under others
+        (its step, weights, heads and optimiser carry on; the schedule follows the new ``steps`` and ``lr``),
+        as long as the same model and heads are built (``BUILT_SETTINGS``). Without it, other settings are
+        an error."""
         self.workers = workers
+        self.new_settings = new_settings
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         if init_from is not None and init_encoder_from is not None:
@@ -1117,10 +1142,26 @@ class Trainer:
             return
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
         saved = {**dataclasses.asdict(TrainConfig()), **state["train_config"]}  # fields added since: defaults
-        if saved != dataclasses.asdict(self.config):
+        now = dataclasses.asdict(self.config)
+        changed = {k: (saved[k], now[k]) for k in now if saved[k] != now[k]}
+        if changed and not self.new_settings:
             raise ValueError(
-                f"{self.state_path} was trained with {saved}, not "
-                f"{dataclasses.asdict(self.config)}: resume with the same settings or use a new folder"
+                f"{self.state_path} was trained with {saved}, not {now}: resume with the same settings, use "
+                "a new folder, or carry this run on under the new ones (new_settings, --new-settings)"
+            )
+        rebuilt = [k for k in BUILT_SETTINGS if _built(k, saved[k]) != _built(k, now[k])]
+        if rebuilt:
+            raise ValueError(
+                f"{self.state_path} was trained with another model or heads: "
+                + ", ".join(f"{k} {saved[k]!r}, now {now[k]!r}" for k in rebuilt)
+                + "; start a new run from its export (--init-from) instead"
+            )
+        if changed:
+            log.warning(
+                "%s: carrying on from step %d under new settings: %s",
+                self.folder,
+                int(state["step"]),
+                ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()),
             )
         self.model.load_state_dict(state["model"])
         if len(state["optimizer"]["param_groups"]) != len(self.optimizer.param_groups):
@@ -1132,7 +1173,10 @@ class Trainer:
             self.char_head.load_state_dict(state["char_head"])
         if self.slot_head is not None:
             self.slot_head.load_state_dict(state["slot_head"])
+        groups = [(g["weight_decay"], g["lr_scale"]) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, (weight_decay, lr_scale) in zip(self.optimizer.param_groups, groups, strict=True):
+            group.update(weight_decay=weight_decay, lr_scale=lr_scale)  # the settings' own, if new
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         log.info("resumed %s at step %d (%.0f s trained)", self.folder, self.step, self.elapsed)
 
@@ -1511,6 +1555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the most lines a page holds at step 0 (the curriculum grows it to a full page)",
     )
     parser.add_argument(
+        "--new-settings",
+        action="store_true",
+        help="carry a run folder's state.pt on under the settings given here (same model and heads): its "
+        "step, weights and optimiser are kept, the schedule follows the new --steps and --lr",
+    )
+    parser.add_argument(
         "--full-share",
         type=float,
         default=TrainConfig.full_share,
@@ -1646,6 +1696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from=args.init_from,
             init_encoder_from=args.init_encoder_from,
             vocab_size=args.vocab_size,
+            new_settings=args.new_settings,
         )
     except ValueError as e:
         parser.error(str(e))

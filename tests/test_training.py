@@ -102,7 +102,7 @@ def few(paragraphs):
     return paragraphs[:300]
 
 
-def make_trainer(folder, few, *, init_from=None, init_encoder_from=None, **config):
+def make_trainer(folder, few, *, init_from=None, init_encoder_from=None, new_settings=False, **config):
     config = {"steps": 40, "eval_every": 0, "min_lines": 2, "warmup": 2, **config}
     torch.manual_seed(0)
     return Trainer(
@@ -114,6 +114,7 @@ def make_trainer(folder, few, *, init_from=None, init_encoder_from=None, **confi
         vocab_size=400,
         init_from=init_from,
         init_encoder_from=init_encoder_from,
+        new_settings=new_settings,
     )
 
 
@@ -207,6 +208,31 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, few):
     assert [r["step"] for r in json.loads((tmp_path / "part" / "run.json").read_text())["runs"]] == [0, 2]
     with pytest.raises(ValueError, match="resume with the same settings"):
         make_trainer(tmp_path / "part", few, steps=5)
+
+
+def test_a_run_carries_on_under_new_settings_that_build_the_same_model(tmp_path, few):
+    first = make_trainer(tmp_path / "run", few, steps=3, char_loss=1.0)
+    first.train()
+    weights = {k: v.clone() for k, v in first.model.state_dict().items()}
+    head = {k: v.clone() for k, v in first.char_head.state_dict().items()}
+    new = {"steps": 5, "lr": 5e-4, "sides": (1024, 640), "full_share": 0.5, "encoder_lr_scale": 0.1}
+    carried = make_trainer(tmp_path / "run", few, char_loss=0.5, new_settings=True, **new)
+    assert carried.step == 3 and carried.config.sides == (1024, 640)
+    for key, value in weights.items():
+        torch.testing.assert_close(carried.model.state_dict()[key], value, msg=key)
+    for key, value in head.items():
+        torch.testing.assert_close(carried.char_head.state_dict()[key], value, msg=key)
+    encoder = [g for g in carried.optimizer.param_groups if g["lr_scale"] != 1.0]
+    assert len(encoder) == 2 and all(g["lr_scale"] == 0.1 for g in encoder)  # the new settings' own
+    assert carried.train()["done"] and carried.step == 5
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]
+    assert log[3]["lr"] < 5e-4  # the new schedule: 5e-4 at its peak
+    again = make_trainer(tmp_path / "run", few, char_loss=0.5, **new)  # saved under the new settings now
+    assert again.step == 5
+    for built in ({"char_loss": 0.0}, {"windowed_sam": True}, {"char_columns": 8}):
+        with pytest.raises(ValueError, match=f"another model or heads: {next(iter(built))} "):
+            make_trainer(tmp_path / "run", few, new_settings=True, **{"char_loss": 0.5, **new, **built})
 
 
 def test_held_out_pages_can_be_cut_to_their_first_lines():
