@@ -519,6 +519,15 @@ def held_out_crops(
     return out
 
 
+def glyph_rows(hits: torch.Tensor, glyphs: torch.Tensor) -> list[float | None]:
+    """The share of ``glyphs`` that are ``hits`` in each row of vision tokens, top to bottom (None for a row
+    without a glyph); both are (B, q*q, P) masks over the character head's points."""
+    q = math.isqrt(glyphs.shape[1])
+    named = (hits & glyphs).view(glyphs.shape[0], q, q, -1).sum((0, 2, 3))
+    total = glyphs.view(glyphs.shape[0], q, q, -1).sum((0, 2, 3))
+    return [round(float(n / t), 4) if t else None for n, t in zip(named, total, strict=True)]
+
+
 def blank_page(sample: Sample) -> Sample:
     """``sample`` with its page wiped white: the control that tells reading from guessing."""
     return dataclasses.replace(sample, image=Image.new(sample.image.mode, sample.image.size, "white"))
@@ -1428,12 +1437,14 @@ class Trainer:
             bar.close()
         return {"step": self.step, "elapsed_s": self.elapsed, "done": self.step >= cfg.steps}
 
-    def evaluate(self, samples: Sequence[Sample]) -> dict[str, dict[int, float]]:
+    def evaluate(self, samples: Sequence[Sample]) -> dict[str, dict[int, Any]]:
         """``evaluate_pages`` of the model being trained (full pages of the evaluation corpus), and with a
         character head, ``char_accuracy`` per side: the share of its points at the cells' centres whose
         character it names (what the encoder's output holds of the page, whether the decoder reads it), and
         ``glyph_accuracy``, the same over the points on a character other than a space (about a third of the
-        points are spaces, so a head that only says "space" scores that much of ``char_accuracy``).
+        points are spaces, so a head that only says "space" scores that much of ``char_accuracy``), and
+        ``glyph_rows``, that per row of vision tokens, top to bottom (an encoder that reads the top of a page
+        and not the bottom was trained on pages that were not full).
 
         When the encoder is pretrained alone (``decoder_loss`` 0) the decoder is untrained: its losses and a
         greedy read would say nothing and cost most of an evaluation, so only ``vision_rms`` and
@@ -1444,6 +1455,7 @@ class Trainer:
             out = {k: {} for k in ("loss", "blank_loss", "gap", "vision_rms", "precision")}
         if self.char_head is not None:
             out["char_accuracy"], out["glyph_accuracy"] = {}, {}
+            rows: dict[int, list[float | None]] = {}
             was_training = self.model.training
             self.model.eval()
             try:
@@ -1464,8 +1476,10 @@ class Trainer:
                             out["glyph_accuracy"][side] = round(
                                 float((hits & glyphs).sum() / glyphs.sum().clamp(min=1)), 4
                             )
+                            rows[side] = glyph_rows(hits, glyphs)
             finally:
                 self.model.train(was_training)
+            return {**out, "glyph_rows": rows}
         return out
 
     def export(self, folder: str | os.PathLike[str], *, dtype: torch.dtype = torch.bfloat16) -> Path:

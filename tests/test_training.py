@@ -46,6 +46,7 @@ from optical_memory.training import (
     collapse_alarms,
     conversation,
     evaluate_pages,
+    glyph_rows,
     guide_keys,
     guide_loss,
     guide_slots,
@@ -538,6 +539,26 @@ def test_glyph_accuracy_scores_only_the_points_on_a_character(tmp_path, few, mon
     scored = targets[targets != -100]
     assert out["char_accuracy"][1024] == round(float((scored == 0).float().mean()), 4) > 0.1
     assert out["glyph_accuracy"][1024] == 0.0
+
+
+def test_glyph_accuracy_is_given_per_row_of_vision_tokens(tmp_path, few, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", few, steps=1, char_loss=1.0, decoder_loss=0.0)
+    samples = [s for s in held_out_samples(1) if s.side == 1024]
+
+    def reads_the_top_half(group, feats, *, step=None):  # names every point of rows 0-7, none below
+        logits, targets = Trainer.char_logits(trainer, group, feats, step=step)
+        oracle = torch.nn.functional.one_hot(targets.clamp(min=0), logits.shape[-1]).float()
+        cells = torch.arange(targets.shape[1]) < targets.shape[1] // 2
+        return torch.where(cells[None, :, None, None], oracle, 1.0 - oracle), targets
+
+    monkeypatch.setattr(trainer, "char_logits", reads_the_top_half)
+    rows = trainer.evaluate(samples)["glyph_rows"][1024]
+    assert len(rows) == 16 and rows[:8] == [1.0] * 8  # a full held-out page: glyphs on every row
+    assert rows[8:] == [0.0] * 8
+    assert json.loads(json.dumps(rows)) == rows  # logged as it is
+    hits, glyphs = torch.zeros(1, 4, 2, dtype=torch.bool), torch.zeros(1, 4, 2, dtype=torch.bool)
+    hits[0, 0, 0] = glyphs[0, 0, 0] = glyphs[0, 1, 1] = True  # row 0: 1 of 2 named; row 1: no glyph
+    assert glyph_rows(hits, glyphs) == [0.5, None]
 
 
 def test_a_decoder_trains_on_a_frozen_pretrained_encoder(tmp_path, few):
