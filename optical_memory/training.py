@@ -982,7 +982,9 @@ class Trainer:
 
         ``init_encoder_from``: such a checkpoint's encoder (``ENCODER_PREFIXES``) and architecture, with a
         new decoder from random weights and this run's own tokenizer (``vocab_size``): a decoder of another
-        vocabulary trained on an encoder already pretrained. It too only seeds a new run.
+        vocabulary trained on an encoder already pretrained. It too only seeds a new run. Given with
+        ``init_from``, its encoder takes the place of that checkpoint's (of the same architecture): a decoder
+        carried onto an encoder trained further.
 
         ``new_settings``: resume the folder's ``state.pt`` under ``config`` though it was saved under others
         (its step, weights, heads and optimiser carry on; the schedule follows the new ``steps`` and ``lr``),
@@ -992,14 +994,10 @@ class Trainer:
         self.new_settings = new_settings
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        if init_from is not None and init_encoder_from is not None:
-            raise ValueError(
-                f"init_from ({init_from}) seeds the whole model, init_encoder_from ({init_encoder_from}) the "
-                "encoder alone: give one"
-            )
         seed_from = init_from if init_from is not None else init_encoder_from
-        if seed_from is not None and not (Path(seed_from) / "config.json").is_file():
-            raise ValueError(f"{seed_from} holds no config.json: give a checkpoint folder (an export)")
+        for folder_from in (init_from, init_encoder_from):
+            if folder_from is not None and not (Path(folder_from) / "config.json").is_file():
+                raise ValueError(f"{folder_from} holds no config.json: give a checkpoint folder (an export)")
         if seed_from is not None and config.windowed_sam:  # refused before the checkpoint is read
             raise ValueError(
                 f"windowed_sam builds a new SAM without its global block; {seed_from} holds a checkpoint "
@@ -1011,15 +1009,30 @@ class Trainer:
 
             # the checkpoint's architecture, whether it seeds this run or state.pt resumes it
             model_config = config_from_json(json.loads((Path(seed_from) / "config.json").read_text()))
+            if init_from is not None and init_encoder_from is not None:
+                other = config_from_json(json.loads((Path(init_encoder_from) / "config.json").read_text()))
+                if (other.sam, other.clip, other.decoder.hidden_size) != (
+                    model_config.sam,
+                    model_config.clip,
+                    model_config.decoder.hidden_size,
+                ):
+                    raise ValueError(
+                        f"the encoder in {init_encoder_from} is not of the architecture of the one in "
+                        f"{init_from}: it cannot take that one's place"
+                    )
             if not self.state_path.is_file():
                 from .model import from_pretrained
 
                 start = from_pretrained(seed_from, dtype=torch.float32).state_dict()
-                if init_encoder_from is not None:  # the encoder alone: the decoder and its tokenizer are new
-                    start = {k: v for k, v in start.items() if k.startswith(ENCODER_PREFIXES)}
-                else:
+                if init_encoder_from is not None:  # the encoder alone, or in place of init_from's
+                    encoder = start
+                    if init_from is not None:
+                        encoder = from_pretrained(init_encoder_from, dtype=torch.float32).state_dict()
+                    encoder = {k: v for k, v in encoder.items() if k.startswith(ENCODER_PREFIXES)}
+                    start = encoder if init_from is None else {**start, **encoder}
+                if init_from is not None:
                     for name in ("tokenizer.json", "tokenizer_config.json"):
-                        (self.folder / name).write_bytes((Path(seed_from) / name).read_bytes())
+                        (self.folder / name).write_bytes((Path(init_from) / name).read_bytes())
         self.init_from = None if init_from is None else str(init_from)
         self.init_encoder_from = None if init_encoder_from is None else str(init_encoder_from)
         self.config = config
@@ -1049,13 +1062,17 @@ class Trainer:
             ),
         )
         self.model = DeepseekOCR(self.model_config, tokenizer=self.tokenizer).to(self.device)
-        if start is None or init_encoder_from is not None:
+        if start is None or init_from is None:
             self._init_weights()
         if start is not None:
-            missing, unexpected = self.model.load_state_dict(start, strict=init_encoder_from is None)
+            missing, unexpected = self.model.load_state_dict(start, strict=init_from is not None)
             assert not unexpected and not any(k.startswith(ENCODER_PREFIXES) for k in missing), missing
             log.info(
-                "%s: starting from the %s in %s", self.folder, "encoder" if missing else "weights", seed_from
+                "%s: starting from the %s in %s%s",
+                self.folder,
+                "encoder" if missing else "weights",
+                seed_from,
+                f", with the encoder in {init_encoder_from}" if init_from and init_encoder_from else "",
             )
         if config.freeze_encoder:  # no gradient: AdamW skips them, and losses() runs the encoder without one
             for name, param in self.model.named_parameters():
@@ -1528,7 +1545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--init-encoder-from",
         default=None,
-        help="start a new run from this checkpoint's encoder: a new decoder, a tokenizer of --vocab-size",
+        help="start a new run from this checkpoint's encoder: a new decoder, a tokenizer of --vocab-size; "
+        "with --init-from, this encoder takes the place of that checkpoint's",
     )
     parser.add_argument(
         "--vocab-size",

@@ -657,8 +657,25 @@ def test_a_new_decoder_of_another_vocabulary_starts_on_an_exported_encoder(tmp_p
     again = Trainer(tmp_path / "chars", config, device="cpu", paragraphs=few, init_encoder_from=export)
     assert again.step == 1 and len(again.tokenizer) == CHAR_VOCAB  # resumed with its own tokenizer
     torch.testing.assert_close(again.model.state_dict(), chars.model.state_dict())
-    with pytest.raises(ValueError, match="give one"):
-        make_trainer(tmp_path / "both", few, init_from=export, init_encoder_from=export)
+    # a decoder carried onto an encoder trained apart: the first's decoder, another run's encoder
+    apart = make_trainer(tmp_path / "apart", few, steps=1, seed=1)
+    apart.train()
+    both = make_trainer(
+        tmp_path / "both", few, init_from=export, init_encoder_from=apart.export(tmp_path / "a")
+    )
+    assert both.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    moved, trained = both.model.state_dict(), apart.model.state_dict()
+    for key, value in first.model.state_dict().items():
+        want = trained[key] if key.startswith(ENCODER_PREFIXES) else value
+        torch.testing.assert_close(moved[key], want.bfloat16().float(), msg=key)
+    assert not torch.equal(moved["model.projector.layers.weight"], started["model.projector.layers.weight"])
+    deeper = dataclasses.replace(toy_config(), clip=dataclasses.replace(toy_config().clip, num_layers=2))
+    other = Trainer(
+        tmp_path / "other", config, model_config=deeper, device="cpu", paragraphs=few, vocab_size=400
+    )
+    other_export = other.export(tmp_path / "other-export")  # an encoder of another architecture
+    with pytest.raises(ValueError, match="not of the architecture of the one in"):
+        make_trainer(tmp_path / "no", few, init_from=export, init_encoder_from=other_export)
     with pytest.raises(
         ValueError, match=f"{tmp_path / 'chars'} holds no config.json"
     ):  # a run, not an export
