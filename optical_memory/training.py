@@ -167,7 +167,7 @@ class TrainConfig:
     curriculum: float = 0.7
     min_lines: int = 1  # the most lines a page holds at step 0
     # The share of pages that hold all the lines the curriculum allows; the rest hold 1 to that many,
-    # evenly. Drawn evenly, a page's last rows are in few pages: row 45 of 51 is in one page in eight.
+    # evenly. Drawn evenly, a page's last rows are in few pages: row 45 of 51 is in one page in seven.
     full_share: float = 0.0
     batch_scale: int = 1  # pages per batch = BATCH[side] * batch_scale (raise it on a GPU)
     conversation_share: float = 0.35
