@@ -125,20 +125,14 @@ ENCODER_PREFIXES = (
 )
 
 # The settings that decide which model and training heads a run builds: a run carried on under new settings
-# (``Trainer(new_settings=True)``) must keep them. For the loss weights only whether they are on counts.
-BUILT_SETTINGS = (
-    "windowed_sam",
-    "char_query",
-    "char_hidden",
-    "char_columns",
-    "char_loss",
-    "neck_char_loss",
-    "guide_slot",
-)
+# (``Trainer(new_settings=True)``) must keep them. For the loss weights that switch a head on
+# (LOSS_SWITCHES) only whether they are on counts.
+LOSS_SWITCHES = ("char_loss", "neck_char_loss", "guide_slot")
+BUILT_SETTINGS = ("windowed_sam", "char_query", "char_hidden", "char_columns", *LOSS_SWITCHES)
 
 
 def _built(name: str, value: Any) -> Any:
-    return value > 0 if name in ("char_loss", "neck_char_loss", "guide_slot") else value
+    return value > 0 if name in LOSS_SWITCHES else value
 
 
 # The attention guide (TrainConfig.guide_attention): heads of the decoder's last layer but one (the first
